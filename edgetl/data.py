@@ -1,0 +1,173 @@
+"""Data sets for training: an ImageFolder on disk, or the built-in ``patterns`` set that needs no download.
+
+    train_ds, val_ds, classes = load_datasets("patterns", resolution=96, seed=0)
+    train_ds, val_ds, classes = load_datasets("./flowers", resolution=224)
+
+An ImageFolder directory is either ``DIR/<class>/*.jpg`` (split 90/10 into train/val by ``seed``) or
+``DIR/train/<class>/...`` with ``DIR/val/`` (or ``DIR/test/``). It is checked up front: a missing
+directory, no class folders, an empty class or an unreadable image each raise a
+:class:`~edgetl.errors.DataError` that names it.
+
+``patterns`` draws stripes (horizontal, vertical), checkerboards, dots and rings in random colours,
+periods and phases, deterministically from (seed, index): a real, learnable 5-class task for demos and
+tests that needs no download.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch.utils.data import Dataset, Subset
+from torchvision import transforms
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from .errors import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BUILTIN = "patterns"
+VAL_SPLITS = ("val", "valid", "validation", "test")
+
+
+def train_transform(resolution: int) -> transforms.Compose:
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(resolution, scale=(0.6, 1.0), antialias=True),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def eval_transform(resolution: int) -> transforms.Compose:
+    return transforms.Compose(
+        [
+            transforms.Resize(int(math.ceil(resolution / 0.875)), antialias=True),
+            transforms.CenterCrop(resolution),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+class Patterns(Dataset):
+    """Procedurally drawn patterns, one class per pattern; image ``i`` depends only on (seed, i).
+
+    Each image is two random colours in a pattern of random period and phase, under Gaussian noise.
+    Texture and orientation are what any conv net picks up first, so the task is learnable even by
+    a network whose lower blocks are frozen at random initialisation (the offline default).
+    """
+
+    classes = ["stripes_horizontal", "stripes_vertical", "checkerboard", "dots", "rings"]
+
+    def __init__(self, size: int, seed: int = 0, image_size: int = 64, transform=None):
+        self.size, self.seed, self.image_size, self.transform = size, seed, image_size, transform
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int):
+        label = index % len(self.classes)
+        image = self.draw(label, np.random.default_rng([self.seed, index]))
+        return (self.transform(image) if self.transform else image), label
+
+    def draw(self, label: int, rng: np.random.Generator) -> Image.Image:
+        s = self.image_size
+        yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+        period = rng.uniform(6, 16)
+        phase = rng.uniform(0, period, 2)
+        y, x = (yy + phase[0]) / period, (xx + phase[1]) / period
+        name = self.classes[label]
+        if name == "stripes_horizontal":
+            on = (y % 1) < 0.5
+        elif name == "stripes_vertical":
+            on = (x % 1) < 0.5
+        elif name == "checkerboard":
+            on = ((np.floor(x) + np.floor(y)) % 2) == 0
+        elif name == "dots":
+            on = ((x % 1 - 0.5) ** 2 + (y % 1 - 0.5) ** 2) < 0.09
+        else:  # rings around a random centre
+            cy, cx = rng.uniform(0, s, 2)
+            on = (np.hypot(yy - cy, xx - cx) / period) % 1 < 0.5
+        colours = rng.integers(0, 256, (2, 3)).astype(np.float32)
+        colours[1] = (colours[0] + rng.uniform(80, 176, 3)) % 256  # keep the two colours apart
+        pixels = np.where(on[..., None], colours[0], colours[1]) + rng.normal(0, 20, (s, s, 3))
+        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+class _Transformed(Dataset):
+    """A view of a data set with its own transform (train and val share the underlying files)."""
+
+    def __init__(self, base: Dataset, transform):
+        self.base, self.transform = base, transform
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        image, label = self.base[i]
+        return self.transform(image), label
+
+
+def _checked_loader(path: str) -> Image.Image:
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except Exception as exc:
+        raise DataError(f"cannot read image {path} ({exc}); delete or replace the file") from None
+
+
+def _check_image_folder(root: Path) -> None:
+    if not root.is_dir():
+        raise DataError(f"data directory {root} does not exist; pass --data DIR with one sub-folder per class")
+    classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"data directory {root} has no class folders; put images in {root}/<class name>/")
+    if len(classes) < 2:
+        raise DataError(f"data directory {root} has only the class {classes[0].name!r}; training needs at least 2")
+    for d in classes:
+        files = [p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS]
+        if not files:
+            raise DataError(f"class folder {d} holds no images ({', '.join(IMG_EXTENSIONS)}); add images or remove it")
+        for p in files:
+            try:
+                with Image.open(p) as im:
+                    im.verify()
+            except Exception:
+                raise DataError(f"cannot read image {p}: not a valid image file; delete or replace it") from None
+
+
+def _image_folder(root: Path) -> ImageFolder:
+    _check_image_folder(root)
+    return ImageFolder(str(root), loader=_checked_loader)
+
+
+def load_datasets(data: str | os.PathLike, resolution: int, seed: int = 0, val_fraction: float = 0.1,
+                  builtin_size: int = 1500):
+    """``(train, val, class_names)`` with train/eval transforms at ``resolution``."""
+    if str(data) == BUILTIN:
+        train = Patterns(builtin_size, seed=seed, transform=train_transform(resolution))
+        val = Patterns(max(builtin_size // 5, len(Patterns.classes)), seed=seed + 10_000, transform=eval_transform(resolution))
+        return train, val, list(Patterns.classes)
+    root = Path(data)
+    if (root / "train").is_dir():
+        split = next((root / v for v in VAL_SPLITS if (root / v).is_dir()), None)
+        if split is None:
+            raise DataError(f"{root}/train exists but no {root}/val (or test); add one, or point --data at a class folder")
+        train_base, val_base = _image_folder(root / "train"), _image_folder(split)
+        if train_base.classes != val_base.classes:
+            raise DataError(f"{root}/train and {split} have different class folders; give both the same classes")
+        return (_Transformed(train_base, train_transform(resolution)), _Transformed(val_base, eval_transform(resolution)),
+                train_base.classes)
+    base = _image_folder(root)
+    order = torch.randperm(len(base), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, int(len(base) * val_fraction))
+    return (_Transformed(Subset(base, order[n_val:]), train_transform(resolution)),
+            _Transformed(Subset(base, order[:n_val]), eval_transform(resolution)), base.classes)
