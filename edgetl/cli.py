@@ -19,9 +19,14 @@ from rich.table import Table
 from .errors import EdgeTLError
 from .models import MODELS
 from .policies import POLICIES
+from .profile import build_report, fit_policies, largest_batch, parse_size, plot, print_report, write_csv, write_json
+from .profile.budget import DEVICE_PROFILES
+from .profile.report import mib
 from .trainer import TrainConfig, Trainer
 
 console = Console()
+if not console.is_terminal:  # piped or captured output: do not squeeze tables into 80 columns
+    console = Console(width=160)
 
 
 def friendly_errors(fn):
@@ -92,6 +97,60 @@ def train(ctx, resume, no_progress, **options):
     result = Trainer(config, resume=resume, progress=not no_progress, command=_command_line(ctx)).fit()
     last = result.metrics["epochs"][-1]
     console.print(f"[green]done[/]: val acc {last['val_acc']:.3f}, run in {result.out}")
+
+
+@main.command()
+@click.option("--model", default="mobilenet_v2", show_default=True, type=click.Choice(list(MODELS)))
+@click.option("--policy", "policies", multiple=True, help="repeatable [default: full, ft:5, mobiletl:5]")
+@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--resolution", default=224, show_default=True, type=int)
+@click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "sgd-nomomentum", "adamw"]))
+@click.option("--num-classes", default=10, show_default=True, type=int, help="classes of the new head")
+@click.option("--measure", is_flag=True, help="also measure saved bytes, peak RSS and step time (fresh process)")
+@click.option("--layers", is_flag=True, help="print every layer")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the report as JSON")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="write one row per layer as CSV")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="write a PNG of memory per block")
+@click.option("--budget", help="memory budget, e.g. 64MiB or 1.5GB: report what fits")
+@click.option("--device-profile", type=click.Choice(list(DEVICE_PROFILES)), help="budget of a known device")
+@friendly_errors
+def profile(model, policies, batch_size, resolution, optimizer, num_classes, measure, layers, json_path, csv_path,
+            plot_path, budget, device_profile):
+    """Memory and FLOPs of a training step, per layer and per policy, analytic and measured."""
+    if batch_size < 1 or resolution < 32:
+        raise click.UsageError("--batch-size must be at least 1 and --resolution at least 32")
+    policies = list(policies) or ["full", "ft:5", "mobiletl:5"]
+    if budget or device_profile:
+        if budget and device_profile:
+            raise click.UsageError("give --budget or --device-profile, not both")
+        limit = parse_size(budget) if budget else DEVICE_PROFILES[device_profile].usable_bytes
+        _print_fit(model, policies, limit, batch_size, resolution, optimizer, num_classes)
+        return
+    report = build_report(model, policies, batch_size, resolution, optimizer, num_classes, measure)
+    print_report(report, console, layers=layers)
+    for path, write in ((json_path, write_json), (csv_path, write_csv), (plot_path, plot)):
+        if path:
+            write(report, path)
+            console.print(f"wrote {path}")
+
+
+def _print_fit(model, policies, limit, batch_size, resolution, optimizer, num_classes):
+    fit = fit_policies(model, limit, batch_size, resolution, optimizer, policies, num_classes)
+    table = Table(title=f"{model}, batch {batch_size}, {resolution}x{resolution}: budget {mib(limit)} MiB")
+    table.add_column("policy")
+    table.add_column("predicted MiB", justify="right")
+    table.add_column("fits")
+    for spec in policies:
+        table.add_row(spec, mib(fit.predicted[spec]), "[green]yes[/]" if fit.fits(spec) else "[red]no[/]")
+    console.print(table)
+    if fit.largest_k is None:
+        console.print(f"no mobiletl:K fits at batch {batch_size}; lower --batch-size or --resolution")
+    else:
+        console.print(f"largest K that fits: [bold]mobiletl:{fit.largest_k}[/] "
+                      f"({mib(fit.predicted[f'mobiletl:{fit.largest_k}'])} MiB)")
+    for spec in policies:
+        n = largest_batch(model, spec, limit, resolution, optimizer, num_classes=num_classes)
+        console.print(f"largest batch size for {spec}: [bold]{n}[/]" if n else f"{spec} does not fit even at batch 1")
 
 
 @main.command()

@@ -160,14 +160,23 @@ class MobileTL(TopBlocks):
     def apply(self, model, hardswish_threshold=0.0):
         super().apply(model, hardswish_threshold)
         for block in self.trained_blocks(model):
-            norms = [m for m in block.modules() if type(m) is nn.BatchNorm2d]
-            # every norm but the block's last (after the projection conv) is internal: shift only
-            for bn in norms[:-1]:
-                ShiftOnlyBatchNorm2d.from_module(bn)
-            for parent, name, child in _children_with_parents(block):
-                masked = masked_version(child, hardswish_threshold)
-                if masked is not None:
-                    parent._modules[name] = masked
+            mobiletl_block(block, hardswish_threshold)
+
+
+def mobiletl_block(block: nn.Module, hardswish_threshold: float = 0.0) -> nn.Module:
+    """MobileTL inside one inverted-residual block, in place: internal norms shift-only, masked activations.
+
+    Trainability of convs and of the last norm is left as it is (the policy sets it).
+    """
+    norms = [m for m in block.modules() if type(m) is nn.BatchNorm2d]
+    # every norm but the block's last (after the projection conv) is internal: shift only
+    for bn in norms[:-1]:
+        ShiftOnlyBatchNorm2d.from_module(bn)
+    for parent, name, child in _children_with_parents(block):
+        masked = masked_version(child, hardswish_threshold)
+        if masked is not None:
+            parent._modules[name] = masked
+    return block
 
 
 POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (Full, Last, BnLast, Bias, FineTune, MobileTL)}

@@ -1,0 +1,92 @@
+"""Measure one training step in a fresh process: peak RSS, step time, and the bytes saved for backward.
+
+    m = measure_step("mobilenet_v2", "mobiletl:5", batch=8, resolution=224)    # runs a subprocess
+    m["peak_rss_bytes"], m["step_rss_bytes"], m["step_seconds"], m["saved_activation_bytes"]
+
+A fresh process is the only honest way to read a peak: the parent's allocator already holds memory.
+The child builds the model, applies the policy, allocates the batch, reads its RSS (the baseline),
+runs one warm-up step and ``steps`` timed steps, and reports its peak RSS and the increase over the
+baseline, which is what training adds on top of the loaded model. The peak is ``VmHWM`` of
+``/proc/self/status``, reset to the baseline first: ``getrusage``'s ``ru_maxrss`` survives
+``execve`` and would report the parent's peak.
+
+Run directly, it is the child: ``python -m edgetl.profile.step MODEL POLICY BATCH RESOLUTION OPTIMIZER``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+from ..errors import EdgeTLError
+
+STEP_TIMEOUT_S = 600
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    raise EdgeTLError(f"/proc/self/status has no {field}; peak RSS is measured on Linux only")
+
+
+def _reset_peak() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+    except OSError:
+        pass  # then the peak includes start-up, which is below the step's peak anyway
+
+
+def _child(model: str, policy: str, batch: int, resolution: int, optimizer: str, steps: int = 3) -> dict:
+    import torch
+
+    import edgetl
+    from edgetl.profile.saved import measure_saved
+
+    torch.manual_seed(0)
+    net = edgetl.apply_policy(edgetl.create_model(model, num_classes=10), policy).train()
+    params = list(edgetl.trainable_parameters(net).values())
+    opt = (torch.optim.AdamW(params, lr=1e-3) if optimizer.startswith("adam")
+           else torch.optim.SGD(params, lr=0.01, momentum=0.0 if optimizer == "sgd-nomomentum" else 0.9))
+    x = torch.randn(batch, 3, resolution, resolution)
+    y = torch.randint(0, 10, (batch,))
+    baseline = _status_bytes("VmRSS")
+    _reset_peak()
+    times = []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i:
+            times.append(time.perf_counter() - t0)
+    peak = _status_bytes("VmHWM")
+    saved = measure_saved(net, x, y).activation_bytes
+    return {"baseline_rss_bytes": baseline, "peak_rss_bytes": peak, "step_rss_bytes": peak - baseline,
+            "step_seconds": statistics.median(times), "saved_activation_bytes": saved}
+
+
+def measure_step(model: str, policy: str, batch: int, resolution: int, optimizer: str = "sgd") -> dict:
+    """Run :func:`_child` in a fresh Python process and return its measurements."""
+    cmd = [sys.executable, "-m", "edgetl.profile.step", model, policy, str(batch), str(resolution), optimizer]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=STEP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise EdgeTLError(f"measuring one step of {model} {policy} took over {STEP_TIMEOUT_S}s; "
+                          f"lower --batch-size or --resolution") from None
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        raise EdgeTLError(f"the measurement process for {model} {policy} failed: {tail[0]}; "
+                          f"if it ran out of memory, lower --batch-size")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    m, p, b, r, o = sys.argv[1:6]
+    print(json.dumps(_child(m, p, int(b), int(r), o)))

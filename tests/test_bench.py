@@ -1,0 +1,37 @@
+"""The benchmark scripts run, and their figures hold together (small settings, real subprocesses)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench(script, *args, tmp_path):
+    out = tmp_path / f"{script}.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args, "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_irb_memory_bench(tmp_path):
+    data, table = _bench("irb_memory.py", "--channels", "8", "--size", "8", "--batch-size", "2", tmp_path=tmp_path)
+    assert "mobilenet_v2" in table and "paper" in table
+    for name in ("mobilenet_v2", "mobilenet_v3"):
+        d = data[name]
+        assert d["vanilla_analytic_bytes"] == d["vanilla_bytes"] and d["mobiletl_analytic_bytes"] == d["mobiletl_bytes"]
+        assert d["reduction"] == 1 - d["mobiletl_bytes"] / d["vanilla_bytes"]
+    # V3 vanilla keeps no ReLU6 copies; V2's in-place ReLU6 keeps one per activation
+    assert data["mobilenet_v3"]["vanilla_without_relu6_copies_bytes"] == data["mobilenet_v3"]["vanilla_bytes"]
+    assert data["mobilenet_v2"]["vanilla_without_relu6_copies_bytes"] < data["mobilenet_v2"]["vanilla_bytes"]
+
+
+def test_flops_bench(tmp_path):
+    data, _ = _bench("flops.py", "--model", "mobilenet_v3_small", "--resolution", "64", tmp_path=tmp_path)
+    rows = data["mobilenet_v3_small"]
+    assert len([k for k in rows if k.startswith("mobiletl:")]) == 11
+    for k in range(1, 12):
+        assert rows[f"mobiletl:{k}"]["training_flops"] <= rows[f"ft:{k}"]["training_flops"] < rows["full"]["training_flops"]
+    assert rows["ft:1"]["training_flops"] < rows["ft:5"]["training_flops"] < rows["ft:11"]["training_flops"]
