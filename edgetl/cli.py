@@ -153,6 +153,38 @@ def _print_fit(model, policies, limit, batch_size, resolution, optimizer, num_cl
         console.print(f"largest batch size for {spec}: [bold]{n}[/]" if n else f"{spec} does not fit even at batch 1")
 
 
+@main.command("export")
+@click.argument("run", type=click.Path())
+@click.option("--format", "fmt", default="onnx", show_default=True, help="onnx")
+@click.option("--out", default=None, help="artifact directory [default: artifacts/<format>]")
+@click.option("--no-validate", is_flag=True, help="skip the parity check against PyTorch")
+@click.option("--steps", default=3, show_default=True, type=int, help="training steps in the parity check")
+@click.option("--batch-size", default=4, show_default=True, type=int, help="batch size of the reference batches")
+@click.option("--lr", default=None, type=float, help="learning rate on the device [default: the run's]")
+@friendly_errors
+def export_cmd(run, fmt, out, no_validate, steps, batch_size, lr):
+    """Export a trained run for on-device training, and prove it trains like PyTorch."""
+    from .exporters import export
+
+    out = out or f"artifacts/{fmt}"
+    export(run, fmt, out, validate=not no_validate, steps=steps, batch_size=batch_size, lr=lr,
+           console=Console(stderr=True))
+    console.print(f"[green]exported[/] {run} as {fmt} to {out}")
+
+
+@main.command("import-weights")
+@click.argument("run", type=click.Path())
+@click.argument("params", type=click.Path())
+@click.option("--out", required=True, help="the new checkpoint (.pt)")
+@friendly_errors
+def import_weights_cmd(run, params, out):
+    """Load parameters trained on a device (params.npz) into an edgetl checkpoint."""
+    from .exporters.base import import_weights
+
+    path = import_weights(run, params, out)
+    console.print(f"wrote {path}; use it with --weights {path}")
+
+
 @main.command()
 def models():
     """List the supported models."""

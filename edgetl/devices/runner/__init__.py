@@ -1,0 +1,1 @@
+"""Self-contained device runners: each file runs on its own, with its runtime and numpy only."""

@@ -1,0 +1,144 @@
+"""ONNX Runtime on-device training artifacts, validated against PyTorch.
+
+    from edgetl.exporters import export
+    result = export("runs/last", "onnx", "artifacts/onnx")          # validates by default
+
+The directory holds ``training_model.onnx``, ``eval_model.onnx``, ``optimizer_model.onnx`` and
+``checkpoint`` (ONNX Runtime's on-device training set), ``inference.onnx`` (running statistics, for
+deployment), ``reference.npz`` (reference batches with PyTorch's logits and losses, for ``--verify`` on a
+device), ``ort_runner.py`` (the device runner) and ``manifest.json``.
+
+Only the parameters the policy trains are trainable; everything else is a frozen initializer. Batch
+norms the policy trains fully normalise with batch statistics, as in PyTorch, and keep the exported
+running statistics (ONNX Runtime's training graph cannot update buffers): validation measures how much
+the eval logits after K steps differ from PyTorch's, whose statistics moved.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..devices.runner import ort_runner
+from .base import REFERENCE, ExportError, OptimizerSpec, Run, preprocessing, reference_batches, write_manifest
+from .onnx_graph import OPSET, export_graph, hardswish_threshold, register_gradients
+from .validation import (PARITY_SGD_LR, TOLERANCES, compare_logits, compare_optimizer_step, eval_logits, free_running,
+                         teacher_forced, torch_step, training_copy)
+
+ARTIFACTS = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
+
+
+def _backend():
+    try:
+        import onnx
+        import onnxruntime
+        from onnxruntime.training import artifacts, onnxblock
+    except ImportError as exc:
+        raise ExportError(f"the onnx backend is not installed ({exc.name} missing); "
+                          f"install it with: pip install 'edgetl[onnx]'") from None
+    onnxruntime.set_default_logger_severity(3)  # errors only: its info and warning lines are noise here
+    return onnx, artifacts, onnxblock
+
+
+class OnnxExporter:
+    name = "onnx"
+    runtime = "onnxruntime-training"
+
+    def export(self, run: Run, out: Path, validate: bool = True, steps: int = 3, batch_size: int = 4,
+               lr: float | None = None, log=print) -> dict:
+        onnx, artifacts, onnxblock = _backend()
+        out.mkdir(parents=True, exist_ok=True)
+        trainable = [n for n, p in run.model.named_parameters() if p.requires_grad]
+        spec = run.optimizer(lr)
+
+        t0 = time.perf_counter()
+        training = export_graph(run.model, run.resolution, training=True)
+        inference = export_graph(run.model, run.resolution, training=False)
+        initializers = {i.name for i in training.graph.initializer}
+        missing = [n for n in trainable if n not in initializers]
+        if missing:
+            raise ExportError(f"trainable parameters missing from the exported graph: {', '.join(missing[:5])}")
+        frozen = sorted(initializers - set(trainable))
+        register_gradients(hardswish_threshold(run.model))
+        optimizer = (onnxblock.optim.AdamW(betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
+                     if spec.name == "adamw" else onnxblock.optim.SGD())
+        for name in ARTIFACTS:  # a re-export replaces the set as a whole
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        artifacts.generate_artifacts(training, requires_grad=trainable, frozen_params=frozen,
+                                     loss=artifacts.LossType.CrossEntropyLoss, optimizer=optimizer,
+                                     artifact_directory=str(out))
+        if spec.name == "adamw":
+            _pytorch_adamw(out / "optimizer_model.onnx")
+        onnx.save(inference, str(out / ort_runner.INFERENCE_MODEL))
+        shutil.copy(ort_runner.__file__, out / "ort_runner.py")
+        log(f"exported {len(trainable)} trainable and {len(frozen)} frozen tensors in {time.perf_counter() - t0:.1f}s")
+
+        images, labels = reference_batches(run, batch_size=batch_size, count=max(1, min(steps, 4)))
+        logits = eval_logits(training_copy(run.model), images[0])  # before any train-mode forward moves statistics
+        loss, grads = torch_step(training_copy(run.model), images[0], labels[0])
+        np.savez(out / REFERENCE, images=images, labels=labels, logits=logits, loss=np.float32(loss),
+                 grad_norms=np.array([np.linalg.norm(grads[n]) for n in trainable]))
+        validation = {"validated": False, "steps": steps, "batch_size": batch_size, "tolerances": TOLERANCES}
+        versions = {"onnx": onnx.__version__, "onnxruntime": __import__("onnxruntime").__version__, "opset": OPSET}
+        fields = {
+            "format": self.name, "runtime": self.runtime, "model": run.meta["model"], "policy": run.policy,
+            "input": {"name": "input", "shape": [None, 3, run.resolution, run.resolution], "dtype": "float32"},
+            "output": {"name": "logits", "shape": [None, len(run.class_names)]}, "class_names": run.class_names,
+            "preprocessing": preprocessing(run.resolution), "trainable": trainable,
+            "optimizer": {"name": spec.name, "lr": spec.lr, "weight_decay": spec.weight_decay, "betas": list(spec.betas),
+                          "eps": spec.eps},
+            "batch_norm": "internal norms shift-only; fully trained norms use batch statistics in training and keep "
+                          "their exported running statistics (the training graph cannot update buffers)",
+            "dropout": "not exported: on-device training runs without dropout (the parity check does the same)",
+            "hardswish_backward": f"MobileTL sign approximation dY * (x > {hardswish_threshold(run.model)}) "
+                                  f"in trained blocks; exact elsewhere",
+            "versions": versions, "validation": validation, "notes": run.notes, "source_run": str(run.path)}
+        manifest = write_manifest(out, fields)  # the runner reads it, so it exists before validation
+        checks = []
+        if validate:
+            checks, extra = self.validate(out, run, images, labels, steps, spec)
+            validation.update(validated=True, ok=all(c.ok for c in checks), checks=[c.as_dict() for c in checks],
+                              **extra)
+            manifest = write_manifest(out, fields)
+        return {"manifest": manifest, "checks": checks}
+
+    def validate(self, out: Path, run: Run, images, labels, steps: int, spec: OptimizerSpec):
+        """The checks of :mod:`.validation`, run through the device runner's own code."""
+        art = str(out)
+        ref_logits = eval_logits(training_copy(run.model), images[0])
+        sgd_lr = spec.lr if spec.name == "sgd" else PARITY_SGD_LR
+        stepper = ort_runner.Trainer(art)
+        before = stepper.params()
+        _, grads = stepper.gradients(images[0], labels[0], keep=True)
+        stepper.optimizer_step()
+        checks = [compare_logits(ref_logits, ort_runner.infer(art, images[0])),
+                  *teacher_forced(run, ort_runner.Trainer(art), images, labels, steps, sgd_lr),
+                  compare_optimizer_step(before, grads, stepper.params(), spec)]
+        trained = ort_runner.train(art, images, labels, steps)
+        params = trained["trainer"].params()
+        drift = free_running(run, images, labels, steps, spec, trained["losses"], params,
+                             ort_runner.infer(art, images[0], params))
+        return checks, {"free_running": drift, "onnxruntime_step_seconds": float(np.median(trained["step_seconds"]))}
+
+
+def _pytorch_adamw(path: Path) -> None:
+    """Make the generated AdamW follow PyTorch's AdamW, as training on the laptop does.
+
+    onnxblock writes ``adam_mode=1`` (Hugging Face's AdamW: epsilon added before the bias correction, about
+    30x larger in effect at step 1, and weight decay after the update); ``adam_mode=0`` is PyTorch's.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    nodes = [n for n in model.graph.node if n.op_type == "AdamWOptimizer"]
+    if not nodes:
+        raise ExportError(f"{path.name} has no AdamWOptimizer node; onnxruntime-training changed its optimizer graph")
+    for node in nodes:
+        for attr in node.attribute:
+            if attr.name == "adam_mode":
+                attr.i = 0
+    onnx.save(model, str(path))

@@ -1,0 +1,210 @@
+"""Lower a policy-applied model to ONNX graphs that ONNX Runtime trains as PyTorch does.
+
+    training = export_graph(run.model, resolution, training=True)    # onnx.ModelProto
+    inference = export_graph(run.model, resolution, training=False)
+    register_gradients(hardswish_threshold=0.0)                      # before generate_artifacts
+
+The pitfalls of this stack (DESIGN.md section 5), each handled here:
+
+- the legacy exporter, no constant folding, and ``TrainingMode.PRESERVE`` on a model in eval mode: the
+  dynamo exporter folds batch norms into convs (their parameters vanish) or emits CastLike, which has no
+  gradient, and ``TrainingMode.EVAL`` runs a peephole pass that fuses Conv + BatchNormalization in the
+  inference graph, so trained norm shifts vanish from it and device-trained weights could not be loaded;
+- batch norms are rewritten as plain ops in training graphs (a training-mode BatchNormalization makes
+  an eval model that does not load, and ONNX Runtime turns even an inference-mode one into its
+  training kernel, which normalises with batch statistics): frozen and shift-only norms as
+  ``(x - mean) * s + beta`` with a frozen ``s``, fully trained norms with batch statistics computed by
+  ReduceMean, exactly PyTorch's training-mode normalisation;
+- ONNX Runtime registers no gradient for HardSigmoid, its Clip (ReLU6) gradient is not PyTorch's, and
+  its HardSwish gradient is not MobileTL's: ``register_gradients`` gives HardSigmoid and Clip PyTorch's
+  exact gradients and HardSwish the sign approximation
+  ``dY * (X > t)`` (Greater, Cast, Mul: standard ops, so any device runtime runs them). Plain Hard-Swish
+  (``ft:K``, ``full``) is written as ``x * HardSigmoid(x)``, whose gradient is then exact;
+- the legacy exporter may merge initializers with equal values (e.g. zero biases) behind Identity
+  nodes, so parameter names vanish: ``restore_initializers`` gives each its own initializer back;
+- onnx newer than 1.17 writes IR versions that onnxruntime-training 1.19.2 refuses: checked up front.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import FrozenConv2d, FrozenLinear, MaskedActivation, MaskedHardswish, ShiftOnlyBatchNorm2d
+from .base import ExportError
+
+OPSET = 17
+MAX_IR_VERSION = 10  # what onnxruntime-training 1.19.2 loads
+INPUT, OUTPUT = "input", "logits"
+
+
+class _AffineNorm(nn.BatchNorm2d):
+    """Shift-only norm as plain ops: frozen statistics and scale, trainable shift."""
+
+    def forward(self, x):
+        scale = self.weight / torch.sqrt(self.running_var + self.eps)
+        return (x - self.running_mean.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+class _BatchStatNorm(nn.BatchNorm2d):
+    """Training-mode batch norm as plain ops (batch mean and biased variance, as PyTorch normalises)."""
+
+    def forward(self, x):
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        centred = x - mean
+        var = (centred * centred).mean(dim=(0, 2, 3), keepdim=True)
+        return centred / torch.sqrt(var + self.eps) * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+class _HardswishExact(nn.Module):
+    """Hard-Swish as x * HardSigmoid(x): with HardSigmoid's registered gradient, the exact derivative."""
+
+    def forward(self, x):
+        return x * F.hardsigmoid(x)
+
+
+def _plain_activation(m: MaskedActivation) -> nn.Module:
+    return m.replaces()  # MaskedHardswish -> nn.Hardswish: the HardSwish op, with MobileTL's registered gradient
+
+
+def lower(model: nn.Module, training: bool) -> nn.Module:
+    """A copy of ``model`` made of modules the ONNX exporter maps to differentiable standard ops."""
+    model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, MaskedActivation):
+                parent._modules[name] = _plain_activation(child)
+            elif type(child) is nn.Hardswish and training:
+                parent._modules[name] = _HardswishExact()
+            elif isinstance(child, FrozenConv2d):
+                child.__class__ = nn.Conv2d
+            elif isinstance(child, FrozenLinear):
+                child.__class__ = nn.Linear
+            elif isinstance(child, nn.BatchNorm2d) and training:
+                # no BatchNormalization op in a training graph: ONNX Runtime swaps it for its training-mode
+                # kernel, so frozen norms would normalise with batch statistics
+                child.__class__ = _BatchStatNorm if child.weight.requires_grad else _AffineNorm
+            elif isinstance(child, ShiftOnlyBatchNorm2d):
+                child.__class__ = nn.BatchNorm2d
+    return model.eval()
+
+
+def export_graph(model: nn.Module, resolution: int, training: bool):
+    """The ONNX ModelProto of ``model`` (training or inference semantics), guarded against the pitfalls."""
+    import onnx
+
+    lowered = lower(model, training)
+    f = io.BytesIO()
+    with torch.no_grad() if not training else torch.enable_grad():
+        torch.onnx.export(lowered, torch.randn(2, 3, resolution, resolution), f, input_names=[INPUT],
+                          output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                          opset_version=OPSET, dynamo=False, training=torch.onnx.TrainingMode.PRESERVE,
+                          do_constant_folding=False, export_params=True)
+    proto = onnx.load_from_string(f.getvalue())
+    if proto.ir_version > MAX_IR_VERSION:
+        raise ExportError(f"onnx {onnx.__version__} wrote IR version {proto.ir_version}, which onnxruntime-training "
+                          f"cannot load (at most {MAX_IR_VERSION}); install onnx==1.17.0 (pip install 'edgetl[onnx]')")
+    names = [n for n, _ in lowered.named_parameters()]
+    restore_initializers(proto, names + [n for n, _ in lowered.named_buffers()])
+    initializers = {i.name for i in proto.graph.initializer}
+    lost = [n for n, p in model.named_parameters() if p.requires_grad and n not in initializers]
+    if lost:
+        raise ExportError(f"the {'training' if training else 'inference'} graph lost trainable parameters "
+                          f"({', '.join(lost[:5])}): the exporter fused or renamed them")
+    check_supported(proto)
+    return proto
+
+
+def restore_initializers(proto, names: list[str]) -> list[str]:
+    """Give parameters that the exporter merged behind Identity nodes their own initializer again."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    restored = []
+    for node in list(proto.graph.node):
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] in names \
+                and node.output[0] not in inits:
+            array = numpy_helper.to_array(inits[node.input[0]])
+            proto.graph.initializer.append(numpy_helper.from_array(array.copy(), node.output[0]))
+            proto.graph.node.remove(node)
+            restored.append(node.output[0])
+    return restored
+
+
+#: ops the training graphs may contain; anything else is named in an error
+SUPPORTED_OPS = {"Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Sqrt", "Relu", "Clip", "HardSigmoid",
+                 "HardSwish", "GlobalAveragePool", "ReduceMean", "Reshape", "Flatten", "Constant", "Identity",
+                 "BatchNormalization", "Shape", "Gather", "Unsqueeze", "Concat"}
+
+
+def check_supported(proto) -> None:
+    unknown = sorted({n.op_type for n in proto.graph.node} - SUPPORTED_OPS)
+    if unknown:
+        raise ExportError(f"the model contains ONNX ops edgetl cannot train on device: {', '.join(unknown)}; "
+                          f"only MobileNet layers (conv, norms, ReLU/ReLU6/Hard-Swish/Hardsigmoid, SE, pooling, linear) "
+                          f"are supported")
+
+
+def _gradient(nodes):
+    from onnxruntime.capi import _pybind_state as C
+
+    out = []
+    for op, inputs, outputs, *attrs in nodes:
+        node = C.GradientNodeDefinition()
+        node.op_type, node.domain, node.inputs, node.outputs = op, "", inputs, outputs
+        defs = []
+        for key, value in (attrs[0] if attrs else {}).items():
+            a = C.GradientNodeAttributeDefinition()
+            a.name, a.value_json, a.dtype = key, json.dumps(value["value"]), value["dtype"]
+            a.is_tensor = value.get("is_tensor", False)
+            defs.append(a)
+        node.attributes = defs
+        out.append(node)
+    return out
+
+
+def _const(name: str, value: float):
+    return ("Constant", [], [name], {"value": {"value": value, "dtype": "float", "is_tensor": True}})
+
+
+_TO_FLOAT = {"to": {"value": 1, "dtype": "int"}}
+
+
+def register_gradients(hardswish_threshold: float = 0.0) -> None:
+    """Gradients for Clip and HardSigmoid (exact, as PyTorch's) and HardSwish (MobileTL's sign approximation).
+
+    Process-wide; call before each ``generate_artifacts`` so the threshold is the run's.
+    """
+    from onnxruntime.capi import _pybind_state as C
+
+    # torch's Hardsigmoid: alpha = 1/6, beta = 1/2, so the slope 1/6 holds on (-3, 3)
+    C.register_gradient_definition("::HardSigmoid", _gradient([
+        _const("lo", -3.0), _const("hi", 3.0), _const("slope", 1.0 / 6.0),
+        ("Greater", ["I(0)", "lo"], ["above"]), ("Less", ["I(0)", "hi"], ["below"]),
+        ("And", ["above", "below"], ["inside"]), ("Cast", ["inside"], ["insidef"], _TO_FLOAT),
+        ("Mul", ["insidef", "slope"], ["dydx"]), ("Mul", ["GO(0)", "dydx"], ["GI(0)"]),
+    ]))
+    # ReLU6 exports as Clip; ONNX Runtime's own Clip gradient differs from PyTorch's 1[min < x < max]
+    # (3 % of the largest gradient on MobileNetV2), so it is replaced by PyTorch's
+    C.register_gradient_definition("::Clip", _gradient([
+        ("Greater", ["I(0)", "I(1)"], ["above"]), ("Less", ["I(0)", "I(2)"], ["below"]),
+        ("And", ["above", "below"], ["inside"]), ("Cast", ["inside"], ["insidef"], _TO_FLOAT),
+        ("Mul", ["GO(0)", "insidef"], ["GI(0)"]),
+    ]))
+    C.register_gradient_definition("::HardSwish", _gradient([
+        _const("threshold", float(hardswish_threshold)),
+        ("Greater", ["I(0)", "threshold"], ["mask"]), ("Cast", ["mask"], ["maskf"], _TO_FLOAT),
+        ("Mul", ["GO(0)", "maskf"], ["GI(0)"]),
+    ]))
+
+
+def hardswish_threshold(model: nn.Module) -> float:
+    thresholds = {m.threshold for m in model.modules() if isinstance(m, MaskedHardswish)}
+    if len(thresholds) > 1:
+        raise ExportError(f"the model mixes Hard-Swish thresholds {sorted(thresholds)}; ONNX export needs one")
+    return thresholds.pop() if thresholds else 0.0

@@ -1,0 +1,24 @@
+"""Helpers for export tests: runs made without training (fast), in the layout `edgetl train` writes."""
+
+import torch
+
+from edgetl import apply_policy, create_model
+from edgetl.trainer import CHECKPOINT, calibrate_batchnorm
+
+
+def make_run(root, model="mobilenet_v3_small", policy="mobiletl:3", resolution=64, optimizer="adamw", lr=1e-3,
+             seed=0):
+    """A run directory whose checkpoint holds a random model with batch-norm statistics from data."""
+    torch.manual_seed(seed)
+    net = create_model(model, num_classes=5)
+    calibrate_batchnorm(net, [(torch.randn(8, 3, resolution, resolution), None)])
+    apply_policy(net, policy)
+    config = {"model": model, "policy": policy, "data": "patterns", "weights": "none", "epochs": 1, "batch_size": 8,
+              "resolution": resolution, "lr": lr, "optimizer": optimizer, "weight_decay": 1e-4, "seed": seed,
+              "out": str(root), "workers": 0, "hardswish_threshold": 0.0}
+    meta = {"version": "test", "model": model, "policy": policy, "num_classes": 5,
+            "class_names": ["stripes_horizontal", "stripes_vertical", "checkerboard", "dots", "rings"],
+            "resolution": resolution, "config": config}
+    root.mkdir(parents=True, exist_ok=True)
+    torch.save({"edgetl": meta, "state_dict": net.state_dict(), "history": []}, root / CHECKPOINT)
+    return root
