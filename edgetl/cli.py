@@ -185,6 +185,57 @@ def import_weights_cmd(run, params, out):
     console.print(f"wrote {path}; use it with --weights {path}")
 
 
+@main.group()
+def devices():
+    """Probe devices (ssh://, adb://, local://)."""
+
+
+@devices.command("probe")
+@click.argument("uri")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@friendly_errors
+def devices_probe(uri, as_json):
+    """Arch, OS, RAM, CPUs, Python and runtimes of a device."""
+    import json as _json
+
+    from .devices import connect
+
+    with connect(uri) as device:
+        info = device.probe()
+    if as_json:
+        click.echo(_json.dumps(info.as_dict(), indent=2))
+        return
+    table = Table(title=uri, show_header=False)
+    for key, value in [("model / OS", f"{info.model} {info.os}".strip()), ("arch", info.arch), ("kernel", info.kernel),
+                       ("CPUs", str(info.cpus)),
+                       ("RAM", f"{info.mem_available_bytes / 2**20:,.0f} MiB available of {info.mem_total_bytes / 2**20:,.0f}"),
+                       ("disk", f"{info.free_bytes / 2**20:,.0f} MiB free in {info.workdir}"),
+                       ("Python", info.python or "none"),
+                       ("runtimes", ", ".join(f"{k} {v}" for k, v in info.runtimes.items()) or "none")]:
+        table.add_row(key, value)
+    console.print(table)
+
+
+@main.command()
+@click.argument("artifacts", type=click.Path())
+@click.option("--device", "device_uri", required=True, help="ssh://user@host, adb://SERIAL, adb://HOST:PORT, local://")
+@click.option("--steps", default=50, show_default=True, type=int)
+@click.option("--data", default=None, help="ImageFolder or .npz shard to train on [default: the reference batches]")
+@click.option("--out", default=None, help="where results land [default: deploy/<time>]")
+@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--lr", default=None, type=float, help="learning rate [default: the export's]")
+@click.option("--verify", is_flag=True, help="repeat the export's parity check on the device first")
+@click.option("--force", is_flag=True, help="deploy even if the predicted memory exceeds the device's")
+@click.option("--timeout", default=3600, show_default=True, type=float, help="seconds for the training run")
+@friendly_errors
+def deploy(artifacts, device_uri, steps, data, out, batch_size, lr, verify, force, timeout):
+    """Push an export to a device, train there, and bring back metrics and weights."""
+    from .devices.deploy import deploy as run_deploy
+
+    run_deploy(artifacts, device_uri, steps=steps, data=data, out=out, batch_size=batch_size, lr=lr, verify=verify,
+               force=force, timeout=timeout, console=Console(stderr=True))
+
+
 @main.command()
 def models():
     """List the supported models."""

@@ -171,3 +171,20 @@ def load_datasets(data: str | os.PathLike, resolution: int, seed: int = 0, val_f
     n_val = max(1, int(len(base) * val_fraction))
     return (_Transformed(Subset(base, order[n_val:]), train_transform(resolution)),
             _Transformed(Subset(base, order[:n_val]), eval_transform(resolution)), base.classes)
+
+
+def pack_shard(data: str | os.PathLike, resolution: int, count: int = 64, seed: int = 0):
+    """``(images, labels, class_names)``: up to ``count`` preprocessed images (eval transform) for a device.
+
+    From an ImageFolder (its ``train`` split when it has one), or the built-in ``patterns``.
+    """
+    if str(data) == BUILTIN:
+        ds, classes = Patterns(count, seed=seed, transform=eval_transform(resolution)), list(Patterns.classes)
+    else:
+        root = Path(data)
+        base = _image_folder(root / "train" if (root / "train").is_dir() else root)
+        ds, classes = _Transformed(base, eval_transform(resolution)), base.classes
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    items = [ds[i] for i in order]
+    images = torch.stack([x for x, _ in items]).numpy().astype(np.float32)
+    return images, np.array([y for _, y in items], dtype=np.int64), classes

@@ -32,3 +32,6 @@ def make_image_folder(root, classes=("stripes_horizontal", "stripes_vertical", "
 @pytest.fixture
 def image_folder(tmp_path):
     return make_image_folder(tmp_path / "data")
+
+
+from .devicefixtures import adb_peer, adb_server, sshd  # noqa: E402,F401  (fixtures for the device tests)

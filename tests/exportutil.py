@@ -6,8 +6,11 @@ from edgetl import apply_policy, create_model
 from edgetl.trainer import CHECKPOINT, calibrate_batchnorm
 
 
+PATTERN_CLASSES = ["stripes_horizontal", "stripes_vertical", "checkerboard", "dots", "rings"]
+
+
 def make_run(root, model="mobilenet_v3_small", policy="mobiletl:3", resolution=64, optimizer="adamw", lr=1e-3,
-             seed=0):
+             seed=0, class_names=PATTERN_CLASSES):
     """A run directory whose checkpoint holds a random model with batch-norm statistics from data."""
     torch.manual_seed(seed)
     net = create_model(model, num_classes=5)
@@ -16,8 +19,7 @@ def make_run(root, model="mobilenet_v3_small", policy="mobiletl:3", resolution=6
     config = {"model": model, "policy": policy, "data": "patterns", "weights": "none", "epochs": 1, "batch_size": 8,
               "resolution": resolution, "lr": lr, "optimizer": optimizer, "weight_decay": 1e-4, "seed": seed,
               "out": str(root), "workers": 0, "hardswish_threshold": 0.0}
-    meta = {"version": "test", "model": model, "policy": policy, "num_classes": 5,
-            "class_names": ["stripes_horizontal", "stripes_vertical", "checkerboard", "dots", "rings"],
+    meta = {"version": "test", "model": model, "policy": policy, "num_classes": 5, "class_names": list(class_names),
             "resolution": resolution, "config": config}
     root.mkdir(parents=True, exist_ok=True)
     torch.save({"edgetl": meta, "state_dict": net.state_dict(), "history": []}, root / CHECKPOINT)

@@ -32,21 +32,30 @@ INFERENCE_MODEL, REFERENCE, MANIFEST = "inference.onnx", "reference.npz", "manif
 
 
 def training_api():
-    """``onnxruntime.training.api`` without running ``onnxruntime/training/__init__.py``.
+    """``onnxruntime.training.api`` without torch.
 
-    That package init imports ``onnxruntime.training.optim``, which imports torch: a device without torch
-    would fail, and one with torch would pay hundreds of MB of RSS for nothing. A bare package object
-    with the right ``__path__`` lets ``api`` (which needs neither) import alone.
+    ``onnxruntime/training/__init__.py`` imports ``onnxruntime.training.optim``, and onnxruntime's own version
+    check imports ``onnxruntime.training.ortmodule``: both import torch. A device without torch would fail,
+    and one with torch would pay ~350 MB of RSS for nothing. A bare package object with the right
+    ``__path__`` lets ``api`` (which needs neither) import alone, and ``ortmodule`` reads as absent.
     """
     if "onnxruntime.training.api" in sys.modules:
         return sys.modules["onnxruntime.training.api"]
+    import importlib.util
+
+    if "onnxruntime.training" not in sys.modules:
+        # before onnxruntime itself: its own __init__ imports onnxruntime.training, and through it torch
+        spec = importlib.util.find_spec("onnxruntime")
+        if spec is None:
+            raise SystemExit("onnxruntime-training is not installed: pip install onnxruntime-training-cpu==1.19.2 numpy")
+        pkg = types.ModuleType("onnxruntime.training")
+        pkg.__path__ = [os.path.join(spec.submodule_search_locations[0], "training")]
+        sys.modules["onnxruntime.training"] = pkg
+        # onnxruntime's version check imports ORTModule (torch) and tolerates its ImportError: let it skip
+        sys.modules.setdefault("onnxruntime.training.ortmodule", None)
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(3)  # errors only
-    if "onnxruntime.training" not in sys.modules:
-        pkg = types.ModuleType("onnxruntime.training")
-        pkg.__path__ = [os.path.join(os.path.dirname(onnxruntime.__file__), "training")]
-        sys.modules["onnxruntime.training"] = pkg
     import onnxruntime.training.api as api
 
     return api

@@ -1,0 +1,219 @@
+"""What every device offers, whatever the transport: probe, run, push/pull with checksums, errors for people.
+
+    device = connect("ssh://pi@raspberrypi.local")      # or adb://SERIAL, adb://HOST:PORT, local://
+    info = device.probe()                                # arch, OS, RAM, CPUs, Python, runtimes, free disk
+    device.push_file("a.onnx", f"{device.workdir}/a.onnx")
+    result = device.run("python3 -V", timeout=30, on_line=print)
+
+A transport implements ``run``, ``push_file`` and ``pull_file`` (and ``close``); everything else here is
+built on them with POSIX shell commands that Raspberry Pi OS and Android's toybox both have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import EdgeTLError
+
+
+class DeviceError(EdgeTLError):
+    """Something about the device, named for a person, with the fix."""
+
+
+class Unreachable(DeviceError):
+    pass
+
+
+class AuthFailed(DeviceError):
+    pass
+
+
+class HostKeyChanged(DeviceError):
+    pass
+
+
+class Disconnected(DeviceError):
+    pass
+
+
+class DiskFull(DeviceError):
+    pass
+
+
+class RuntimeMissing(DeviceError):
+    pass
+
+
+class RunnerFailed(DeviceError):
+    pass
+
+
+class DeviceTimeout(DeviceError):
+    pass
+
+
+class MemoryRefused(DeviceError):
+    pass
+
+
+@dataclass
+class RunResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def tail(self, lines: int = 15) -> str:
+        text = (self.stderr.strip() or self.stdout.strip()).splitlines()
+        return "\n".join(text[-lines:])
+
+
+@dataclass
+class DeviceInfo:
+    uri: str
+    arch: str = ""
+    os: str = ""
+    kernel: str = ""
+    model: str = ""
+    cpus: int = 0
+    mem_total_bytes: int = 0
+    mem_available_bytes: int = 0
+    free_bytes: int = 0
+    workdir: str = ""
+    python: str | None = None
+    python_bin: str | None = None
+    runtimes: dict[str, str] = field(default_factory=dict)  # runtime -> version, only those present
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# Prints key=value lines. Python is asked for runtimes by metadata, never by import: importing
+# onnxruntime.training pulls in torch when present, and a probe must be quick and side-effect free.
+PROBE = r"""
+echo "arch=$(uname -m)"
+echo "kernel=$(uname -r)"
+if [ -r /etc/os-release ]; then . /etc/os-release; echo "os=$PRETTY_NAME"; fi
+if command -v getprop >/dev/null 2>&1; then
+  echo "os=Android $(getprop ro.build.version.release)"; echo "model=$(getprop ro.product.model)"
+elif [ -r /proc/device-tree/model ]; then echo "model=$(tr -d '\0' < /proc/device-tree/model)"; fi
+awk '/^MemTotal:/{print "mem_total_kb="$2} /^MemAvailable:/{print "mem_available_kb="$2}' __MEMINFO__
+echo "cpus=$(nproc 2>/dev/null || grep -c ^processor /proc/cpuinfo)"
+mkdir -p __WORKDIR__ && echo "free_kb=$(df -Pk __WORKDIR__ | awk 'NR==2{print $4}')"
+for py in python3 python; do
+  if command -v $py >/dev/null 2>&1; then
+    echo "python_bin=$(command -v $py)"
+    $py - <<'PY'
+import sys
+print("python=" + sys.version.split()[0])
+try:
+    from importlib import metadata
+except ImportError:
+    metadata = None
+for dist in ("onnxruntime-training-cpu", "onnxruntime-training", "onnxruntime", "ai-edge-litert", "tflite-runtime",
+             "numpy", "onnx"):
+    try:
+        print("runtime." + dist + "=" + metadata.version(dist))
+    except Exception:
+        pass
+PY
+    break
+  fi
+done
+"""
+
+MEMINFO = "/proc/meminfo"
+
+
+class Device(ABC):
+    """A device reached over some transport; ``workdir`` is where edgetl keeps bundles and runs."""
+
+    scheme = ""
+
+    def __init__(self, uri: str, workdir: str):
+        self.uri, self.workdir = uri, workdir.rstrip("/") or "/"
+
+    # -- transport ---------------------------------------------------------------------------------
+    @abstractmethod
+    def run(self, command: str, timeout: float = 600, on_line: Callable[[str], None] | None = None) -> RunResult:
+        """Run a shell command; ``on_line`` gets stdout lines as they come. Raises DeviceTimeout."""
+
+    @abstractmethod
+    def push_file(self, local: Path, remote: str, on_bytes: Callable[[int], None] | None = None) -> None:
+        """Copy one file to the device (the caller handles temporary names)."""
+
+    @abstractmethod
+    def pull_file(self, remote: str, local: Path) -> None:
+        """Copy one file from the device."""
+
+    def close(self) -> None:  # noqa: B027 - optional for transports
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- shared, built on run() -------------------------------------------------------------------
+    def check(self, command: str, timeout: float = 120, what: str = "a command") -> str:
+        result = self.run(command, timeout=timeout)
+        if result.returncode != 0:
+            tail = result.tail(5)
+            if "No space left" in tail:
+                raise DiskFull(f"the device ran out of disk space in {self.workdir}; free some space there, or "
+                               f"deploy to another directory")
+            raise DeviceError(f"{what} failed on {self.uri} (exit {result.returncode}): {tail}")
+        return result.stdout
+
+    def probe(self) -> DeviceInfo:
+        script = PROBE.replace("__WORKDIR__", shlex.quote(self.workdir)).replace("__MEMINFO__", MEMINFO)
+        out = self.check(script, timeout=60, what="probing the device")
+        values: dict[str, str] = {}
+        for line in out.splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key not in values:  # the first answer wins (os-release before getprop)
+                values[key.strip()] = value.strip()
+        runtimes = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("runtime.")}
+        as_int = lambda key: int(values[key]) if values.get(key, "").isdigit() else 0  # noqa: E731
+        return DeviceInfo(self.uri, values.get("arch", ""), values.get("os", ""), values.get("kernel", ""),
+                          values.get("model", ""), as_int("cpus"), as_int("mem_total_kb") * 1024,
+                          as_int("mem_available_kb") * 1024, as_int("free_kb") * 1024, self.workdir,
+                          values.get("python"), values.get("python_bin"), runtimes)
+
+    def sha256(self, paths: list[str]) -> dict[str, str]:
+        """sha256 of the files that exist among ``paths`` (missing ones are left out)."""
+        if not paths:
+            return {}
+        quoted = " ".join(shlex.quote(p) for p in paths)
+        out = self.run(f"for f in {quoted}; do [ -f \"$f\" ] && sha256sum \"$f\"; done; true", timeout=300).stdout
+        sums = {}
+        for line in out.splitlines():
+            digest, _, path = line.strip().partition("  ")
+            if len(digest) == 64:
+                sums[path.strip()] = digest
+        return sums
+
+    def makedirs(self, path: str) -> None:
+        self.check(f"mkdir -p {shlex.quote(path)}", what=f"creating {path}")
+
+    def rename(self, src: str, dst: str) -> None:
+        self.check(f"mv -f {shlex.quote(src)} {shlex.quote(dst)}", what=f"renaming {src}")
+
+    def remove(self, path: str) -> None:
+        self.check(f"rm -rf {shlex.quote(path)}", what=f"removing {path}")
+
+    def exists(self, path: str) -> bool:
+        return self.run(f"[ -e {shlex.quote(path)} ]", timeout=60).returncode == 0
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

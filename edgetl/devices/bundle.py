@@ -1,0 +1,122 @@
+"""What a deploy pushes: the artifacts, their manifest, the runner and an optional data shard.
+
+    bundle = make_bundle("artifacts/onnx", data="./flowers")      # staged locally, content-addressed
+    remote = push_bundle(device, bundle)                           # atomic and resumable
+
+A bundle's id is a hash of its files, so the device keeps one directory per content,
+``<workdir>/bundles/<id>``. Files travel into ``<id>.partial`` (each as ``name.part``, renamed when whole),
+are verified by sha256 on the device, and only then is the directory renamed into place: a runner never
+sees a half-written bundle, and a rerun after a dropped connection sends only what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..exporters.base import MANIFEST, ExportError, verify_manifest
+from .base import Device, DeviceError, DiskFull, file_sha256
+
+BUNDLE_JSON = "bundle.json"
+SHARD = "shard.npz"
+RUNNERS = {"onnxruntime-training": "ort_runner.py"}
+
+
+@dataclass
+class Bundle:
+    root: Path
+    id: str
+    manifest: dict
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    runner: str = ""
+    shard: str | None = None
+
+    @property
+    def size(self) -> int:
+        return sum((self.root / rel).stat().st_size for rel in self.files)
+
+
+def make_bundle(artifacts: str | Path, data: str | Path | None = None, shard_size: int = 64, seed: int = 0) -> Bundle:
+    artifacts = Path(artifacts)
+    if not (artifacts / MANIFEST).is_file():
+        raise ExportError(f"{artifacts} holds no {MANIFEST}; pass a directory written by `edgetl export`")
+    bad = verify_manifest(artifacts)
+    if bad:
+        raise ExportError(f"{artifacts} is damaged: {', '.join(bad[:5])} do not match the manifest; export again")
+    manifest = json.loads((artifacts / MANIFEST).read_text())
+    runner = RUNNERS.get(manifest.get("runtime"))
+    if runner is None:
+        raise ExportError(f"no device runner for the runtime {manifest.get('runtime')!r} yet")
+    root = Path(tempfile.mkdtemp(prefix="edgetl-bundle-"))
+    for rel in [*manifest["files"], MANIFEST]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(artifacts / rel, root / rel)
+    shard = None
+    if data is not None:
+        _write_shard(Path(data), root / SHARD, manifest, shard_size, seed)
+        shard = SHARD
+    files = {str(p.relative_to(root)): file_sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
+    bundle_id = hashlib.sha256("".join(f"{k}:{v}\n" for k, v in sorted(files.items())).encode()).hexdigest()[:16]
+    bundle = Bundle(root, bundle_id, manifest, files, runner, shard)
+    (root / BUNDLE_JSON).write_text(json.dumps({"id": bundle_id, "files": files, "runner": runner, "shard": shard,
+                                                "format": manifest["format"], "model": manifest["model"],
+                                                "policy": manifest["policy"]}, indent=2))
+    bundle.files[BUNDLE_JSON] = file_sha256(root / BUNDLE_JSON)
+    return bundle
+
+
+def _write_shard(data: Path, dest: Path, manifest: dict, count: int, seed: int) -> None:
+    if data.suffix == ".npz":
+        with np.load(data) as z:
+            if "images" not in z or "labels" not in z:
+                raise ExportError(f"{data} is no data shard: it needs 'images' and 'labels' arrays")
+        shutil.copy2(data, dest)
+        return
+    from ..data import pack_shard
+
+    images, labels, classes = pack_shard(data, manifest["input"]["shape"][-1], count, seed)
+    if classes != manifest["class_names"]:
+        raise ExportError(f"the classes in {data} ({', '.join(classes)}) are not the model's "
+                          f"({', '.join(manifest['class_names'])}); use data with the same class folders")
+    np.savez(dest, images=images, labels=labels)
+
+
+def push_bundle(device: Device, bundle: Bundle, on_bytes: Callable[[int], None] | None = None,
+                log: Callable[[str], None] = lambda msg: None) -> str:
+    """Put ``bundle`` on ``device`` (atomically, resuming a previous attempt); returns its remote directory."""
+    final = f"{device.workdir}/bundles/{bundle.id}"
+    staging = f"{final}.partial"
+    if device.exists(f"{final}/{BUNDLE_JSON}"):
+        have = device.sha256([f"{final}/{rel}" for rel in bundle.files])
+        if all(have.get(f"{final}/{rel}") == digest for rel, digest in bundle.files.items()):
+            log(f"bundle {bundle.id} is already on the device")
+            return final
+        device.remove(final)  # damaged in place: send it again
+    dirs = {str(Path(rel).parent) for rel in bundle.files if str(Path(rel).parent) != "."}
+    for d in [staging, *(f"{staging}/{d}" for d in sorted(dirs))]:
+        device.makedirs(d)
+    have = device.sha256([f"{staging}/{rel}" for rel in bundle.files])
+    todo = [rel for rel, digest in bundle.files.items() if have.get(f"{staging}/{rel}") != digest]
+    needed = sum((bundle.root / rel).stat().st_size for rel in todo)
+    free = device.probe().free_bytes
+    if free and needed > free:
+        raise DiskFull(f"the bundle needs {needed / 2**20:.1f} MiB but {device.workdir} on the device has "
+                       f"{free / 2**20:.1f} MiB free; free some space, or deploy to another directory")
+    if len(todo) < len(bundle.files):
+        log(f"resuming: {len(bundle.files) - len(todo)} of {len(bundle.files)} files are already on the device")
+    for rel in todo:
+        device.push_file(bundle.root / rel, f"{staging}/{rel}.part", on_bytes)
+        device.rename(f"{staging}/{rel}.part", f"{staging}/{rel}")
+    have = device.sha256([f"{staging}/{rel}" for rel in bundle.files])
+    wrong = [rel for rel, digest in bundle.files.items() if have.get(f"{staging}/{rel}") != digest]
+    if wrong:
+        raise DeviceError(f"{', '.join(wrong[:5])} arrived damaged on the device; deploy again")
+    device.rename(staging, final)
+    return final

@@ -1,0 +1,176 @@
+"""Deploy an exported model to a device, train it there, and bring the results back.
+
+    report = deploy("artifacts/onnx", "ssh://pi@raspberrypi.local", steps=200, data="./shard", out="deploy/pi")
+
+Steps: probe the device; check that its runtime is there and that the predicted training memory fits its
+available RAM (refusing with the fix, unless ``force``); push the bundle (atomic, resumable); optionally
+repeat the export's parity check there (``verify``); run the runner with live progress; pull back the
+metrics, trained weights and checkpoint; write ``report.json``, print a table and plot the loss curve.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..io import atomic_write_json
+from . import connect
+from .base import DeviceError, DeviceInfo, MemoryRefused, RunnerFailed, RuntimeMissing
+from .bundle import make_bundle, push_bundle
+
+#: resident memory of the runner itself before training (Python, numpy, the runtime), measured on x86_64
+RUNTIME_BASELINE_BYTES = {"onnxruntime-training": 120 * 2**20}
+RUNTIME_DISTS = {"onnxruntime-training": ("onnxruntime-training", "onnxruntime-training-cpu")}
+PULLED = ("metrics.json", "params.npz", "checkpoint", "inference.onnx")
+
+
+def check_runtime(info: DeviceInfo, runtime: str) -> None:
+    android = info.os.startswith("Android")
+    if not info.python:
+        hint = ("install Termux from F-Droid and `pkg install python` in it, or build the app in examples/android, "
+                "which trains with the platform's runtime" if android else "install Python 3 (`sudo apt install python3`)")
+        raise RuntimeMissing(f"{info.uri} has no Python for the runner: {hint}")
+    if not any(d in info.runtimes for d in RUNTIME_DISTS[runtime]) or "numpy" not in info.runtimes:
+        if android or info.arch in ("aarch64", "armv7l", "arm64"):
+            hint = ("onnxruntime-training has no wheel for this platform (its last release, 1.19.2, ships x86_64 and "
+                    "macOS arm64 only); on a Raspberry Pi export with --format tflite and `pip install ai-edge-litert`, "
+                    "on Android use the ONNX Runtime training AAR (examples/android)")
+        else:
+            hint = "install it there: `pip install onnxruntime-training-cpu==1.19.2 numpy` (Python <= 3.12)"
+        raise RuntimeMissing(f"{info.uri} lacks {runtime} for the runner: {hint}")
+
+
+def predicted_memory(manifest: dict, batch_size: int) -> int:
+    from ..profile.analytic import analyze
+
+    prof = analyze(manifest["model"], manifest["policy"], manifest["input"]["shape"][-1], len(manifest["class_names"]))
+    optimizer = "adamw" if manifest["optimizer"]["name"] == "adamw" else "sgd-nomomentum"
+    return int(prof.totals(batch_size, optimizer)["training_memory_bytes"]) + RUNTIME_BASELINE_BYTES[manifest["runtime"]]
+
+
+def deploy(artifacts: str | Path, device_uri: str, steps: int = 50, data: str | Path | None = None,
+           out: str | Path | None = None, batch_size: int = 8, lr: float | None = None, verify: bool = False,
+           force: bool = False, timeout: float = 3600, console: Console | None = None) -> dict:
+    console = console or Console(stderr=True)
+    bundle = make_bundle(artifacts, data)
+    manifest = bundle.manifest
+    out = Path(out or f"deploy/{time.strftime('%Y%m%d-%H%M%S')}")
+    with connect(device_uri) as device:
+        info = device.probe()
+        console.print(f"device: {info.model or info.os} ({info.arch}, {info.cpus} CPUs, "
+                      f"{info.mem_available_bytes / 2**20:,.0f} MiB available, Python {info.python})", soft_wrap=True)
+        check_runtime(info, manifest["runtime"])
+        need = predicted_memory(manifest, batch_size)
+        if info.mem_available_bytes and need > info.mem_available_bytes:
+            message = (f"training {manifest['model']} {manifest['policy']} at batch {batch_size} needs about "
+                       f"{need / 2**20:,.0f} MiB but {info.uri} has {info.mem_available_bytes / 2**20:,.0f} MiB "
+                       f"available: lower --batch-size, export with a smaller K (`edgetl profile --budget` finds "
+                       f"what fits), or pass --force to try anyway")
+            if not force:
+                raise MemoryRefused(message)
+            console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+        with Progress(TextColumn("push"), BarColumn(), DownloadColumn(), TimeRemainingColumn(), console=console) as bar:
+            task = bar.add_task("push", total=bundle.size)
+            remote = push_bundle(device, bundle, on_bytes=lambda n: bar.update(task, advance=n),
+                                 log=lambda msg: console.print(msg))
+            bar.update(task, completed=bundle.size)
+        python = shlex.quote(info.python_bin or "python3")
+        runner = f"cd {shlex.quote(remote)} && {python} {bundle.runner} --artifacts ."
+        verified = None
+        if verify:
+            result = device.run(f"{runner} --verify", timeout=timeout)
+            lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+            verified = json.loads(lines[-1])["verify"] if lines else None
+            for c in verified or []:
+                mark = "[green]✓[/]" if c["ok"] else "[red]✗[/]"
+                console.print(f"  {mark} on device: {c['name']}: max |diff| {c['max_diff']:.3g} (tolerance "
+                              f"{c['tolerance']:.3g})")
+            if result.returncode != 0 or not verified:
+                failed = "; ".join(f"{c['name']} differs by {c['max_diff']:.3g} (tolerance {c['tolerance']:.3g})"
+                                   for c in verified or [] if not c["ok"])
+                raise RunnerFailed(f"the parity check failed on {device_uri}: {failed or result.tail()}. The device's "
+                                   f"runtime computes differently from the export machine; check its version")
+        run_dir = f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
+        args = f" --steps {steps} --batch-size {batch_size} --out {run_dir}"
+        args += f" --data {bundle.shard}" if bundle.shard else ""
+        args += f" --lr {lr}" if lr is not None else ""
+        t0 = time.perf_counter()
+        with Progress(TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
+                      TimeRemainingColumn(), console=console) as bar:
+            task = bar.add_task("train", total=steps, loss="-")
+
+            def on_line(line: str) -> None:
+                parts = line.split()
+                if len(parts) == 4 and parts[0] == "step" and parts[2] == "loss":
+                    bar.update(task, completed=int(parts[1].split("/")[0]), loss=parts[3])
+
+            result = device.run(runner + args, timeout=timeout, on_line=on_line)
+        if result.returncode != 0:
+            raise RunnerFailed(f"the runner failed on {device_uri} (exit {result.returncode}); its last output:\n"
+                               f"{result.tail()}")
+        partial = out.with_name(out.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        for name in PULLED:
+            if device.exists(f"{remote}/{run_dir}/{name}"):
+                device.pull_file(f"{remote}/{run_dir}/{name}", partial / name)
+    metrics = json.loads((partial / "metrics.json").read_text())
+    report = {"device": info.as_dict(), "bundle": bundle.id, "remote": remote, "run": run_dir,
+              "model": manifest["model"], "policy": manifest["policy"], "format": manifest["format"],
+              "steps": steps, "batch_size": batch_size, "predicted_memory_bytes": need,
+              "losses": metrics["losses"], "median_step_seconds": metrics["median_step_seconds"],
+              "peak_rss_bytes": metrics["peak_rss_bytes"], "wall_seconds": time.perf_counter() - t0,
+              "verify": verified, "files": sorted(p.name for p in partial.iterdir())}
+    atomic_write_json(report, partial / "report.json")
+    _plot(report, partial / "loss.png")
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    _print(report, out, console)
+    return report
+
+
+def _print(report: dict, out: Path, console: Console) -> None:
+    table = Table(title=f"deploy to {report['device']['uri']}")
+    table.add_column("")
+    table.add_column("")
+    losses = report["losses"]
+    for key, value in [("model", f"{report['model']} {report['policy']} ({report['format']})"),
+                       ("steps", f"{report['steps']} at batch {report['batch_size']}"),
+                       ("loss", f"{losses[0]:.4f} -> {losses[-1]:.4f}"),
+                       ("step time", f"{1000 * report['median_step_seconds']:.0f} ms (median)"),
+                       ("peak RSS", f"{report['peak_rss_bytes'] / 2**20:,.0f} MiB on the device "
+                                    f"(predicted {report['predicted_memory_bytes'] / 2**20:,.0f} MiB)"),
+                       ("results", str(out))]:
+        table.add_row(key, value)
+    console.print(table)
+
+
+def _plot(report: dict, path: Path) -> None:
+    try:
+        import matplotlib
+    except ImportError:  # the plot is a nicety: report.json holds the losses
+        return
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(range(1, len(report["losses"]) + 1), report["losses"], marker=".")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"{report['model']} {report['policy']} on {report['device']['model'] or report['device']['os']}",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+__all__ = ["deploy", "DeviceError"]

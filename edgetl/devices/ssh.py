@@ -1,0 +1,186 @@
+"""Devices over SSH (Raspberry Pi, any Linux board): ``ssh://[user@]host[:port][/workdir][?options]``.
+
+    device = SSHDevice("ssh://pi@raspberrypi.local")            # work directory ~/edgetl
+    device = SSHDevice("ssh://mypi/tmp/edgetl?known_hosts=strict")
+
+``host`` may be an alias from ``~/.ssh/config`` (HostName, User, Port and IdentityFile are honoured).
+Authentication uses the agent and the usual key files, or ``?key=PATH``. Host keys are checked against
+``~/.ssh/known_hosts`` (or ``?known_hosts_file=PATH``): ``known_hosts=accept-new`` (the default, as
+OpenSSH's StrictHostKeyChecking=accept-new) records a new host's key; ``strict`` refuses unknown hosts;
+a *changed* key is always refused.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+from .base import AuthFailed, Device, DeviceTimeout, Disconnected, DiskFull, HostKeyChanged, RunResult, Unreachable
+
+CONNECT_TIMEOUT_S = 10
+
+
+class SSHDevice(Device):
+    scheme = "ssh"
+
+    def __init__(self, uri: str):
+        import paramiko
+
+        self._paramiko = paramiko
+        u = urlparse(uri)
+        opts = {k: v[-1] for k, v in parse_qs(u.query).items()}
+        config = paramiko.SSHConfig()
+        config_path = Path(opts.get("ssh_config", "~/.ssh/config")).expanduser()
+        if config_path.is_file():
+            config = paramiko.SSHConfig.from_path(str(config_path))
+        host_cfg = config.lookup(u.hostname or "")
+        self.host = host_cfg.get("hostname", u.hostname)
+        self.port = u.port or int(host_cfg.get("port", 22))
+        self.user = unquote(u.username) if u.username else host_cfg.get("user", os.environ.get("USER", "root"))
+        keys = [opts["key"]] if "key" in opts else host_cfg.get("identityfile", [])
+        known_hosts = Path(opts.get("known_hosts_file", "~/.ssh/known_hosts")).expanduser()
+        policy = opts.get("known_hosts", "accept-new")
+        self.label = f"{self.user}@{self.host}:{self.port}"
+        client = paramiko.SSHClient()
+        if known_hosts.is_file():
+            client.load_host_keys(str(known_hosts))
+        if policy == "strict":
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        else:
+            known_hosts.parent.mkdir(parents=True, exist_ok=True)
+            client.set_missing_host_key_policy(_AcceptNew(known_hosts))
+        try:
+            client.connect(self.host, self.port, self.user, key_filename=[str(Path(k).expanduser()) for k in keys] or None,
+                           timeout=CONNECT_TIMEOUT_S, banner_timeout=CONNECT_TIMEOUT_S, auth_timeout=CONNECT_TIMEOUT_S,
+                           look_for_keys="key" not in opts, allow_agent="key" not in opts)
+        except paramiko.BadHostKeyException:
+            raise HostKeyChanged(
+                f"the host key of {self.host} changed since it was recorded in {known_hosts}: either the device was "
+                f"reinstalled, or someone is in between. If you expect it, remove the old key with "
+                f"`ssh-keygen -f {known_hosts} -R '[{self.host}]:{self.port}'` and deploy again") from None
+        except paramiko.AuthenticationException:
+            raise AuthFailed(
+                f"authentication failed for {self.label}: the device does not accept your keys. Install your public "
+                f"key there (`ssh-copy-id -p {self.port} {self.user}@{self.host}`), or name the key with ?key=PATH "
+                f"or IdentityFile in ~/.ssh/config") from None
+        except paramiko.SSHException as exc:
+            if "not found in known_hosts" in str(exc):
+                raise HostKeyChanged(f"{self.host} is not in {known_hosts} and known_hosts=strict refuses unknown "
+                                     f"hosts; connect once with `ssh -p {self.port} {self.user}@{self.host}` to "
+                                     f"record its key") from None
+            raise Unreachable(f"no SSH session with {self.label}: {exc}; is sshd running on the device?") from None
+        except (OSError, socket.timeout) as exc:
+            raise Unreachable(f"cannot reach {self.label} ({exc.strerror or exc}): check that the device is on, "
+                              f"on the network, and that the address and port are right") from None
+        self.client = client
+        super().__init__(uri, u.path if u.path not in ("", "/") else self._home() + "/edgetl")
+
+    def _home(self) -> str:
+        _, stdout, _ = self.client.exec_command("echo $HOME", timeout=30)
+        return stdout.read().decode().strip() or "/tmp"
+
+    def run(self, command, timeout=600, on_line=None):
+        try:
+            chan = self.client.get_transport().open_session(timeout=CONNECT_TIMEOUT_S)
+            chan.exec_command(command)
+            out, err, buf = [], [], b""
+            deadline = time.monotonic() + timeout
+            while True:
+                if chan.recv_ready():
+                    data = chan.recv(65536)
+                    buf += data
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
+                        text = line.decode(errors="replace")
+                        out.append(text + "\n")
+                        if on_line:
+                            on_line(text)
+                while chan.recv_stderr_ready():
+                    err.append(chan.recv_stderr(65536).decode(errors="replace"))
+                if chan.exit_status_ready() and not chan.recv_ready():
+                    break
+                if time.monotonic() > deadline:
+                    chan.close()
+                    raise DeviceTimeout(f"a command on {self.label} ran past its {timeout:.0f}s timeout and was "
+                                        f"stopped; raise --timeout, or run fewer --steps")
+                if chan.closed and not chan.recv_ready():
+                    break
+                time.sleep(0.01)
+            while chan.recv_stderr_ready():
+                err.append(chan.recv_stderr(65536).decode(errors="replace"))
+            if buf:
+                out.append(buf.decode(errors="replace"))
+                if on_line:
+                    on_line(buf.decode(errors="replace"))
+            return RunResult(chan.recv_exit_status(), "".join(out), "".join(err))
+        except (self._paramiko.SSHException, EOFError, OSError) as exc:
+            raise Disconnected(f"the connection to {self.label} dropped ({exc}); run the same command again "
+                               f"(deploys resume where they stopped)") from None
+
+    def _sftp(self):
+        try:
+            return self.client.open_sftp()
+        except (self._paramiko.SSHException, EOFError, OSError) as exc:
+            raise Disconnected(f"the connection to {self.label} dropped ({exc}); run the same command again") from None
+
+    def push_file(self, local, remote, on_bytes=None):
+        sftp = self._sftp()
+        sent = [0]
+
+        def progress(done, _total):
+            if on_bytes:
+                on_bytes(done - sent[0])
+            sent[0] = done
+
+        try:
+            sftp.put(str(local), remote, callback=progress, confirm=True)
+        except OSError as exc:
+            if "No space" in str(exc) or getattr(exc, "errno", None) == 28:
+                raise DiskFull(f"{self.label} ran out of disk space writing {remote}; free some space in "
+                               f"{self.workdir}, or deploy to another directory") from None
+            if isinstance(exc, (EOFError, socket.error)) or "closed" in str(exc).lower() or "Socket" in str(exc):
+                raise Disconnected(f"the connection to {self.label} dropped while sending {Path(local).name}; run "
+                                   f"the same deploy again: it resumes, sending only what did not arrive") from None
+            raise Disconnected(f"sending {Path(local).name} to {self.label} failed ({exc}); run the same deploy "
+                               f"again: it resumes") from None
+        except (self._paramiko.SSHException, EOFError) as exc:
+            raise Disconnected(f"the connection to {self.label} dropped while sending {Path(local).name} ({exc}); "
+                               f"run the same deploy again: it resumes") from None
+        finally:
+            try:
+                sftp.close()
+            except Exception:
+                pass
+
+    def pull_file(self, remote, local):
+        Path(local).parent.mkdir(parents=True, exist_ok=True)
+        sftp = self._sftp()
+        try:
+            sftp.get(remote, str(local))
+        except (self._paramiko.SSHException, EOFError, OSError) as exc:
+            raise Disconnected(f"fetching {remote} from {self.label} failed ({exc}); run the same command again") \
+                from None
+        finally:
+            sftp.close()
+
+    def close(self):
+        self.client.close()
+
+
+class _AcceptNew:
+    """Record an unknown host's key in known_hosts (OpenSSH's accept-new); a changed key is refused elsewhere."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def missing_host_key(self, client, hostname, key):
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        with open(self.path, "a") as f:
+            f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+__all__ = ["SSHDevice", "shlex"]
