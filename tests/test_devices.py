@@ -154,7 +154,7 @@ def test_ssh_runner_failure_shows_device_stderr(sshd, artifacts, tmp_path):
     np.savez(shard, images=np.zeros((4, 3, 8, 8), np.float32), labels=np.zeros(4, np.int64))  # wrong image size
     with pytest.raises(RunnerFailed) as exc:
         deploy(art, _ssh_uri(sshd, tmp_path), steps=1, data=shard, out=tmp_path / "r")
-    assert "runner failed" in str(exc.value) and "Error" in str(exc.value)
+    assert "runner failed" in str(exc.value) and "pack the shard at the model's resolution" in str(exc.value)
 
 
 # -- ADB -----------------------------------------------------------------------------------------------

@@ -145,11 +145,11 @@ class SSHDevice(Device):
             if isinstance(exc, (EOFError, socket.error)) or "closed" in str(exc).lower() or "Socket" in str(exc):
                 raise Disconnected(f"the connection to {self.label} dropped while sending {Path(local).name}; run "
                                    f"the same deploy again: it resumes, sending only what did not arrive") from None
-            raise Disconnected(f"sending {Path(local).name} to {self.label} failed ({exc}); run the same deploy "
-                               f"again: it resumes") from None
-        except (self._paramiko.SSHException, EOFError) as exc:
-            raise Disconnected(f"the connection to {self.label} dropped while sending {Path(local).name} ({exc}); "
+            raise Disconnected(f"sending {Path(local).name} to {self.label} failed ({str(exc) or type(exc).__name__}); "
                                f"run the same deploy again: it resumes") from None
+        except (self._paramiko.SSHException, EOFError) as exc:
+            raise Disconnected(f"the connection to {self.label} dropped while sending {Path(local).name} "
+                               f"({str(exc) or type(exc).__name__}); run the same deploy again: it resumes") from None
         finally:
             try:
                 sftp.close()

@@ -239,6 +239,12 @@ def main(argv=None) -> int:
         print(json.dumps({"verify": checks}))
         return 0 if all(c["ok"] for c in checks) else 1
     data = np.load(args.data or os.path.join(args.artifacts, REFERENCE))
+    expected = tuple(load_manifest(args.artifacts)["input"]["shape"][1:])
+    if "images" not in data or "labels" not in data or tuple(data["images"].shape[-3:]) != expected:
+        shape = tuple(data["images"].shape) if "images" in data else "missing"
+        raise SystemExit(f"the data shard's images are {shape}, but the model takes (N, {', '.join(map(str, expected))}) "
+                         f"float32 with int64 labels: pack the shard at the model's resolution "
+                         f"(`edgetl deploy --data DIR` does)")
     os.makedirs(args.out, exist_ok=True)
 
     def progress(i, n, loss):
