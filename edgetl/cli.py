@@ -216,6 +216,19 @@ def devices_probe(uri, as_json):
     console.print(table)
 
 
+@devices.command("clean")
+@click.argument("uri")
+@click.option("--keep-results", is_flag=True, help="keep the training runs, remove only the bundles' files")
+@friendly_errors
+def devices_clean(uri, keep_results):
+    """Remove the bundles edgetl pushed to a device."""
+    from .devices import connect
+
+    with connect(uri) as device:
+        removed = device.clean(keep_results)
+    console.print(f"removed {len(removed)} bundle(s) from {uri}")
+
+
 @main.command()
 @click.argument("artifacts", type=click.Path())
 @click.option("--device", "device_uri", required=True, help="ssh://user@host, adb://SERIAL, adb://HOST:PORT, local://")

@@ -2,12 +2,14 @@
 
     atomic_save(obj, path)          # torch.save
     atomic_write_json(data, path)
+    file_sha256(path)               # checksums of manifests and bundles
 
 A crash mid-write leaves the previous file intact (or none), never a truncated one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -28,6 +30,15 @@ def _atomic(path: Path, write: Callable[[str], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:

@@ -8,8 +8,8 @@ It answers the host's CNXN (no AUTH, as a device with ``ro.adb.secure=0``), then
 ``shell:CMD`` (runs ``sh -c CMD`` in ``sandbox``, ADB's plain shell protocol: output only) and ``sync:``
 (v1: STAT, LIST, SEND/DATA/DONE, RECV, QUIT). Paths are used as given. Fault switches for tests:
 ``drop_after`` (close the connection once that many bytes of pushed file data arrived), ``quota``
-(refuse writes beyond that many bytes in total with "No space left on device") and ``meminfo`` (a file
-read instead of /proc/meminfo, to make a small-memory device).
+(refuse writes beyond that many bytes in total with "No space left on device"), ``meminfo`` (a file
+read instead of /proc/meminfo, to make a small-memory device) and ``env`` (the shell's environment).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class _Conn:
         if self.peer.meminfo:
             command = command.replace("/proc/meminfo", str(self.peer.meminfo))
         proc = subprocess.Popen(["sh", "-c", command], cwd=self.peer.sandbox, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.peer.env)
         try:
             while chunk := proc.stdout.read1(65536):
                 self.write(stream, chunk)
@@ -220,8 +220,9 @@ class _Conn:
 
 class ADBPeer:
     def __init__(self, sandbox: Path, drop_after: int | None = None, quota: int | None = None,
-                 meminfo: Path | None = None):
+                 meminfo: Path | None = None, env: dict | None = None):
         self.sandbox, self.drop_after, self.quota, self.meminfo = Path(sandbox), drop_after, quota, meminfo
+        self.env = env  # the device's environment for shell commands (e.g. a PATH without runtimes)
         self.received = self.used = 0
         self.server = socket.socket()
         self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -14,7 +14,7 @@ from PIL import Image
 from edgetl.cli import main
 from edgetl.devices import connect
 from edgetl.devices.base import (AuthFailed, DeviceTimeout, Disconnected, DiskFull, HostKeyChanged, MemoryRefused,
-                                 RunnerFailed, Unreachable, file_sha256)
+                                 RunnerFailed, RuntimeMissing, Unreachable, file_sha256)
 from edgetl.devices.bundle import make_bundle
 from edgetl.devices.deploy import deploy
 from edgetl.exporters import export
@@ -206,6 +206,31 @@ def test_adb_dropped_push(adb_peer, artifacts, tmp_path):
     _, uri = adb_peer(drop_after=2_000_000)
     with pytest.raises((Disconnected, Unreachable), match="deploy again|reconnect"):
         deploy(art, uri, steps=1, out=tmp_path / "r")
+
+
+def test_adb_runtime_missing(adb_peer, artifacts, tmp_path):
+    art, _ = artifacts
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    # a device whose Python has no packages: it answers the probe with its version only
+    (fake / "python3").write_text("#!/bin/sh\ncat > /dev/null\necho python=3.9.2\n")
+    (fake / "python3").chmod(0o755)
+    _, uri = adb_peer(env={**os.environ, "PATH": f"{fake}:/usr/bin:/bin"})
+    with pytest.raises(RuntimeMissing, match="lacks onnxruntime-training .*pip install onnxruntime-training-cpu"):
+        deploy(art, uri, steps=1, out=tmp_path / "r")
+
+
+def test_ssh_config_alias_and_clean(sshd, artifacts, tmp_path):
+    art, _ = artifacts
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host mypi\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User {sshd.user}\n"
+                      f"  IdentityFile {sshd.key}\n")
+    uri = f"ssh://mypi{tmp_path / 'pi'}?ssh_config={config}&known_hosts_file={tmp_path / 'kh'}"
+    deploy(art, uri, steps=1, out=tmp_path / "r")
+    assert list((tmp_path / "pi" / "bundles").iterdir())
+    result = CliRunner().invoke(main, ["devices", "clean", uri])
+    assert result.exit_code == 0 and "removed 1 bundle" in result.output
+    assert not list((tmp_path / "pi" / "bundles").iterdir())
 
 
 # -- CLI -----------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ built on them with POSIX shell commands that Raspberry Pi OS and Android's toybo
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import EdgeTLError
+from ..io import file_sha256  # noqa: F401  (re-exported for transports and bundles)
 
 
 class DeviceError(EdgeTLError):
@@ -207,13 +207,19 @@ class Device(ABC):
     def remove(self, path: str) -> None:
         self.check(f"rm -rf {shlex.quote(path)}", what=f"removing {path}")
 
+    def clean(self, keep_results: bool = False) -> list[str]:
+        """Remove what edgetl put on the device: bundles (and their training runs unless ``keep_results``)."""
+        listing = self.run(f"ls -1 {shlex.quote(self.workdir)}/bundles 2>/dev/null; true", timeout=60).stdout.split()
+        removed = []
+        for name in listing:
+            path = f"{self.workdir}/bundles/{name}"
+            if keep_results and not name.endswith(".partial"):
+                self.check(f"cd {shlex.quote(path)} && ls -A | grep -vx runs | xargs rm -rf", what=f"cleaning {path}")
+            else:
+                self.remove(path)
+            removed.append(path)
+        return removed
+
     def exists(self, path: str) -> bool:
         return self.run(f"[ -e {shlex.quote(path)} ]", timeout=60).returncode == 0
 
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()

@@ -9,7 +9,6 @@ An exporter lowers ``run.model`` to its format, then proves it with :mod:`.valid
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from torch import nn
 from .. import __version__
 from ..data import IMAGENET_MEAN, IMAGENET_STD, eval_transform, load_datasets
 from ..errors import EdgeTLError
-from ..io import atomic_write_json
+from ..io import atomic_write_json, file_sha256
 from ..models import create_model
 from ..surgery import apply_policy
 from ..trainer import CHECKPOINT
@@ -121,17 +120,9 @@ def preprocessing(resolution: int) -> dict:
             "std": list(IMAGENET_STD), "layout": "NCHW", "channels": "RGB"}
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def file_checksums(root: Path) -> dict[str, str]:
     """sha256 of every file under ``root`` except the manifest itself, by relative path."""
-    return {str(p.relative_to(root)): sha256(p) for p in sorted(root.rglob("*"))
+    return {str(p.relative_to(root)): file_sha256(p) for p in sorted(root.rglob("*"))
             if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
 
 
@@ -175,6 +166,6 @@ def verify_manifest(root: str | Path) -> list[str]:
     bad = []
     for rel, digest in manifest["files"].items():
         p = root / rel
-        if not p.is_file() or sha256(p) != digest:
+        if not p.is_file() or file_sha256(p) != digest:
             bad.append(rel)
     return bad
