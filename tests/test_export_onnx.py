@@ -100,7 +100,10 @@ def test_runner_trains_without_torch(v3_export, tmp_path):
     assert proc.stdout.count("step ") == 4
     params = np.load(out / "params.npz")
     manifest = json.loads((art / "manifest.json").read_text())
-    assert sorted(params.files) == sorted(manifest["trainable"])
+    initial_stats = np.load(art / "running_stats.npz")
+    assert sorted(params.files) == sorted(manifest["trainable"] + initial_stats.files)
+    # the fully trained norms' running statistics were updated on the device, as PyTorch updates them
+    assert initial_stats.files and all(not np.array_equal(params[k], initial_stats[k]) for k in initial_stats.files)
     assert (out / "checkpoint").exists()
     # the baked inference model carries the trained weights
     baked = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(out / "inference.onnx").graph.initializer}

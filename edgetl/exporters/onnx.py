@@ -24,7 +24,7 @@ import numpy as np
 
 from ..devices.runner import ort_runner
 from .base import REFERENCE, ExportError, OptimizerSpec, Run, preprocessing, reference_batches, write_manifest
-from .onnx_graph import OPSET, export_graph, hardswish_threshold, register_gradients
+from .onnx_graph import OPSET, batch_stat_norms, export_graph, hardswish_threshold, register_gradients
 from .validation import (PARITY_SGD_LR, TOLERANCES, compare_logits, compare_optimizer_step, eval_logits, free_running,
                          teacher_forced, torch_step, training_copy)
 
@@ -68,9 +68,15 @@ class OnnxExporter:
         for name in ARTIFACTS:  # a re-export replaces the set as a whole
             target = out / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        norms = batch_stat_norms(run.model, run.resolution)
+        stat_outputs = [o.name for o in training.graph.output][1:]
         artifacts.generate_artifacts(training, requires_grad=trainable, frozen_params=frozen,
                                      loss=artifacts.LossType.CrossEntropyLoss, optimizer=optimizer,
-                                     artifact_directory=str(out))
+                                     artifact_directory=str(out), loss_input_names=["logits"],
+                                     additional_output_names=stat_outputs)
+        buffers = dict(run.model.named_buffers())
+        np.savez(out / ort_runner.RUNNING_STATS, **{f"{n['name']}.{k}": buffers[f"{n['name']}.{k}"].numpy()
+                                                     for n in norms for k in ("running_mean", "running_var")})
         if spec.name == "adamw":
             _pytorch_adamw(out / "optimizer_model.onnx")
         onnx.save(inference, str(out / ort_runner.INFERENCE_MODEL))
@@ -91,8 +97,10 @@ class OnnxExporter:
             "preprocessing": preprocessing(run.resolution), "trainable": trainable,
             "optimizer": {"name": spec.name, "lr": spec.lr, "weight_decay": spec.weight_decay, "betas": list(spec.betas),
                           "eps": spec.eps},
-            "batch_norm": "internal norms shift-only; fully trained norms use batch statistics in training and keep "
-                          "their exported running statistics (the training graph cannot update buffers)",
+            "batch_norm": "internal norms shift-only; fully trained norms normalise with batch statistics in training "
+                          "and the runner updates their running statistics from the graph's batch-statistic outputs, "
+                          "as PyTorch does (momentum, unbiased variance)",
+            "running_stats": norms,
             "dropout": "not exported: on-device training runs without dropout (the parity check does the same)",
             "hardswish_backward": f"MobileTL sign approximation dY * (x > {hardswish_threshold(run.model)}) "
                                   f"in trained blocks; exact elsewhere",
@@ -121,7 +129,7 @@ class OnnxExporter:
         trained = ort_runner.train(art, images, labels, steps)
         params = trained["trainer"].params()
         drift = free_running(run, images, labels, steps, spec, trained["losses"], params,
-                             ort_runner.infer(art, images[0], params))
+                             ort_runner.infer(art, images[0], trained["trainer"].trained()))
         return checks, {"free_running": drift, "onnxruntime_step_seconds": float(np.median(trained["step_seconds"]))}
 
 

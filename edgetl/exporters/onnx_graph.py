@@ -52,13 +52,52 @@ class _AffineNorm(nn.BatchNorm2d):
 
 
 class _BatchStatNorm(nn.BatchNorm2d):
-    """Training-mode batch norm as plain ops (batch mean and biased variance, as PyTorch normalises)."""
+    """Training-mode batch norm as plain ops (batch mean and biased variance, as PyTorch normalises).
+
+    The batch statistics are also handed to ``collector`` (when set), which makes them graph outputs: the
+    device runner updates the running statistics from them, as PyTorch does in training mode.
+    """
+
+    collector: list | None = None
 
     def forward(self, x):
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
         centred = x - mean
         var = (centred * centred).mean(dim=(0, 2, 3), keepdim=True)
+        if self.collector is not None:
+            self.collector += [mean.reshape(-1), var.reshape(-1)]
         return centred / torch.sqrt(var + self.eps) * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+class _WithBatchStats(nn.Module):
+    """Outputs (logits, mean_1, var_1, mean_2, var_2, ...) of the fully trained norms, in execution order."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.stats: list = []
+        for m in model.modules():
+            if isinstance(m, _BatchStatNorm):
+                m.collector = self.stats
+
+    def forward(self, x):
+        self.stats.clear()
+        logits = self.model(x)
+        return (logits, *self.stats)
+
+
+def batch_stat_norms(model: nn.Module, resolution: int) -> list[dict]:
+    """The fully trained norms in execution order: name, momentum, and elements per channel per image."""
+    lowered = lower(model, training=True)
+    found = []
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: found.append(
+        {"name": n, "momentum": m.momentum, "spatial": int(i[0].shape[2] * i[0].shape[3])}))
+        for n, m in lowered.named_modules() if isinstance(m, _BatchStatNorm)]
+    with torch.no_grad():
+        lowered(torch.zeros(2, 3, resolution, resolution))
+    for h in hooks:
+        h.remove()
+    return found
 
 
 class _HardswishExact(nn.Module):
@@ -99,16 +138,25 @@ def export_graph(model: nn.Module, resolution: int, training: bool):
     import onnx
 
     lowered = lower(model, training)
+    stats = [f"{s['name']}.batch_{k}" for s in batch_stat_norms(model, resolution) for k in ("mean", "var")] \
+        if training else []
     f = io.BytesIO()
     with torch.no_grad() if not training else torch.enable_grad():
-        torch.onnx.export(lowered, torch.randn(2, 3, resolution, resolution), f, input_names=[INPUT],
-                          output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+        torch.onnx.export(_WithBatchStats(lowered) if training else lowered, torch.randn(2, 3, resolution, resolution),
+                          f, input_names=[INPUT], output_names=[OUTPUT, *stats],
+                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
                           opset_version=OPSET, dynamo=False, training=torch.onnx.TrainingMode.PRESERVE,
                           do_constant_folding=False, export_params=True)
     proto = onnx.load_from_string(f.getvalue())
     if proto.ir_version > MAX_IR_VERSION:
         raise ExportError(f"onnx {onnx.__version__} wrote IR version {proto.ir_version}, which onnxruntime-training "
                           f"cannot load (at most {MAX_IR_VERSION}); install onnx==1.17.0 (pip install 'edgetl[onnx]')")
+    prefix = "model." if training else ""  # the statistics wrapper holds the model as .model
+    for init in proto.graph.initializer:
+        if init.name.startswith(prefix):
+            init.name = init.name[len(prefix):]
+    for node in proto.graph.node:
+        node.input[:] = [i[len(prefix):] if i.startswith(prefix) else i for i in node.input]
     names = [n for n, _ in lowered.named_parameters()]
     restore_initializers(proto, names + [n for n, _ in lowered.named_buffers()])
     initializers = {i.name for i in proto.graph.initializer}

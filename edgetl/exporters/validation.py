@@ -18,6 +18,9 @@ What is checked, and why these tolerances (fp32; figures measured on this stack)
     a step with a flip up to 4.5e-4 (MobileNetV3 at 96 px) and 7.6e-3 in the most degenerate case seen
     (MobileNetV2 at 64 px: 2 x 2 maps, so a depthwise weight's gradient sums only 16 terms). A wrong
     backward formula measures 0.6 to 1.1 (the exact Hard-Swish derivative in place of MobileTL's step).
+- running statistics of the fully trained norms after those K steps (the runtime updates them from the
+  batch statistics, as PyTorch does in training mode): ``STATS_RTOL`` = 1e-3 of max(1, |value|); both
+  sides see the same batches from the same parameters, so only rounding separates them.
 - the export's optimizer: one step of its optimizer graph against PyTorch's optimizer applied to the very
   same gradients, so no gradient noise enters: ``OPT_RTOL`` = 1e-3 of the learning rate per element
   (measured 1e-7 of it).
@@ -45,7 +48,9 @@ LOGIT_ATOL = 1e-4
 LOSS_RTOL = 1e-4
 GRAD_RTOL = 2e-2
 OPT_RTOL = 1e-3
-TOLERANCES = {"logit_atol": LOGIT_ATOL, "loss_rtol": LOSS_RTOL, "grad_rtol": GRAD_RTOL, "opt_rtol": OPT_RTOL}
+STATS_RTOL = 1e-3
+TOLERANCES = {"logit_atol": LOGIT_ATOL, "loss_rtol": LOSS_RTOL, "grad_rtol": GRAD_RTOL, "opt_rtol": OPT_RTOL,
+              "stats_rtol": STATS_RTOL}
 PARITY_SGD_LR = 0.01  # the learning rate of the teacher-forced steps when the run used another optimizer
 
 
@@ -57,6 +62,8 @@ class Session(Protocol):
     def set_params(self, params: dict[str, np.ndarray]) -> None: ...
 
     def gradients(self, images: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, np.ndarray]]: ...
+
+    def running_stats(self) -> dict[str, np.ndarray]: ...
 
 
 @dataclass
@@ -143,10 +150,18 @@ def teacher_forced(run: Run, session: Session, images: np.ndarray, labels: np.nd
             worst_at = f"step {i + 1}, largest element difference in {worst}"
         grad_errs.append(err)
         session.set_params({n: session.params()[n] - np.float32(lr) * grads[n] for n in grads})
-    return [Check(f"training losses, {steps} steps from the same parameters", max(loss_diffs) <= LOSS_RTOL,
-                  max(loss_diffs), LOSS_RTOL, f"per step: {', '.join(f'{d:.1e}' for d in loss_diffs)}"),
-            Check(f"gradients of {len(params)} tensors, {steps} steps, ||diff|| / ||grad||", max(grad_errs) <= GRAD_RTOL,
-                  max(grad_errs), GRAD_RTOL, worst_at)]
+    checks = [Check(f"training losses, {steps} steps from the same parameters", max(loss_diffs) <= LOSS_RTOL,
+                    max(loss_diffs), LOSS_RTOL, f"per step: {', '.join(f'{d:.1e}' for d in loss_diffs)}"),
+              Check(f"gradients of {len(params)} tensors, {steps} steps, ||diff|| / ||grad||",
+                    max(grad_errs) <= GRAD_RTOL, max(grad_errs), GRAD_RTOL, worst_at)]
+    running = session.running_stats()
+    if running:
+        buffers = dict(model.named_buffers())
+        name, worst = max(((n, float(np.max(np.abs(v - buffers[n].numpy()) / np.maximum(1.0, np.abs(v)))))
+                           for n, v in running.items()), key=lambda t: t[1])
+        checks.append(Check(f"running statistics of {len(running) // 2} trained norms after {steps} steps",
+                            worst <= STATS_RTOL, worst, STATS_RTOL, f"largest at {name}"))
+    return checks
 
 
 def compare_optimizer_step(before: dict[str, np.ndarray], grads: dict[str, np.ndarray], after: dict[str, np.ndarray],
@@ -165,7 +180,8 @@ def compare_optimizer_step(before: dict[str, np.ndarray], grads: dict[str, np.nd
 
 def free_running(run: Run, images: np.ndarray, labels: np.ndarray, steps: int, optimizer: OptimizerSpec,
                  losses: list[float], params: dict[str, np.ndarray], eval_after: np.ndarray) -> dict:
-    """How far the export's own K steps drift from PyTorch's (reported), and what frozen running statistics change."""
+    """How far the export's own K steps drift from PyTorch's (reported), eval logits included (with the running
+    statistics each side updated), and how much those statistics move eval logits."""
     model = training_copy(run.model)
     start = {n: p.detach().numpy().copy() for n, p in trainable(model).items()}
     frozen_stats = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
@@ -186,7 +202,8 @@ def free_running(run: Run, images: np.ndarray, labels: np.ndarray, steps: int, o
             "max_loss_diff": max(abs(a - b) for a, b in zip(ref_losses, losses)),
             "param_distance_over_moved": apart / moved if moved else apart,
             "max_param_diff": max(float(np.max(np.abs(params[n] - ref[n]))) for n in ref),
-            "max_eval_logit_diff": float(np.max(np.abs(eval_after - frozen_logits))),
+            "max_eval_logit_diff": float(np.max(np.abs(eval_after - updated_logits))),
+            # what updating the running statistics changes in eval (the export's runner updates them)
             "running_statistics_eval_logit_effect": float(np.max(np.abs(frozen_logits - updated_logits)))}
 
 

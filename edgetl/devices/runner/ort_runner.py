@@ -29,6 +29,7 @@ import numpy as np
 TRAINING_MODEL, EVAL_MODEL, OPTIMIZER_MODEL, CHECKPOINT = (
     "training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
 INFERENCE_MODEL, REFERENCE, MANIFEST = "inference.onnx", "reference.npz", "manifest.json"
+RUNNING_STATS = "running_stats.npz"
 
 
 def training_api():
@@ -110,25 +111,42 @@ class Trainer:
         self.optimizer = api.Optimizer(os.path.join(artifacts, OPTIMIZER_MODEL), self.module)
         self.lr = lr if lr is not None else manifest["optimizer"]["lr"]
         self.optimizer.set_learning_rate(self.lr)
+        # running statistics of the fully trained norms, updated from each training forward's batch statistics
+        self.norms = manifest.get("running_stats", [])
+        path = os.path.join(artifacts, RUNNING_STATS)
+        self.running = {k: v.astype(np.float32) for k, v in np.load(path).items()} if self.norms else {}
+
+    def _forward(self, images: np.ndarray, labels: np.ndarray) -> float:
+        """A training-mode forward and backward: returns the loss, updates the running statistics."""
+        self.module.train()
+        outputs = self.module(np.ascontiguousarray(images, dtype=np.float32), np.ascontiguousarray(labels, dtype=np.int64))
+        if not self.norms:
+            return float(outputs if np.ndim(outputs) == 0 else outputs[0])
+        loss, stats = outputs[0], outputs[1:]
+        for i, norm in enumerate(self.norms):
+            m, n = norm["momentum"], len(labels) * norm["spatial"]
+            mean, var = stats[2 * i], stats[2 * i + 1] * (n / max(n - 1, 1))  # PyTorch keeps the unbiased variance
+            for key, batch in (("running_mean", mean), ("running_var", var)):
+                name = f"{norm['name']}.{key}"
+                self.running[name] = ((1 - m) * self.running[name] + m * batch).astype(np.float32)
+        return float(loss)
 
     def step(self, images: np.ndarray, labels: np.ndarray) -> float:
-        self.module.train()
-        loss = self.module(np.ascontiguousarray(images, dtype=np.float32), np.ascontiguousarray(labels, dtype=np.int64))
+        loss = self._forward(images, labels)
         self.optimizer.step()
         self.module.lazy_reset_grad()
-        return float(loss)
+        return loss
 
     def gradients(self, images: np.ndarray, labels: np.ndarray, keep: bool = False) -> tuple[float, dict]:
         """(loss, gradients by parameter name) of one forward/backward pass; no optimizer step.
 
         With ``keep`` the gradients stay accumulated, so an optimizer step can follow.
         """
-        self.module.train()
-        loss = self.module(np.ascontiguousarray(images, dtype=np.float32), np.ascontiguousarray(labels, dtype=np.int64))
+        loss = self._forward(images, labels)
         grads = {name: np.array(self.state.parameters[name].grad) for name in self.trainable}
         if not keep:
             self.module.lazy_reset_grad()
-        return float(loss), grads
+        return loss, grads
 
     def optimizer_step(self) -> None:
         """Apply the artifact's optimizer to the accumulated gradients, then clear them."""
@@ -141,6 +159,13 @@ class Trainer:
 
     def params(self) -> dict[str, np.ndarray]:
         return {name: np.array(self.state.parameters[name].data) for name in self.trainable}
+
+    def running_stats(self) -> dict[str, np.ndarray]:
+        return dict(self.running)
+
+    def trained(self) -> dict[str, np.ndarray]:
+        """Everything training changed: parameters and running statistics, by torchvision name."""
+        return {**self.params(), **self.running}
 
     def save_checkpoint(self, path: str) -> None:
         api = training_api()
@@ -252,7 +277,7 @@ def main(argv=None) -> int:
 
     run = train(args.artifacts, data["images"], data["labels"], args.steps, args.batch_size, args.lr, progress=progress)
     trainer = run["trainer"]
-    params = trainer.params()
+    params = trainer.trained()
     trainer.save_checkpoint(os.path.join(args.out, CHECKPOINT))
     _write_bytes(os.path.join(args.out, "params.npz"), lambda f: np.savez(f, **params))
     baked = _bake_inference_model(args.artifacts, params, os.path.join(args.out, INFERENCE_MODEL))
