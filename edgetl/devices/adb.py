@@ -10,7 +10,6 @@ ADB's plain shell protocol returns no exit status, so commands end by printing o
 
 from __future__ import annotations
 
-import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -91,5 +90,3 @@ class ADBDevice(Device):
         Path(local).parent.mkdir(parents=True, exist_ok=True)
         self._transfer(f"fetching {remote}", "pull", remote, str(local))
 
-
-__all__ = ["ADBDevice", "shlex"]

@@ -89,8 +89,11 @@ def _write_shard(data: Path, dest: Path, manifest: dict, count: int, seed: int) 
 
 
 def push_bundle(device: Device, bundle: Bundle, on_bytes: Callable[[int], None] | None = None,
-                log: Callable[[str], None] = lambda msg: None) -> str:
-    """Put ``bundle`` on ``device`` (atomically, resuming a previous attempt); returns its remote directory."""
+                log: Callable[[str], None] = lambda msg: None, free_bytes: int | None = None) -> str:
+    """Put ``bundle`` on ``device`` (atomically, resuming a previous attempt); returns its remote directory.
+
+    ``free_bytes`` is the space free in the work directory when a probe already told (else it probes).
+    """
     final = f"{device.workdir}/bundles/{bundle.id}"
     staging = f"{final}.partial"
     if device.exists(f"{final}/{BUNDLE_JSON}"):
@@ -105,7 +108,7 @@ def push_bundle(device: Device, bundle: Bundle, on_bytes: Callable[[int], None] 
     have = device.sha256([f"{staging}/{rel}" for rel in bundle.files])
     todo = [rel for rel, digest in bundle.files.items() if have.get(f"{staging}/{rel}") != digest]
     needed = sum((bundle.root / rel).stat().st_size for rel in todo)
-    free = device.probe().free_bytes
+    free = device.probe().free_bytes if free_bytes is None else free_bytes
     if free and needed > free:
         raise DiskFull(f"the bundle needs {needed / 2**20:.1f} MiB but {device.workdir} on the device has "
                        f"{free / 2**20:.1f} MiB free; free some space, or deploy to another directory")

@@ -79,7 +79,7 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int = 50, data: str | 
         with Progress(TextColumn("push"), BarColumn(), DownloadColumn(), TimeRemainingColumn(), console=console) as bar:
             task = bar.add_task("push", total=bundle.size)
             remote = push_bundle(device, bundle, on_bytes=lambda n: bar.update(task, advance=n),
-                                 log=lambda msg: console.print(msg))
+                                 log=lambda msg: console.print(msg), free_bytes=info.free_bytes)
             bar.update(task, completed=bundle.size)
         python = shlex.quote(info.python_bin or "python3")
         runner = f"cd {shlex.quote(remote)} && {python} {bundle.runner} --artifacts ."

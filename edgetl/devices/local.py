@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .base import Device, DeviceTimeout, RunResult
+from .base import Device
 from .stream import run_streaming
 
 
@@ -37,5 +37,3 @@ class LocalDevice(Device):
         Path(local).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(remote, local)
 
-
-__all__ = ["LocalDevice", "DeviceTimeout", "RunResult"]

@@ -13,7 +13,6 @@ a *changed* key is always refused.
 from __future__ import annotations
 
 import os
-import shlex
 import socket
 import time
 from pathlib import Path
@@ -182,5 +181,3 @@ class _AcceptNew:
         with open(self.path, "a") as f:
             f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
-
-__all__ = ["SSHDevice", "shlex"]

@@ -9,9 +9,9 @@ deployment), ``reference.npz`` (reference batches with PyTorch's logits and loss
 device), ``ort_runner.py`` (the device runner) and ``manifest.json``.
 
 Only the parameters the policy trains are trainable; everything else is a frozen initializer. Batch
-norms the policy trains fully normalise with batch statistics, as in PyTorch, and keep the exported
-running statistics (ONNX Runtime's training graph cannot update buffers): validation measures how much
-the eval logits after K steps differ from PyTorch's, whose statistics moved.
+norms the policy trains fully normalise with batch statistics, as in PyTorch; the training graph also
+outputs those statistics, and the runner updates the running statistics from them (``running_stats.npz``
+holds their exported values), which validation checks against PyTorch.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _backend():
         raise ExportError(f"the onnx backend is not installed ({exc.name} missing); "
                           f"install it with: pip install 'edgetl[onnx]'") from None
     onnxruntime.set_default_logger_severity(3)  # errors only: its info and warning lines are noise here
-    return onnx, artifacts, onnxblock
+    return onnx, onnxruntime, artifacts, onnxblock
 
 
 class OnnxExporter:
@@ -49,13 +49,14 @@ class OnnxExporter:
 
     def export(self, run: Run, out: Path, validate: bool = True, steps: int = 3, batch_size: int = 4,
                lr: float | None = None, log=print) -> dict:
-        onnx, artifacts, onnxblock = _backend()
+        onnx, onnxruntime, artifacts, onnxblock = _backend()
         out.mkdir(parents=True, exist_ok=True)
         trainable = [n for n, p in run.model.named_parameters() if p.requires_grad]
         spec = run.optimizer(lr)
 
         t0 = time.perf_counter()
-        training = export_graph(run.model, run.resolution, training=True)
+        norms = batch_stat_norms(run.model, run.resolution)
+        training = export_graph(run.model, run.resolution, training=True, norms=norms)
         inference = export_graph(run.model, run.resolution, training=False)
         initializers = {i.name for i in training.graph.initializer}
         missing = [n for n in trainable if n not in initializers]
@@ -68,7 +69,6 @@ class OnnxExporter:
         for name in ARTIFACTS:  # a re-export replaces the set as a whole
             target = out / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        norms = batch_stat_norms(run.model, run.resolution)
         stat_outputs = [o.name for o in training.graph.output][1:]
         artifacts.generate_artifacts(training, requires_grad=trainable, frozen_params=frozen,
                                      loss=artifacts.LossType.CrossEntropyLoss, optimizer=optimizer,
@@ -89,7 +89,7 @@ class OnnxExporter:
         np.savez(out / REFERENCE, images=images, labels=labels, logits=logits, loss=np.float32(loss),
                  grad_norms=np.array([np.linalg.norm(grads[n]) for n in trainable]))
         validation = {"validated": False, "steps": steps, "batch_size": batch_size, "tolerances": TOLERANCES}
-        versions = {"onnx": onnx.__version__, "onnxruntime": __import__("onnxruntime").__version__, "opset": OPSET}
+        versions = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "opset": OPSET}
         fields = {
             "format": self.name, "runtime": self.runtime, "model": run.meta["model"], "policy": run.policy,
             "input": {"name": "input", "shape": [None, 3, run.resolution, run.resolution], "dtype": "float32"},
@@ -108,16 +108,15 @@ class OnnxExporter:
         manifest = write_manifest(out, fields)  # the runner reads it, so it exists before validation
         checks = []
         if validate:
-            checks, extra = self.validate(out, run, images, labels, steps, spec)
+            checks, extra = self.validate(out, run, images, labels, logits, steps, spec)
             validation.update(validated=True, ok=all(c.ok for c in checks), checks=[c.as_dict() for c in checks],
                               **extra)
             manifest = write_manifest(out, fields)
         return {"manifest": manifest, "checks": checks}
 
-    def validate(self, out: Path, run: Run, images, labels, steps: int, spec: OptimizerSpec):
+    def validate(self, out: Path, run: Run, images, labels, ref_logits, steps: int, spec: OptimizerSpec):
         """The checks of :mod:`.validation`, run through the device runner's own code."""
         art = str(out)
-        ref_logits = eval_logits(training_copy(run.model), images[0])
         sgd_lr = spec.lr if spec.name == "sgd" else PARITY_SGD_LR
         stepper = ort_runner.Trainer(art)
         before = stepper.params()

@@ -133,13 +133,14 @@ def lower(model: nn.Module, training: bool) -> nn.Module:
     return model.eval()
 
 
-def export_graph(model: nn.Module, resolution: int, training: bool):
+def export_graph(model: nn.Module, resolution: int, training: bool, norms: list[dict] | None = None):
     """The ONNX ModelProto of ``model`` (training or inference semantics), guarded against the pitfalls."""
     import onnx
 
     lowered = lower(model, training)
-    stats = [f"{s['name']}.batch_{k}" for s in batch_stat_norms(model, resolution) for k in ("mean", "var")] \
-        if training else []
+    if training and norms is None:
+        norms = batch_stat_norms(model, resolution)
+    stats = [f"{s['name']}.batch_{k}" for s in norms for k in ("mean", "var")] if training else []
     f = io.BytesIO()
     with torch.no_grad() if not training else torch.enable_grad():
         torch.onnx.export(_WithBatchStats(lowered) if training else lowered, torch.randn(2, 3, resolution, resolution),

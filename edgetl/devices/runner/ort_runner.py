@@ -7,7 +7,8 @@
 ``shard.npz`` holds ``images`` (N, 3, H, W float32, preprocessed as the manifest says) and ``labels``
 (N, int64); without ``--data`` the artifact's reference batches are used. The runner writes, each
 atomically: ``metrics.json`` (loss per step, step time, peak RSS), ``checkpoint`` (ONNX Runtime),
-``params.npz`` (trained parameters by torchvision name; ``edgetl import-weights`` loads them), and
+``params.npz`` (trained parameters and updated running statistics by torchvision name;
+``edgetl import-weights`` loads them), and
 ``inference.onnx`` with the trained weights when the ``onnx`` package is present.
 
 This file is copied to devices as it is: it imports nothing from edgetl, and it never imports torch
@@ -133,8 +134,7 @@ class Trainer:
 
     def step(self, images: np.ndarray, labels: np.ndarray) -> float:
         loss = self._forward(images, labels)
-        self.optimizer.step()
-        self.module.lazy_reset_grad()
+        self.optimizer_step()
         return loss
 
     def gradients(self, images: np.ndarray, labels: np.ndarray, keep: bool = False) -> tuple[float, dict]:
