@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import EdgeTLError
+from .exporters import EXPORTERS
 from .models import MODELS
 from .policies import POLICIES
 from .profile import build_report, fit_policies, largest_batch, parse_size, plot, print_report, write_csv, write_json
@@ -155,11 +156,13 @@ def _print_fit(model, policies, limit, batch_size, resolution, optimizer, num_cl
 
 @main.command("export")
 @click.argument("run", type=click.Path())
-@click.option("--format", "fmt", default="onnx", show_default=True, help="onnx")
+@click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(sorted(EXPORTERS)),
+              help="onnx: ONNX Runtime training artifacts; tflite: one .tflite with train/infer signatures")
 @click.option("--out", default=None, help="artifact directory [default: artifacts/<format>]")
 @click.option("--no-validate", is_flag=True, help="skip the parity check against PyTorch")
 @click.option("--steps", default=3, show_default=True, type=int, help="training steps in the parity check")
-@click.option("--batch-size", default=4, show_default=True, type=int, help="batch size of the reference batches")
+@click.option("--batch-size", default=4, show_default=True, type=int,
+              help="batch size of the reference batches; for tflite also the fixed training batch size")
 @click.option("--lr", default=None, type=float, help="learning rate on the device [default: the run's]")
 @friendly_errors
 def export_cmd(run, fmt, out, no_validate, steps, batch_size, lr):
@@ -235,7 +238,7 @@ def devices_clean(uri, keep_results):
 @click.option("--steps", default=50, show_default=True, type=int)
 @click.option("--data", default=None, help="ImageFolder or .npz shard to train on [default: the reference batches]")
 @click.option("--out", default=None, help="where results land [default: deploy/<time>]")
-@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--batch-size", default=None, type=int, help="[default: the export's fixed batch (tflite), else 8]")
 @click.option("--lr", default=None, type=float, help="learning rate [default: the export's]")
 @click.option("--verify", is_flag=True, help="repeat the export's parity check on the device first")
 @click.option("--force", is_flag=True, help="deploy even if the predicted memory exceeds the device's")

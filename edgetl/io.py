@@ -2,6 +2,7 @@
 
     atomic_save(obj, path)          # torch.save
     atomic_write_json(data, path)
+    atomic_write_bytes(data, path)
     file_sha256(path)               # checksums of manifests and bundles
 
 A crash mid-write leaves the previous file intact (or none), never a truncated one.
@@ -50,5 +51,13 @@ def atomic_write_json(data: Any, path: str | os.PathLike) -> None:
         with open(tmp, "w") as f:
             json.dump(data, f, indent=2)
             f.write("\n")
+
+    _atomic(Path(path), write)
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
 
     _atomic(Path(path), write)

@@ -36,9 +36,10 @@ from .models import create_model
 from .surgery import apply_policy, trainable_parameters
 
 CHECKPOINT = "checkpoint.pt"
+SGD_MOMENTUM = 0.9
 OPTIMIZERS = {
     # name -> (factory, default learning rate)
-    "sgd": (lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd), 0.05),
+    "sgd": (lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM, weight_decay=wd), 0.05),
     "adamw": (lambda params, lr, wd: torch.optim.AdamW(params, lr=lr, weight_decay=wd), 1e-3),
 }
 

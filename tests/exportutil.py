@@ -1,5 +1,7 @@
 """Helpers for export tests: runs made without training (fast), in the layout `edgetl train` writes."""
 
+import os
+
 import torch
 
 from edgetl import apply_policy, create_model
@@ -24,3 +26,25 @@ def make_run(root, model="mobilenet_v3_small", policy="mobiletl:3", resolution=6
     root.mkdir(parents=True, exist_ok=True)
     torch.save({"edgetl": meta, "state_dict": net.state_dict(), "history": []}, root / CHECKPOINT)
     return root
+
+
+def blocked_env(tmp_path):
+    """PYTHONPATH with stand-ins that fail on import: proof that a device runner never imports them."""
+    block = tmp_path / "block"
+    for name in ("torch", "tensorflow", "edgetl"):
+        (block / name).mkdir(parents=True, exist_ok=True)
+        (block / name / "__init__.py").write_text(f"raise ImportError('{name} must not be imported on the device')\n")
+    return {**os.environ, "PYTHONPATH": str(block)}
+
+
+def exact_hardswish(model):
+    """``model`` with every MobileTL Hard-Swish swapped for torch's exact one (a wrong backward, for the export)."""
+    from torch import nn
+
+    from edgetl.ops import MaskedHardswish
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, MaskedHardswish):
+                parent._modules[name] = nn.Hardswish()
+    return model

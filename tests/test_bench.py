@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _bench(script, *args, tmp_path):
     out = tmp_path / f"{script}.json"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args, "--json", str(out)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return json.loads(out.read_text()), proc.stdout
 
@@ -35,3 +35,17 @@ def test_flops_bench(tmp_path):
     for k in range(1, 12):
         assert rows[f"mobiletl:{k}"]["training_flops"] <= rows[f"ft:{k}"]["training_flops"] < rows["full"]["training_flops"]
     assert rows["ft:1"]["training_flops"] < rows["ft:5"]["training_flops"] < rows["ft:11"]["training_flops"]
+
+
+def test_runners_bench(tmp_path):
+    import pytest
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("onnxruntime.training")
+    data, table = _bench("runners.py", "--model", "mobilenet_v3_small", "--resolution", "64", "--batch-size", "2",
+                         "--steps", "1", "--rounds", "1", "--policy", "mobiletl:2", tmp_path=tmp_path)
+    entry = data["mobilenet_v3_small"]
+    assert "TFLite" in table and "ONNX Runtime" in table and "PyTorch" in table
+    for side in ("onnx", "tflite", "pytorch"):
+        assert entry[side]["step_seconds"] > 0 and entry[side]["peak_rss_bytes"] > 50 * 2**20
+    for fmt in ("onnx", "tflite"):
+        assert all(c["ok"] for c in entry[fmt]["checks"]) and entry[fmt]["free_running"]["steps"] == 10

@@ -17,7 +17,7 @@ from edgetl.devices.base import (AuthFailed, DeviceTimeout, Disconnected, DiskFu
                                  RunnerFailed, RuntimeMissing, Unreachable, file_sha256)
 from edgetl.devices.bundle import make_bundle
 from edgetl.devices.deploy import deploy
-from edgetl.exporters import export
+from edgetl.exporters import ExportError, export
 
 from .conftest import make_image_folder
 from .devicefixtures import DroppingProxy, free_port
@@ -208,14 +208,18 @@ def test_adb_dropped_push(adb_peer, artifacts, tmp_path):
         deploy(art, uri, steps=1, out=tmp_path / "r")
 
 
-def test_adb_runtime_missing(adb_peer, artifacts, tmp_path):
-    art, _ = artifacts
+def _bare_python_peer(adb_peer, tmp_path, answer: str) -> str:
+    """An ADB peer whose Python answers the probe with ``answer`` only (its version, maybe numpy): no runtime."""
     fake = tmp_path / "bin"
     fake.mkdir()
-    # a device whose Python has no packages: it answers the probe with its version only
-    (fake / "python3").write_text("#!/bin/sh\ncat > /dev/null\necho python=3.9.2\n")
+    (fake / "python3").write_text(f"#!/bin/sh\ncat > /dev/null\n{answer}\n")
     (fake / "python3").chmod(0o755)
-    _, uri = adb_peer(env={**os.environ, "PATH": f"{fake}:/usr/bin:/bin"})
+    return adb_peer(env={**os.environ, "PATH": f"{fake}:/usr/bin:/bin"})[1]
+
+
+def test_adb_runtime_missing(adb_peer, artifacts, tmp_path):
+    art, _ = artifacts
+    uri = _bare_python_peer(adb_peer, tmp_path, "echo python=3.9.2")
     with pytest.raises(RuntimeMissing, match="lacks onnxruntime-training .*pip install onnxruntime-training-cpu"):
         deploy(art, uri, steps=1, out=tmp_path / "r")
 
@@ -248,3 +252,37 @@ def test_cli_probe_and_deploy(sshd, artifacts, tmp_path):
     assert result.exit_code == 2 and "cannot reach" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(main, ["devices", "probe", "bluetooth://x"])
     assert result.exit_code == 2 and "unknown device" in result.output
+
+
+# -- TFLite: the Raspberry Pi route ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tflite_artifacts(artifacts):
+    pytest.importorskip("tensorflow")
+    _, root = artifacts
+    export(root / "run", "tflite", root / "tflite", steps=2, batch_size=4)
+    return root / "tflite", root
+
+
+def test_ssh_deploy_tflite_and_weights_back(sshd, tflite_artifacts, tmp_path):
+    art, root = tflite_artifacts
+    out = tmp_path / "result"
+    with pytest.raises(ExportError, match="trains at batch 4, fixed at export.*--batch-size 8"):
+        deploy(art, _ssh_uri(sshd, tmp_path), steps=1, out=out, batch_size=8)
+    report = deploy(art, _ssh_uri(sshd, tmp_path), steps=4, data=root / "data", out=out, verify=True)
+    assert report["format"] == "tflite" and report["batch_size"] == 4
+    assert report["verify"] and all(c["ok"] for c in report["verify"])
+    _check_report(out, 4)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["runtime"] == "ai-edge-litert" and not metrics["torch_imported"] and not metrics["tensorflow_imported"]
+    assert (out / "checkpoint.npz").is_file()
+    result = CliRunner().invoke(main, ["import-weights", str(root / "run"), str(out / "params.npz"), "--out",
+                                       str(tmp_path / "w.pt")])
+    assert result.exit_code == 0, result.output
+
+
+def test_adb_tflite_runtime_missing(adb_peer, tflite_artifacts, tmp_path):
+    art, _ = tflite_artifacts
+    uri = _bare_python_peer(adb_peer, tmp_path, "echo python=3.11.2; echo runtime.numpy=1.26.4")
+    with pytest.raises(RuntimeMissing, match="lacks ai-edge-litert .*pip install ai-edge-litert numpy"):
+        deploy(art, uri, steps=1, out=tmp_path / "r")

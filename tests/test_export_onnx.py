@@ -1,7 +1,6 @@
 """ONNX Runtime training export: parity with PyTorch, the device runner, the manifest, and every pitfall guard."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ from edgetl.exporters import ExportError, export, load_run, verify_manifest
 from edgetl.exporters import onnx_graph
 from edgetl.exporters.validation import GRAD_RTOL, teacher_forced
 
-from .exportutil import make_run
+from .exportutil import blocked_env, exact_hardswish, make_run
 
 pytest.importorskip("onnxruntime.training")
 MODELS = ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"]
@@ -74,15 +73,6 @@ def test_frozen_parameters_are_not_trainable(v3_export):
     assert any(n.startswith("features.0.") for n in set(params) - trainable)  # the frozen stem is there, frozen
 
 
-def _blocked_env(tmp_path):
-    """PYTHONPATH with stand-ins that fail on import: proof that torch and edgetl are never imported."""
-    block = tmp_path / "block"
-    for name in ("torch", "edgetl"):
-        (block / name).mkdir(parents=True)
-        (block / name / "__init__.py").write_text(f"raise ImportError('{name} must not be imported on the device')\n")
-    return {**os.environ, "PYTHONPATH": str(block)}
-
-
 def test_runner_trains_without_torch(v3_export, tmp_path):
     _, art, _ = v3_export
     data = np.load(art / "reference.npz")
@@ -91,7 +81,7 @@ def test_runner_trains_without_torch(v3_export, tmp_path):
     out = tmp_path / "trained"
     proc = subprocess.run([sys.executable, str(art / "ort_runner.py"), "--artifacts", str(art), "--data", str(shard),
                            "--steps", "4", "--batch-size", "4", "--out", str(out)],
-                          env=_blocked_env(tmp_path), capture_output=True, text=True, timeout=300)
+                          env=blocked_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["losses"]) == 4 and all(np.isfinite(metrics["losses"]))
@@ -113,7 +103,7 @@ def test_runner_trains_without_torch(v3_export, tmp_path):
 def test_runner_verify_on_device(v3_export, tmp_path):
     _, art, _ = v3_export
     proc = subprocess.run([sys.executable, str(art / "ort_runner.py"), "--artifacts", str(art), "--verify"],
-                          env=_blocked_env(tmp_path), capture_output=True, text=True, timeout=300)
+                          env=blocked_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     checks = json.loads(proc.stdout.strip().splitlines()[-1])["verify"]
     assert [c["ok"] for c in checks] == [True, True, True]
@@ -151,11 +141,7 @@ def test_hardswish_backward_is_the_sign_approximation(v3_export):
     checks = teacher_forced(r, ort_runner.Trainer(str(art)), data["images"], data["labels"], 2, 0.01)
     assert all(c.ok for c in checks)
     # PyTorch with the exact Hard-Swish derivative: the export's gradients must NOT match it
-    from edgetl.ops import MaskedHardswish
-    for parent in list(r.model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, MaskedHardswish):
-                parent._modules[name] = nn.Hardswish()
+    exact_hardswish(r.model)
     grad_check = teacher_forced(r, ort_runner.Trainer(str(art)), data["images"], data["labels"], 1, 0.01)[1]
     assert not grad_check.ok and grad_check.max_diff > 10 * GRAD_RTOL
 
@@ -244,4 +230,4 @@ def test_export_cli_and_errors(tmp_path):
     result = CliRunner().invoke(main, ["export", str(tmp_path / "nowhere"), "--out", str(tmp_path / "b")])
     assert result.exit_code == 2 and "no checkpoint.pt" in result.output
     result = CliRunner().invoke(main, ["export", str(run), "--format", "coreml", "--out", str(tmp_path / "c")])
-    assert result.exit_code == 2 and "unknown format 'coreml'" in result.output
+    assert result.exit_code == 2 and "'coreml' is not one of 'onnx', 'tflite'" in result.output

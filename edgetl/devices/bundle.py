@@ -26,7 +26,7 @@ from .base import Device, DeviceError, DiskFull, file_sha256
 
 BUNDLE_JSON = "bundle.json"
 SHARD = "shard.npz"
-RUNNERS = {"onnxruntime-training": "ort_runner.py"}
+RUNNERS = {"onnxruntime-training": "ort_runner.py", "ai-edge-litert": "tflite_runner.py"}
 
 
 @dataclass

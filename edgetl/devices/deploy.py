@@ -20,15 +20,17 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..exporters.base import ExportError
 from ..io import atomic_write_json
 from . import connect
 from .base import DeviceError, DeviceInfo, MemoryRefused, RunnerFailed, RuntimeMissing
 from .bundle import make_bundle, push_bundle
 
 #: resident memory of the runner itself before training (Python, numpy, the runtime), measured on x86_64
-RUNTIME_BASELINE_BYTES = {"onnxruntime-training": 120 * 2**20}
-RUNTIME_DISTS = {"onnxruntime-training": ("onnxruntime-training", "onnxruntime-training-cpu")}
-PULLED = ("metrics.json", "params.npz", "checkpoint", "inference.onnx")
+RUNTIME_BASELINE_BYTES = {"onnxruntime-training": 120 * 2**20, "ai-edge-litert": 60 * 2**20}
+RUNTIME_DISTS = {"onnxruntime-training": ("onnxruntime-training", "onnxruntime-training-cpu"),
+                 "ai-edge-litert": ("ai-edge-litert", "tflite-runtime")}
+PULLED = ("metrics.json", "params.npz", "checkpoint", "checkpoint.npz", "inference.onnx")
 
 
 def check_runtime(info: DeviceInfo, runtime: str) -> None:
@@ -38,7 +40,9 @@ def check_runtime(info: DeviceInfo, runtime: str) -> None:
                 "which trains with the platform's runtime" if android else "install Python 3 (`sudo apt install python3`)")
         raise RuntimeMissing(f"{info.uri} has no Python for the runner: {hint}")
     if not any(d in info.runtimes for d in RUNTIME_DISTS[runtime]) or "numpy" not in info.runtimes:
-        if android or info.arch in ("aarch64", "armv7l", "arm64"):
+        if runtime == "ai-edge-litert":
+            hint = "install it there: `pip install ai-edge-litert numpy` (wheels for x86_64 and aarch64 Linux, macOS)"
+        elif android or info.arch in ("aarch64", "armv7l", "arm64"):
             hint = ("onnxruntime-training has no wheel for this platform (its last release, 1.19.2, ships x86_64 and "
                     "macOS arm64 only); on a Raspberry Pi export with --format tflite and `pip install ai-edge-litert`, "
                     "on Android use the ONNX Runtime training AAR (examples/android)")
@@ -51,16 +55,22 @@ def predicted_memory(manifest: dict, batch_size: int) -> int:
     from ..profile.analytic import analyze
 
     prof = analyze(manifest["model"], manifest["policy"], manifest["input"]["shape"][-1], len(manifest["class_names"]))
-    optimizer = "adamw" if manifest["optimizer"]["name"] == "adamw" else "sgd-nomomentum"
+    opt = manifest["optimizer"]
+    optimizer = "adamw" if opt["name"] == "adamw" else "sgd" if opt.get("momentum") else "sgd-nomomentum"
     return int(prof.totals(batch_size, optimizer)["training_memory_bytes"]) + RUNTIME_BASELINE_BYTES[manifest["runtime"]]
 
 
 def deploy(artifacts: str | Path, device_uri: str, steps: int = 50, data: str | Path | None = None,
-           out: str | Path | None = None, batch_size: int = 8, lr: float | None = None, verify: bool = False,
+           out: str | Path | None = None, batch_size: int | None = None, lr: float | None = None, verify: bool = False,
            force: bool = False, timeout: float = 3600, console: Console | None = None) -> dict:
     console = console or Console(stderr=True)
     bundle = make_bundle(artifacts, data)
     manifest = bundle.manifest
+    fixed = manifest["input"]["shape"][0]  # a TFLite model trains at the batch size it was exported with
+    if fixed and batch_size not in (None, fixed):
+        raise ExportError(f"{artifacts} trains at batch {fixed}, fixed at export; drop --batch-size, or export "
+                          f"again with --batch-size {batch_size}")
+    batch_size = batch_size or fixed or 8
     out = Path(out or f"deploy/{time.strftime('%Y%m%d-%H%M%S')}")
     with connect(device_uri) as device:
         info = device.probe()

@@ -19,6 +19,7 @@ from .validation import print_checklist
 
 EXPORTERS = {
     "onnx": "edgetl.exporters.onnx:OnnxExporter",
+    "tflite": "edgetl.exporters.tflite:TfliteExporter",
 }
 
 

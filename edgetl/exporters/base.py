@@ -23,7 +23,7 @@ from ..errors import EdgeTLError
 from ..io import atomic_write_json, file_sha256
 from ..models import create_model
 from ..surgery import apply_policy
-from ..trainer import CHECKPOINT
+from ..trainer import CHECKPOINT, SGD_MOMENTUM
 
 MANIFEST = "manifest.json"
 REFERENCE = "reference.npz"
@@ -37,16 +37,21 @@ class ExportError(EdgeTLError):
 class OptimizerSpec:
     """The optimizer the exported training graph runs; the PyTorch reference uses exactly the same."""
 
-    name: str  # "adamw" or "sgd" (plain: no momentum, no weight decay)
+    name: str  # "adamw" or "sgd"
     lr: float
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    momentum: float = 0.0  # SGD only
 
     def torch_optimizer(self, params) -> torch.optim.Optimizer:
         if self.name == "adamw":
             return torch.optim.AdamW(params, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay)
-        return torch.optim.SGD(params, lr=self.lr)
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "lr": self.lr, "weight_decay": self.weight_decay, "betas": list(self.betas),
+                "eps": self.eps, "momentum": self.momentum}
 
 
 @dataclass
@@ -63,12 +68,15 @@ class Run:
     def policy(self) -> str:
         return self.meta["policy"]
 
-    def optimizer(self, lr: float | None = None) -> OptimizerSpec:
+    def optimizer(self, lr: float | None = None, momentum: bool = False) -> OptimizerSpec:
+        """The run's optimizer; ``momentum``: the format runs SGD with momentum and weight decay as PyTorch does."""
         name = self.config.get("optimizer", "adamw")
         lr = lr if lr is not None else self.config.get("lr") or 1e-3
         if name == "adamw":
             return OptimizerSpec("adamw", lr, self.config.get("weight_decay", 0.0))
-        self.notes.append(f"the run used {name} with momentum {0.9} and weight decay; the exported graph runs plain "
+        if momentum:
+            return OptimizerSpec("sgd", lr, self.config.get("weight_decay", 0.0), momentum=SGD_MOMENTUM)
+        self.notes.append(f"the run used {name} with momentum {SGD_MOMENTUM} and weight decay; the exported graph runs plain "
                           f"SGD (the on-device training runtimes offer no momentum), and so does the parity check")
         return OptimizerSpec("sgd", lr)
 
@@ -120,10 +128,38 @@ def preprocessing(resolution: int) -> dict:
             "std": list(IMAGENET_STD), "layout": "NCHW", "channels": "RGB"}
 
 
+def manifest_fields(exporter, run: Run, spec: OptimizerSpec, trainable: list[str], batch_size: int | None,
+                    reference_batch: int, steps: int) -> dict:
+    """What every format's manifest says; ``batch_size`` None means any batch (else fixed at export)."""
+    from .validation import TOLERANCES
+
+    return {
+        "format": exporter.name, "runtime": exporter.runtime, "model": run.meta["model"], "policy": run.policy,
+        "input": {"name": exporter.input_name, "shape": [batch_size, 3, run.resolution, run.resolution],
+                  "dtype": "float32"},
+        "output": {"name": "logits", "shape": [batch_size, len(run.class_names)]}, "class_names": run.class_names,
+        "preprocessing": preprocessing(run.resolution), "trainable": trainable, "optimizer": spec.as_dict(),
+        "dropout": "not exported: on-device training runs without dropout (the parity check does the same)",
+        "validation": {"validated": False, "steps": steps, "batch_size": reference_batch, "tolerances": TOLERANCES},
+        "notes": run.notes, "source_run": str(run.path)}
+
+
 def file_checksums(root: Path) -> dict[str, str]:
     """sha256 of every file under ``root`` except the manifest itself, by relative path."""
     return {str(p.relative_to(root)): file_sha256(p) for p in sorted(root.rglob("*"))
             if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
+
+
+def copy_runner(runner_module, out: Path) -> str:
+    """Put a device runner and the ``runner_common.py`` it imports into ``out``; returns the runner's file name."""
+    import shutil
+
+    from ..devices.runner import runner_common
+
+    name = Path(runner_module.__file__).name
+    shutil.copy(runner_module.__file__, out / name)
+    shutil.copy(runner_common.__file__, out / Path(runner_common.__file__).name)
+    return name
 
 
 def write_manifest(root: Path, manifest: dict) -> dict:

@@ -6,7 +6,7 @@
 The directory holds ``training_model.onnx``, ``eval_model.onnx``, ``optimizer_model.onnx`` and
 ``checkpoint`` (ONNX Runtime's on-device training set), ``inference.onnx`` (running statistics, for
 deployment), ``reference.npz`` (reference batches with PyTorch's logits and losses, for ``--verify`` on a
-device), ``ort_runner.py`` (the device runner) and ``manifest.json``.
+device), ``ort_runner.py`` with ``runner_common.py`` (the device runner) and ``manifest.json``.
 
 Only the parameters the policy trains are trainable; everything else is a frozen initializer. Batch
 norms the policy trains fully normalise with batch statistics, as in PyTorch; the training graph also
@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from ..devices.runner import ort_runner
-from .base import REFERENCE, ExportError, OptimizerSpec, Run, preprocessing, reference_batches, write_manifest
+from .base import ExportError, OptimizerSpec, Run, copy_runner, manifest_fields
 from .onnx_graph import OPSET, batch_stat_norms, export_graph, hardswish_threshold, register_gradients
-from .validation import (PARITY_SGD_LR, TOLERANCES, compare_logits, compare_optimizer_step, eval_logits, free_running,
-                         teacher_forced, torch_step, training_copy)
+from .validation import (PARITY_SGD_LR, compare_logits, compare_optimizer_step, free_running, teacher_forced,
+                         validated_manifest, write_reference)
 
 ARTIFACTS = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
 
@@ -46,6 +46,7 @@ def _backend():
 class OnnxExporter:
     name = "onnx"
     runtime = "onnxruntime-training"
+    input_name = "input"
 
     def export(self, run: Run, out: Path, validate: bool = True, steps: int = 3, batch_size: int = 4,
                lr: float | None = None, log=print) -> dict:
@@ -80,39 +81,21 @@ class OnnxExporter:
         if spec.name == "adamw":
             _pytorch_adamw(out / "optimizer_model.onnx")
         onnx.save(inference, str(out / ort_runner.INFERENCE_MODEL))
-        shutil.copy(ort_runner.__file__, out / "ort_runner.py")
+        copy_runner(ort_runner, out)
         log(f"exported {len(trainable)} trainable and {len(frozen)} frozen tensors in {time.perf_counter() - t0:.1f}s")
 
-        images, labels = reference_batches(run, batch_size=batch_size, count=max(1, min(steps, 4)))
-        logits = eval_logits(training_copy(run.model), images[0])  # before any train-mode forward moves statistics
-        loss, grads = torch_step(training_copy(run.model), images[0], labels[0])
-        np.savez(out / REFERENCE, images=images, labels=labels, logits=logits, loss=np.float32(loss),
-                 grad_norms=np.array([np.linalg.norm(grads[n]) for n in trainable]))
-        validation = {"validated": False, "steps": steps, "batch_size": batch_size, "tolerances": TOLERANCES}
-        versions = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "opset": OPSET}
+        images, labels, logits = write_reference(run, out, batch_size, steps, trainable)
         fields = {
-            "format": self.name, "runtime": self.runtime, "model": run.meta["model"], "policy": run.policy,
-            "input": {"name": "input", "shape": [None, 3, run.resolution, run.resolution], "dtype": "float32"},
-            "output": {"name": "logits", "shape": [None, len(run.class_names)]}, "class_names": run.class_names,
-            "preprocessing": preprocessing(run.resolution), "trainable": trainable,
-            "optimizer": {"name": spec.name, "lr": spec.lr, "weight_decay": spec.weight_decay, "betas": list(spec.betas),
-                          "eps": spec.eps},
+            **manifest_fields(self, run, spec, trainable, None, batch_size, steps),
             "batch_norm": "internal norms shift-only; fully trained norms normalise with batch statistics in training "
                           "and the runner updates their running statistics from the graph's batch-statistic outputs, "
                           "as PyTorch does (momentum, unbiased variance)",
             "running_stats": norms,
-            "dropout": "not exported: on-device training runs without dropout (the parity check does the same)",
             "hardswish_backward": f"MobileTL sign approximation dY * (x > {hardswish_threshold(run.model)}) "
                                   f"in trained blocks; exact elsewhere",
-            "versions": versions, "validation": validation, "notes": run.notes, "source_run": str(run.path)}
-        manifest = write_manifest(out, fields)  # the runner reads it, so it exists before validation
-        checks = []
-        if validate:
-            checks, extra = self.validate(out, run, images, labels, logits, steps, spec)
-            validation.update(validated=True, ok=all(c.ok for c in checks), checks=[c.as_dict() for c in checks],
-                              **extra)
-            manifest = write_manifest(out, fields)
-        return {"manifest": manifest, "checks": checks}
+            "versions": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "opset": OPSET}}
+        return validated_manifest(out, fields, validate, lambda: self.validate(out, run, images, labels, logits, steps,
+                                                                               spec))
 
     def validate(self, out: Path, run: Run, images, labels, ref_logits, steps: int, spec: OptimizerSpec):
         """The checks of :mod:`.validation`, run through the device runner's own code."""

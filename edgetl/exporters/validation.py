@@ -12,12 +12,16 @@ What is checked, and why these tolerances (fp32; figures measured on this stack)
   both compute the loss and the gradients on the same batch, and the export steps on (plain SGD, done on
   its own gradients). So every step is checked from the same point and nothing compounds.
   * losses: ``LOSS_RTOL`` = 1e-4 relative (the forward in training mode; measured ~1e-6);
-  * gradients: ``GRAD_RTOL`` = 2e-2 as ||g_export - g_torch|| / ||g_torch|| over all trainable tensors.
-    Masks (ReLU6 at 0 and 6, MobileTL's Hard-Swish step at t) flip for the odd element whose input lies
-    within rounding of a threshold, changing that element's gradient by |dY|. Typical steps measure 1e-6;
-    a step with a flip up to 4.5e-4 (MobileNetV3 at 96 px) and 7.6e-3 in the most degenerate case seen
-    (MobileNetV2 at 64 px: 2 x 2 maps, so a depthwise weight's gradient sums only 16 terms). A wrong
-    backward formula measures 0.6 to 1.1 (the exact Hard-Swish derivative in place of MobileTL's step).
+  * gradients, against PyTorch in float64 (the exact gradient of the same model, masks included) as
+    ||g_export - g_64|| / ||g_64|| over all trainable tensors, allowed ``GRAD_RTOL`` = 2e-2 or
+    ``GRAD_FACTOR`` = 4 times PyTorch's own float32 error at that step, whichever is larger. Masks (ReLU6
+    at 0 and 6, MobileTL's Hard-Swish step at t) flip for the odd element whose input lies within rounding
+    of a threshold, changing that element's gradient by |dY|; typical steps measure 1e-6, a step with a
+    flip up to 7.6e-3 (MobileNetV2 at 64 px: 2 x 2 maps, so a depthwise weight's gradient sums only 16
+    terms). Gradients through batch-statistic norms on small maps are ill-conditioned (three large terms
+    cancel): on a random MobileNetV2 at 128 px PyTorch's own float32 gradient is 1.7e-2 from float64 and
+    another runtime's sums land within 4.4e-2, hence the factor. A wrong backward formula measures 0.6 to
+    1.1 (the exact Hard-Swish derivative in place of MobileTL's step).
 - running statistics of the fully trained norms after those K steps (the runtime updates them from the
   batch statistics, as PyTorch does in training mode): ``STATS_RTOL`` = 1e-3 of max(1, |value|); both
   sides see the same batches from the same parameters, so only rounding separates them.
@@ -42,15 +46,16 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from .base import OptimizerSpec, Run
+from .base import REFERENCE, OptimizerSpec, Run, reference_batches, write_manifest
 
 LOGIT_ATOL = 1e-4
 LOSS_RTOL = 1e-4
 GRAD_RTOL = 2e-2
+GRAD_FACTOR = 4.0
 OPT_RTOL = 1e-3
 STATS_RTOL = 1e-3
-TOLERANCES = {"logit_atol": LOGIT_ATOL, "loss_rtol": LOSS_RTOL, "grad_rtol": GRAD_RTOL, "opt_rtol": OPT_RTOL,
-              "stats_rtol": STATS_RTOL}
+TOLERANCES = {"logit_atol": LOGIT_ATOL, "loss_rtol": LOSS_RTOL, "grad_rtol": GRAD_RTOL, "grad_factor": GRAD_FACTOR,
+              "opt_rtol": OPT_RTOL, "stats_rtol": STATS_RTOL}
 PARITY_SGD_LR = 0.01  # the learning rate of the teacher-forced steps when the run used another optimizer
 
 
@@ -136,24 +141,31 @@ def teacher_forced(run: Run, session: Session, images: np.ndarray, labels: np.nd
     if missing:
         return [Check("trainable parameters present in the export", False, float("inf"), 0.0,
                       f"missing: {', '.join(missing[:5])}")]
-    loss_diffs, grad_errs, worst_at = [], [], ""
+    model64 = copy.deepcopy(model).double()  # the exact gradient the float32 ones approximate
+    params64 = trainable(model64)
+    loss_diffs, margins, worst = [], [], None
     for i in range(steps):
         with torch.no_grad():
             for n, value in session.params().items():
                 params[n].copy_(torch.from_numpy(value))
+                params64[n].copy_(torch.from_numpy(value))
         x, y = images[i % len(images)], labels[i % len(labels)]
         loss_ref, grads_ref = torch_step(model, x, y)
+        _, grads64 = torch_step(model64, x.astype(np.float64), y)
         loss, grads = session.gradients(x, y)
         loss_diffs.append(abs(loss - loss_ref) / max(1.0, abs(loss_ref)))
-        err, worst = grad_error(grads, grads_ref)
-        if err >= max(grad_errs, default=-1):
-            worst_at = f"step {i + 1}, largest element difference in {worst}"
-        grad_errs.append(err)
+        err, tensor = grad_error(grads, grads64)
+        torch_err, _ = grad_error(grads_ref, grads64)
+        tol = max(GRAD_RTOL, GRAD_FACTOR * torch_err)
+        margins.append(err / tol)
+        if margins[-1] >= max(margins):
+            worst = (err, tol, f"step {i + 1}: PyTorch float32's own error {torch_err:.2g}; largest element "
+                               f"difference in {tensor}")
         session.set_params({n: session.params()[n] - np.float32(lr) * grads[n] for n in grads})
     checks = [Check(f"training losses, {steps} steps from the same parameters", max(loss_diffs) <= LOSS_RTOL,
                     max(loss_diffs), LOSS_RTOL, f"per step: {', '.join(f'{d:.1e}' for d in loss_diffs)}"),
-              Check(f"gradients of {len(params)} tensors, {steps} steps, ||diff|| / ||grad||",
-                    max(grad_errs) <= GRAD_RTOL, max(grad_errs), GRAD_RTOL, worst_at)]
+              Check(f"gradients of {len(params)} tensors, {steps} steps, ||diff|| / ||grad|| against float64",
+                    max(margins) <= 1.0, worst[0], worst[1], worst[2])]
     running = session.running_stats()
     if running:
         buffers = dict(model.named_buffers())
@@ -205,6 +217,30 @@ def free_running(run: Run, images: np.ndarray, labels: np.ndarray, steps: int, o
             "max_eval_logit_diff": float(np.max(np.abs(eval_after - updated_logits))),
             # what updating the running statistics changes in eval (the export's runner updates them)
             "running_statistics_eval_logit_effect": float(np.max(np.abs(frozen_logits - updated_logits)))}
+
+
+def write_reference(run: Run, out, batch_size: int, steps: int, trainable: list[str]):
+    """Reference batches with PyTorch's eval logits, loss and per-tensor gradient norms, in ``reference.npz``
+    (a device's ``--verify`` compares against it); returns (images, labels, logits)."""
+    images, labels = reference_batches(run, batch_size=batch_size, count=max(1, min(steps, 4)))
+    logits = eval_logits(training_copy(run.model), images[0])  # before any train-mode forward moves statistics
+    loss, grads = torch_step(training_copy(run.model), images[0], labels[0])
+    np.savez(out / REFERENCE, images=images, labels=labels, logits=logits, loss=np.float32(loss),
+             grad_norms=np.array([np.linalg.norm(grads[n]) for n in trainable]))
+    return images, labels, logits
+
+
+def validated_manifest(out, fields: dict, validate: bool, run_checks) -> dict:
+    """Write the manifest (the runner reads it, so before validation), run ``run_checks() -> (checks, extra)``
+    when ``validate``, and store the result in the manifest; returns the export's result."""
+    validation = fields["validation"]
+    manifest = write_manifest(out, fields)
+    checks = []
+    if validate:
+        checks, extra = run_checks()
+        validation.update(validated=True, ok=all(c.ok for c in checks), checks=[c.as_dict() for c in checks], **extra)
+        manifest = write_manifest(out, fields)
+    return {"manifest": manifest, "checks": checks}
 
 
 def print_checklist(checks: list[Check], console: Console | None = None, title: str = "validation") -> None:

@@ -8,29 +8,33 @@
 (N, int64); without ``--data`` the artifact's reference batches are used. The runner writes, each
 atomically: ``metrics.json`` (loss per step, step time, peak RSS), ``checkpoint`` (ONNX Runtime),
 ``params.npz`` (trained parameters and updated running statistics by torchvision name;
-``edgetl import-weights`` loads them), and
-``inference.onnx`` with the trained weights when the ``onnx`` package is present.
+``edgetl import-weights`` loads them), and ``inference.onnx`` with the trained weights when the ``onnx``
+package is present. ``--resume OUT/checkpoint`` continues from a previous run.
 
-This file is copied to devices as it is: it imports nothing from edgetl, and it never imports torch
-(``onnxruntime.training``'s package init does, through an optional module; see ``training_api``).
+This file and ``runner_common.py`` are copied to devices as they are: they import nothing from edgetl,
+and never torch (``onnxruntime.training``'s package init does, through an optional module; see
+``training_api``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-import tempfile
-import time
 import types
 
 import numpy as np
 
+# runner_common travels beside this file; inside the edgetl package it is this directory's module. No
+# __pycache__ is written into the bundle: its directory holds exactly the files that were verified
+_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import runner_common as common  # noqa: E402
+
+sys.dont_write_bytecode = _bytecode
+
 TRAINING_MODEL, EVAL_MODEL, OPTIMIZER_MODEL, CHECKPOINT = (
     "training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
-INFERENCE_MODEL, REFERENCE, MANIFEST = "inference.onnx", "reference.npz", "manifest.json"
-RUNNING_STATS = "running_stats.npz"
+INFERENCE_MODEL, RUNNING_STATS = "inference.onnx", "running_stats.npz"
 
 
 def training_api():
@@ -63,51 +67,14 @@ def training_api():
     return api
 
 
-def peak_rss_bytes() -> int:
-    """VmHWM: this process's peak resident memory (Linux, Android)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return -1
-
-
-def _atomic(path: str, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path), dir=os.path.dirname(path) or ".")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _write_bytes(path: str, write) -> None:
-    def to_file(tmp):
-        with open(tmp, "wb") as f:
-            write(f)
-
-    _atomic(path, to_file)
-
-
-def load_manifest(artifacts: str) -> dict:
-    with open(os.path.join(artifacts, MANIFEST)) as f:
-        return json.load(f)
-
-
 class Trainer:
     """ONNX Runtime on-device training of one artifact set."""
 
-    def __init__(self, artifacts: str, lr: float | None = None):
+    def __init__(self, artifacts: str, lr: float | None = None, checkpoint: str | None = None):
         api = training_api()
-        manifest = load_manifest(artifacts)
+        manifest = common.load_manifest(artifacts)
         self.trainable = manifest["trainable"]
-        self.state = api.CheckpointState.load_checkpoint(os.path.join(artifacts, CHECKPOINT))
+        self.state = api.CheckpointState.load_checkpoint(checkpoint or os.path.join(artifacts, CHECKPOINT))
         self.module = api.Module(os.path.join(artifacts, TRAINING_MODEL), self.state, os.path.join(artifacts, EVAL_MODEL))
         self.optimizer = api.Optimizer(os.path.join(artifacts, OPTIMIZER_MODEL), self.module)
         self.lr = lr if lr is not None else manifest["optimizer"]["lr"]
@@ -169,7 +136,7 @@ class Trainer:
 
     def save_checkpoint(self, path: str) -> None:
         api = training_api()
-        _atomic(path, lambda tmp: api.CheckpointState.save_checkpoint(self.state, tmp))
+        common.atomic(path, lambda tmp: api.CheckpointState.save_checkpoint(self.state, tmp))
 
 
 def infer(artifacts: str, images: np.ndarray, params: dict[str, np.ndarray] | None = None) -> np.ndarray:
@@ -192,45 +159,8 @@ def infer(artifacts: str, images: np.ndarray, params: dict[str, np.ndarray] | No
 
 def train(artifacts: str, images: np.ndarray, labels: np.ndarray, steps: int, batch_size: int | None = None,
           lr: float | None = None, seed: int = 0, progress=None) -> dict:
-    """``steps`` optimizer steps. ``images`` is (N, 3, H, W) sliced into batches, or (K, B, 3, H, W) cycled."""
-    trainer = Trainer(artifacts, lr)
-    if images.ndim == 5:
-        batches = [(images[i], labels[i]) for i in range(len(images))]
-    else:
-        batch_size = min(batch_size or 8, len(images))
-        order = np.random.default_rng(seed).permutation(len(images))
-        batches = [(images[order[i:i + batch_size]], labels[order[i:i + batch_size]])
-                   for i in range(0, len(images) - batch_size + 1, batch_size)]
-    losses, seconds = [], []
-    for i in range(steps):
-        x, y = batches[i % len(batches)]
-        t0 = time.perf_counter()
-        losses.append(trainer.step(x, y))
-        seconds.append(time.perf_counter() - t0)
-        if progress:
-            progress(i + 1, steps, losses[-1])
-    return {"trainer": trainer, "losses": losses, "step_seconds": seconds}
-
-
-def verify(artifacts: str, tolerance: dict | None = None) -> list[dict]:
-    """Repeat the export's parity check here against ``reference.npz``: inference logits, and the loss and
-    the per-tensor gradient norms of one training step, as PyTorch computed them at export time."""
-    manifest = load_manifest(artifacts)
-    tol = tolerance or manifest["validation"]["tolerances"]
-    ref = np.load(os.path.join(artifacts, REFERENCE))
-    logits = infer(artifacts, ref["images"][0])
-    logit_diff = float(np.max(np.abs(logits - ref["logits"])))
-    logit_tol = tol["logit_atol"] * max(1.0, float(np.max(np.abs(ref["logits"]))))
-    trainer = Trainer(artifacts)
-    loss, grads = trainer.gradients(ref["images"][0], ref["labels"][0])
-    loss_diff = abs(loss - float(ref["loss"])) / max(1.0, abs(float(ref["loss"])))
-    norms = np.array([np.linalg.norm(grads[n]) for n in trainer.trainable])
-    norm_diff = float(np.linalg.norm(norms - ref["grad_norms"]) / np.linalg.norm(ref["grad_norms"]))
-    return [{"name": "inference logits", "ok": logit_diff <= logit_tol, "max_diff": logit_diff, "tolerance": logit_tol},
-            {"name": "training loss, one step", "ok": loss_diff <= tol["loss_rtol"], "max_diff": loss_diff,
-             "tolerance": tol["loss_rtol"]},
-            {"name": "gradient norms per tensor, one step", "ok": norm_diff <= tol["grad_rtol"], "max_diff": norm_diff,
-             "tolerance": tol["grad_rtol"]}]
+    """``steps`` optimizer steps (see ``runner_common.train_loop``)."""
+    return common.train_loop(Trainer(artifacts, lr), images, labels, steps, batch_size, seed, progress)
 
 
 def _bake_inference_model(artifacts: str, params: dict[str, np.ndarray], path: str) -> bool:
@@ -243,50 +173,19 @@ def _bake_inference_model(artifacts: str, params: dict[str, np.ndarray], path: s
     for init in model.graph.initializer:
         if init.name in params:
             init.CopyFrom(numpy_helper.from_array(params[init.name], init.name))
-    _atomic(path, lambda tmp: onnx.save(model, tmp))
+    common.atomic(path, lambda tmp: onnx.save(model, tmp))
     return True
 
 
+def save_outputs(trainer: Trainer, artifacts: str, out: str) -> dict:
+    trainer.save_checkpoint(os.path.join(out, CHECKPOINT))
+    baked = _bake_inference_model(artifacts, trainer.trained(), os.path.join(out, INFERENCE_MODEL))
+    return {"inference_model": INFERENCE_MODEL if baked else None}
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Train an edgetl ONNX Runtime artifact set on this device.")
-    ap.add_argument("--artifacts", default=os.path.dirname(os.path.abspath(__file__)))
-    ap.add_argument("--data", help="shard .npz with images and labels (default: the reference batches)")
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float)
-    ap.add_argument("--out", default="trained")
-    ap.add_argument("--verify", action="store_true", help="repeat the export's parity check and exit")
-    args = ap.parse_args(argv)
-    if args.verify:
-        checks = verify(args.artifacts)
-        for c in checks:
-            print(f"{'PASS' if c['ok'] else 'FAIL'} {c['name']}: max |diff| {c['max_diff']:.3g} (tolerance {c['tolerance']:.3g})")
-        print(json.dumps({"verify": checks}))
-        return 0 if all(c["ok"] for c in checks) else 1
-    data = np.load(args.data or os.path.join(args.artifacts, REFERENCE))
-    expected = tuple(load_manifest(args.artifacts)["input"]["shape"][1:])
-    if "images" not in data or "labels" not in data or tuple(data["images"].shape[-3:]) != expected:
-        shape = tuple(data["images"].shape) if "images" in data else "missing"
-        raise SystemExit(f"the data shard's images are {shape}, but the model takes (N, {', '.join(map(str, expected))}) "
-                         f"float32 with int64 labels: pack the shard at the model's resolution "
-                         f"(`edgetl deploy --data DIR` does)")
-    os.makedirs(args.out, exist_ok=True)
-
-    def progress(i, n, loss):
-        print(f"step {i}/{n} loss {loss:.4f}", flush=True)
-
-    run = train(args.artifacts, data["images"], data["labels"], args.steps, args.batch_size, args.lr, progress=progress)
-    trainer = run["trainer"]
-    params = trainer.trained()
-    trainer.save_checkpoint(os.path.join(args.out, CHECKPOINT))
-    _write_bytes(os.path.join(args.out, "params.npz"), lambda f: np.savez(f, **params))
-    baked = _bake_inference_model(args.artifacts, params, os.path.join(args.out, INFERENCE_MODEL))
-    metrics = {"steps": args.steps, "lr": trainer.lr, "losses": run["losses"], "step_seconds": run["step_seconds"],
-               "median_step_seconds": float(np.median(run["step_seconds"])), "peak_rss_bytes": peak_rss_bytes(),
-               "inference_model": INFERENCE_MODEL if baked else None, "torch_imported": "torch" in sys.modules}
-    _write_bytes(os.path.join(args.out, "metrics.json"), lambda f: f.write(json.dumps(metrics, indent=2).encode()))
-    print(json.dumps({k: v for k, v in metrics.items() if k not in ("losses", "step_seconds")}))
-    return 0
+    return common.main(argv, "onnxruntime-training", lambda art, lr, args: Trainer(art, lr, args.resume),
+                       infer, save_outputs)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Train an edgetl TFLite export on a device: ai-edge-litert (or tflite-runtime) and numpy only.
+
+    python tflite_runner.py --artifacts DIR --data shard.npz --steps 200 --out trained/
+    python tflite_runner.py --artifacts DIR --verify            # repeat the export's parity check here
+
+``shard.npz`` holds ``images`` (N, 3, H, W float32, preprocessed as the manifest says) and ``labels``;
+the model trains at the batch size fixed at export. The runner writes, each atomically:
+``metrics.json`` (loss per step, step time, peak RSS), ``params.npz`` (trained parameters and running
+statistics by torchvision name, in PyTorch layout: ``edgetl import-weights`` loads them) and
+``checkpoint.npz`` (every variable, optimizer state included: ``--resume`` continues from it).
+
+The model's signatures do the work (``train``, ``gradients``, ``infer``, ``get_weights``,
+``set_weights``); weights go in and out through them, so no TensorFlow Save/Restore op is needed. This
+file and ``runner_common.py`` are copied to devices as they are: no TensorFlow, no torch, no edgetl.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+# runner_common travels beside this file; inside the edgetl package it is this directory's module. No
+# __pycache__ is written into the bundle: its directory holds exactly the files that were verified
+_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import runner_common as common  # noqa: E402
+
+sys.dont_write_bytecode = _bytecode
+
+MODEL, CHECKPOINT = "model.tflite", "checkpoint.npz"
+
+
+def interpreter_class():
+    """The TFLite interpreter: ai-edge-litert's, else tflite-runtime's (older Raspberry Pi OS images)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise SystemExit("no TFLite runtime is installed: pip install ai-edge-litert numpy") from None
+    return Interpreter
+
+
+class Trainer:
+    """Training through the model's signatures; parameters by torchvision name, in PyTorch layout."""
+
+    def __init__(self, artifacts: str, lr: float | None = None, checkpoint: str | None = None,
+                 threads: int | None = None):
+        manifest = common.load_manifest(artifacts)
+        self.variables = manifest["variables"]  # [{name, key, kind, shape}]
+        self.trainable = manifest["trainable"]
+        self.batch_size = manifest["input"]["shape"][0]
+        self.lr = lr if lr is not None else manifest["optimizer"]["lr"]
+        self.interpreter = interpreter_class()(model_path=os.path.join(artifacts, MODEL),
+                                               num_threads=threads or os.cpu_count())
+        self._runners = {}
+        if checkpoint:
+            with np.load(checkpoint) as saved:
+                self.set_state({v["name"]: saved[v["name"]] for v in self.variables})
+
+    def run(self, signature: str, **inputs) -> dict:
+        """Call a signature; its runner (and working memory) is made on first use, so training alone never
+        allocates the ``gradients`` or ``infer`` subgraphs."""
+        if signature not in self._runners:
+            self._runners[signature] = self.interpreter.get_signature_runner(signature)
+        return self._runners[signature](**inputs)
+
+    def _inputs(self, images: np.ndarray, labels: np.ndarray | None = None) -> dict:
+        if images.shape[0] != self.batch_size:
+            raise SystemExit(f"this TFLite model trains at batch {self.batch_size} (fixed at export), not "
+                             f"{images.shape[0]}: export again with --batch-size {images.shape[0]}, or use batches "
+                             f"of {self.batch_size}")
+        inputs = {"images": np.ascontiguousarray(images, dtype=np.float32)}
+        if labels is not None:
+            inputs["labels"] = np.ascontiguousarray(labels, dtype=np.int32)
+        return inputs
+
+    def step(self, images: np.ndarray, labels: np.ndarray) -> float:
+        out = self.run("train", **self._inputs(images, labels), lr=np.float32(self.lr))
+        return float(out["loss"])
+
+    def gradients(self, images: np.ndarray, labels: np.ndarray) -> tuple[float, dict]:
+        """(loss, gradients by parameter name) of one step, running statistics updated, parameters not."""
+        out = self.run("gradients", **self._inputs(images, labels))
+        keys = {v["name"]: v["key"] for v in self.variables}
+        return float(out["loss"]), {n: out["g" + keys[n][1:]] for n in self.trainable}
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        return self.run("infer", **self._inputs(images))["logits"]
+
+    def state(self) -> dict[str, np.ndarray]:
+        out = self.run("get_weights")
+        return {v["name"]: out[v["key"]] for v in self.variables}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        self.run("set_weights", **{v["key"]: np.ascontiguousarray(state[v["name"]], dtype=np.float32)
+                                       for v in self.variables})
+
+    def _kind(self, *kinds: str) -> dict[str, np.ndarray]:
+        state = self.state()
+        return {v["name"]: state[v["name"]] for v in self.variables if v["kind"] in kinds}
+
+    def params(self) -> dict[str, np.ndarray]:
+        return self._kind("param")
+
+    def set_params(self, params: dict[str, np.ndarray]) -> None:
+        self.set_state({**self.state(), **params})
+
+    def running_stats(self) -> dict[str, np.ndarray]:
+        return self._kind("stat")
+
+    def trained(self) -> dict[str, np.ndarray]:
+        """Everything training changed: parameters and running statistics, by torchvision name."""
+        return self._kind("param", "stat")
+
+
+def infer(artifacts: str, images: np.ndarray, params: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Logits of the ``infer`` signature, with ``params`` (e.g. trained ones) set first."""
+    trainer = Trainer(artifacts)
+    if params:
+        trainer.set_params(params)
+    return trainer.logits(images)
+
+
+def train(artifacts: str, images: np.ndarray, labels: np.ndarray, steps: int, batch_size: int | None = None,
+          lr: float | None = None, seed: int = 0, progress=None) -> dict:
+    """``steps`` optimizer steps (see ``runner_common.train_loop``)."""
+    return common.train_loop(Trainer(artifacts, lr), images, labels, steps, batch_size, seed, progress)
+
+
+def save_outputs(trainer: Trainer, artifacts: str, out: str) -> dict:
+    common.write_bytes(os.path.join(out, CHECKPOINT), lambda f: np.savez(f, **trainer.state()))
+    return {"checkpoint": CHECKPOINT}
+
+
+def main(argv=None) -> int:
+    return common.main(argv, "ai-edge-litert", lambda art, lr, args: Trainer(art, lr, args.resume, args.threads),
+                       infer, save_outputs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""TFLite training export: one ``.tflite`` with train/infer/weights signatures, builtin ops only, validated.
+
+    from edgetl.exporters import export
+    result = export("runs/last", "tflite", "artifacts/tflite", batch_size=8)     # validates by default
+
+The directory holds ``model.tflite`` (signatures ``train``, ``gradients``, ``infer``, ``get_weights``,
+``set_weights``; see :mod:`.tflite_graph`), ``reference.npz`` (reference batches with PyTorch's logits,
+loss and gradient norms, for ``--verify`` on a device), ``tflite_runner.py`` with ``runner_common.py``
+(the device runner: ai-edge-litert and numpy) and ``manifest.json``.
+
+The model converts with ``TFLITE_BUILTINS`` only, so it trains in ai-edge-litert as a Raspberry Pi
+installs it; any other op fails the export with its name. The training batch size is fixed at export
+(``batch_size``). The run's optimizer runs as PyTorch's: AdamW, or SGD with momentum and weight decay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from ..devices.runner import tflite_runner
+from ..io import atomic_write_bytes
+from .base import ExportError, OptimizerSpec, Run, copy_runner, manifest_fields
+from .validation import (PARITY_SGD_LR, compare_logits, compare_optimizer_step, free_running, teacher_forced,
+                         training_copy, validated_manifest, write_reference)
+
+SIGNATURES = ("train", "gradients", "infer", "get_weights", "set_weights")
+
+
+def _backend():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ info and warning lines are noise here
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TensorFlow only converts here; it computes nothing
+    try:
+        with _quiet_stderr():
+            import tensorflow as tf
+        import ai_edge_litert  # noqa: F401  (validation runs the device runner's interpreter)
+    except ImportError as exc:
+        raise ExportError(f"the tflite backend is not installed ({exc.name} missing); "
+                          f"install it with: pip install 'edgetl[tflite]'") from None
+    tf.get_logger().setLevel("ERROR")
+    return tf
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the converter's native log lines (they go to fd 2, beneath Python); kept for error messages."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield log
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def operators(model: bytes) -> dict[str, list[str]]:
+    """The operators of every subgraph of a ``.tflite`` flatbuffer, by subgraph name (custom ops by their code)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    root = schema.Model.GetRootAs(model, 0)
+    out = {}
+    for s in range(root.SubgraphsLength()):
+        graph = root.Subgraphs(s)
+        ops = []
+        for i in range(graph.OperatorsLength()):
+            code = root.OperatorCodes(graph.Operators(i).OpcodeIndex())
+            builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+            ops.append(code.CustomCode().decode() if builtin == schema.BuiltinOperator.CUSTOM else names[builtin])
+        out[(graph.Name() or b"").decode() or f"subgraph{s}"] = ops
+    return out
+
+
+def non_builtin(model: bytes) -> list[str]:
+    """Custom and Select-TF (Flex) operators in the model: none may remain for ai-edge-litert to train it."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    builtins = set(vars(schema.BuiltinOperator))
+    return sorted({op for ops in operators(model).values() for op in ops if op not in builtins})
+
+
+def convert(module, tf) -> bytes:
+    """Save ``module`` with its signatures and convert it with TFLITE_BUILTINS only."""
+    with tempfile.TemporaryDirectory(prefix="edgetl-savedmodel-") as tmp, _quiet_stderr() as log:
+        tf.saved_model.save(module, tmp, signatures=module.signatures())
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(SIGNATURES))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        converter.experimental_enable_resource_variables = True
+        try:
+            model = converter.convert()
+        except Exception as exc:  # ConverterError: names the ops that have no builtin
+            import re
+
+            log.seek(0)
+            text = f"{exc}\n{log.read().decode(errors='replace')}"
+            ops = sorted(set(re.findall(r"'(tf\.\w+)' op is neither a custom op nor a flex op", text)))
+            if ops:
+                raise ExportError(f"the model needs TensorFlow ops that TFLite has no builtin for: {', '.join(ops)}; "
+                                  f"they would need Select-TF (Flex) ops, which ai-edge-litert cannot run") from None
+            raise ExportError(f"the TFLite converter failed: {str(exc).strip().splitlines()[-1]}") from None
+    bad = non_builtin(model)
+    if bad:
+        raise ExportError(f"the converted model contains non-builtin ops: {', '.join(bad)}; ai-edge-litert cannot "
+                          f"run them (Select-TF / Flex ops)")
+    return model
+
+
+class TfliteExporter:
+    name = "tflite"
+    runtime = "ai-edge-litert"
+    input_name = "images"
+
+    def export(self, run: Run, out: Path, validate: bool = True, steps: int = 3, batch_size: int = 4,
+               lr: float | None = None, log=print) -> dict:
+        tf = _backend()
+        from .tflite_graph import Lowering, TrainingModule
+
+        out.mkdir(parents=True, exist_ok=True)
+        spec = run.optimizer(lr, momentum=True)
+        t0 = time.perf_counter()
+        module = TrainingModule(Lowering(training_copy(run.model)), batch_size, run.resolution, spec)
+        model = convert(module, tf)
+        atomic_write_bytes(model, out / tflite_runner.MODEL)
+        copy_runner(tflite_runner, out)
+        ops = operators(model)
+        log(f"exported {len(module.params)} trainable tensors and {len(module.state) - len(module.params)} other "
+            f"variables in {time.perf_counter() - t0:.1f}s: {len(model) / 2**20:.1f} MiB, "
+            f"{len({o for v in ops.values() for o in v})} builtin op types, no Flex ops")
+
+        trainable = [p.name for p in module.params]
+        images, labels, logits = write_reference(run, out, batch_size, steps, trainable)
+        fields = {
+            **manifest_fields(self, run, spec, trainable, batch_size, batch_size, steps),
+            "labels": {"name": "labels", "dtype": "int32"},
+            "variables": [{"name": v.name, "key": module.keys[v.name], "kind": v.kind, "shape": v.torch_shape()}
+                          for v in module.state],
+            "signatures": {"train": "images, labels, lr -> loss", "gradients": "images, labels -> loss, g<key>",
+                           "infer": "images -> logits", "get_weights": "-> p<key> (PyTorch layout)",
+                           "set_weights": "p<key> (PyTorch layout) -> ok"},
+            "operators": sorted({o for v in ops.values() for o in v}),
+            "batch_norm": "internal norms shift-only; fully trained norms normalise with batch statistics in training "
+                          "and the train signature updates their running statistics as PyTorch does",
+            "activation_masks": "MobileTL masks are stored as one byte per element (TFLite has no bit type)",
+            "versions": {"tensorflow": tf.__version__, "ai_edge_litert": metadata.version("ai-edge-litert")}}
+        return validated_manifest(out, fields, validate, lambda: self.validate(out, run, images, labels, logits, steps,
+                                                                               spec))
+
+    def validate(self, out: Path, run: Run, images, labels, ref_logits, steps: int, spec: OptimizerSpec):
+        """The checks of :mod:`.validation`, run through the device runner's own code."""
+        art = str(out)
+        sgd_lr = spec.lr if spec.name == "sgd" and not spec.momentum else PARITY_SGD_LR
+        stepper = tflite_runner.Trainer(art)
+        before = stepper.params()
+        _, grads = stepper.gradients(images[0], labels[0])
+        stepper.step(images[0], labels[0])  # the same batch from the same parameters: the same gradients
+        checks = [compare_logits(ref_logits, tflite_runner.infer(art, images[0])),
+                  *teacher_forced(run, tflite_runner.Trainer(art), images, labels, steps, sgd_lr),
+                  compare_optimizer_step(before, grads, stepper.params(), spec)]
+        trained = tflite_runner.train(art, images, labels, steps)
+        trainer = trained["trainer"]
+        drift = free_running(run, images, labels, steps, spec, trained["losses"], trainer.params(),
+                             trainer.logits(images[0]))
+        return checks, {"free_running": drift, "tflite_step_seconds": float(np.median(trained["step_seconds"]))}

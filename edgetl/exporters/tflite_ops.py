@@ -1,0 +1,205 @@
+"""TensorFlow ops whose gradients lower to TFLite builtins, with PyTorch's (and MobileTL's) backward.
+
+    y = conv2d(x, w, b, stride=2, padding=1, depthwise=True, grads=(True, True, False))
+    y = activation(x, "hardswish", masked=True, threshold=0.0)
+    loss = cross_entropy(logits, labels)
+
+Everything here is NHWC with TF-layout weights (``HWIO`` for convs, ``HW C 1`` for depthwise). The
+TFLite converter has no builtin for TensorFlow's ``Conv2DBackpropFilter`` and
+``DepthwiseConv2dNative*`` gradients, so these ops define their own with ``tf.custom_gradient``, built
+from ops that are builtins (conv, depthwise conv, transpose conv, matmul, strided slice, sum, pack):
+
+- conv weight gradient: one matmul per kernel tap (a single matmul for 1x1);
+- depthwise weight gradient: one multiply-and-sum per kernel tap, with the output gradient shifted to the
+  tap (not the input sliced: see ``_tap_grads``);
+- depthwise input gradient: a depthwise conv of the zero-dilated, padded output gradient with the flipped
+  kernel;
+- a gradient nobody asked for (``grads``) is not built at all: frozen weights get none, and the first
+  trained layer computes no input gradient.
+
+Activations store what their backward needs in the forward pass: a boolean mask for ReLU, ReLU6,
+Hardsigmoid and MobileTL's Hard-Swish (``x > threshold``, the sign approximation), the input itself for
+exact Hard-Swish. TFLite has no bit type, so a mask costs a byte per element here (a bit in PyTorch).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def _pad(x, p: int):
+    return tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]]) if p else x
+
+
+def _tap_grads(dy, x_shape, k: int, stride: int, padding: int):
+    """(i, j, D): the output gradient placed where kernel tap (i, j) meets the input, shaped like the input,
+    so that the sum of ``x * D`` over batch and space is that tap's weight gradient.
+
+    Built from ``dy`` alone, on purpose: the TFLite converter schedules each op as early as its inputs
+    allow, so slices of the input (the textbook form) would be made in the forward pass and held, k * k
+    of them per conv, until the backward reached it.
+    """
+    _, h, w, _ = x_shape
+    g = _dilate(dy, stride)  # g[s * o] = dy[o]: position o of the output read input row s * o + i - padding
+    big = tf.pad(g, [[0, 0], [k - 1, max(0, padding + h - g.shape[1])], [k - 1, max(0, padding + w - g.shape[2])],
+                     [0, 0]])
+    for i in range(k):
+        for j in range(k):
+            top, left = padding - i + k - 1, padding - j + k - 1
+            yield i, j, big[:, top:top + h, left:left + w, :]
+
+
+def _dilate(g, stride: int):
+    """Insert ``stride - 1`` zeros between the elements of the two spatial axes of ``g``."""
+    if stride == 1:
+        return g
+    n, h, w, c = g.shape
+    zeros = tf.zeros_like(g)
+    g = tf.reshape(tf.stack([g] + [zeros] * (stride - 1), axis=3), [n, h, w * stride, c])[:, :, :w * stride - stride + 1]
+    zeros = tf.zeros_like(g)
+    g = tf.reshape(tf.stack([g] + [zeros] * (stride - 1), axis=2), [n, h * stride, g.shape[2], c])
+    return g[:, :h * stride - stride + 1]
+
+
+def _forward_conv(x, w, stride: int, padding: int, depthwise: bool):
+    k = w.shape[0]
+    if stride == 1 and 2 * padding == k - 1:  # symmetric padding equals SAME: no padded copy
+        xp, mode = x, "SAME"
+    else:
+        xp, mode = _pad(x, padding), "VALID"
+    if depthwise:
+        return tf.nn.depthwise_conv2d(xp, w, [1, stride, stride, 1], mode)
+    return tf.nn.conv2d(xp, w, stride, mode)
+
+
+def conv2d(x, w, b, stride: int, padding: int, depthwise: bool, grads: tuple[bool, bool, bool]):
+    """PyTorch's conv (zero padding ``padding`` on each side); ``grads`` = (input, weight, bias) wanted.
+
+    ``w`` and ``b`` are tensors (read from variables when trained, constants when frozen); ``b`` may be None.
+    """
+    want_x, want_w, want_b = grads
+    want_b = want_b and b is not None
+    k = w.shape[0]
+
+    def forward(x, w, b):
+        y = _forward_conv(x, w, stride, padding, depthwise)
+        return y + b if b is not None else y
+
+    if not any(grads):
+        return forward(x, w, b)
+
+    @tf.custom_gradient
+    def op(x, *params):
+        p = dict(zip([n for n, on in (("w", want_w), ("b", want_b)) if on], params))
+        weight = p.get("w", w)
+        y = forward(x, weight, p.get("b", b))
+
+        def backward(dy):
+            grads = [_input_grad(dy, x.shape, weight, stride, padding, depthwise) if want_x else None]
+            if want_w:
+                grads.append(_weight_grad(x, dy, k, stride, padding, depthwise))
+            if want_b:
+                grads.append(tf.reduce_sum(dy, axis=[0, 1, 2]))
+            return grads
+
+        return y, backward
+
+    trained = [t for t, on in ((w, want_w), (b, want_b)) if on]
+    return op(x, *trained)
+
+
+def _weight_grad(x, dy, k: int, stride: int, padding: int, depthwise: bool):
+    co = dy.shape[-1]
+    if depthwise:
+        taps = {(i, j): tf.reduce_sum(x * d, axis=[0, 1, 2]) for i, j, d in _tap_grads(dy, x.shape, k, stride, padding)}
+        grad = tf.stack([tf.stack([taps[i, j] for j in range(k)]) for i in range(k)])  # (k, k, C)
+        return tf.expand_dims(grad, -1)
+    x2 = tf.reshape(x, [-1, x.shape[-1]])
+    if k == 1 and stride == 1 and padding == 0:
+        return tf.reshape(tf.matmul(x2, tf.reshape(dy, [-1, co]), transpose_a=True), [1, 1, x.shape[-1], co])
+    taps = {(i, j): tf.matmul(x2, tf.reshape(d, [-1, co]), transpose_a=True)
+            for i, j, d in _tap_grads(dy, x.shape, k, stride, padding)}
+    return tf.stack([tf.stack([taps[i, j] for j in range(k)]) for i in range(k)])  # (k, k, ci, co)
+
+
+def _input_grad(dy, x_shape, w, stride: int, padding: int, depthwise: bool):
+    n, h, wd, c = x_shape
+    k = w.shape[0]
+    if not depthwise and k == 1 and stride == 1:
+        dx = tf.matmul(tf.reshape(dy, [-1, dy.shape[-1]]), tf.reshape(w, w.shape[2:]), transpose_b=True)
+        return tf.reshape(dx, x_shape)
+    hp, wp = h + 2 * padding, wd + 2 * padding
+    if depthwise:
+        # full correlation of the dilated gradient with the flipped kernel covers rows 0 .. (oh-1)*s + k - 1
+        g = _pad(_dilate(dy, stride), k - 1)
+        dxp = tf.nn.depthwise_conv2d(g, tf.reverse(w, [0, 1]), [1, 1, 1, 1], "VALID")
+    else:
+        covered = [n, (dy.shape[1] - 1) * stride + k, (dy.shape[2] - 1) * stride + k, c]
+        dxp = tf.nn.conv2d_transpose(dy, w, covered, stride, "VALID")
+    # rows of the padded input no output reads get no gradient; then drop the padding
+    dxp = tf.pad(dxp, [[0, 0], [0, hp - dxp.shape[1]], [0, wp - dxp.shape[2]], [0, 0]])
+    return dxp[:, padding:padding + h, padding:padding + wd, :]
+
+
+# -- activations -----------------------------------------------------------------------------------
+
+def _hardsigmoid(x):
+    return tf.nn.relu6(x + 3.0) / 6.0
+
+
+FORWARD = {
+    "relu": tf.nn.relu,
+    "relu6": tf.nn.relu6,
+    "hardsigmoid": _hardsigmoid,
+    "hardswish": lambda x: x * _hardsigmoid(x),
+}
+
+#: (mask, slope): the exact gradient of these is mask * slope, PyTorch's conventions at the kinks
+MASKS = {
+    "relu": (lambda x, t: x > 0, 1.0),
+    "relu6": (lambda x, t: tf.logical_and(x > 0, x < 6), 1.0),
+    "hardsigmoid": (lambda x, t: tf.logical_and(x > -3, x < 3), 1.0 / 6.0),
+    "hardswish_mobiletl": (lambda x, t: x > t, 1.0),  # MobileTL's sign approximation
+}
+
+
+def activation(x, kind: str, masked: bool = False, threshold: float = 0.0):
+    """``kind`` in FORWARD; ``masked`` selects MobileTL's Hard-Swish backward (the others are exact anyway)."""
+    forward = FORWARD[kind]
+    key = "hardswish_mobiletl" if kind == "hardswish" and masked else kind
+
+    @tf.custom_gradient
+    def op(x):
+        y = forward(x)
+        if key in MASKS:
+            mask_fn, slope = MASKS[key]
+            mask = mask_fn(x, threshold)  # kept for backward instead of x
+
+            def backward(dy):
+                g = tf.where(mask, dy, tf.zeros_like(dy))
+                return g * slope if slope != 1.0 else g
+        else:  # exact Hard-Swish, as torch's hardswish_backward: 0 below -3, x/3 + 1/2 up to 3, 1 above
+            def backward(dy):
+                inner = tf.where(x <= 3.0, dy * (x / 3.0 + 0.5), dy)
+                return tf.where(x < -3.0, tf.zeros_like(dy), inner)
+        return y, backward
+
+    return op(x)
+
+
+def cross_entropy(logits, labels):
+    """Mean cross-entropy over the batch, with the softmax gradient written out (no sparse-softmax op)."""
+
+    @tf.custom_gradient
+    def op(z):
+        onehot = tf.one_hot(labels, z.shape[-1], dtype=z.dtype)
+        top = tf.reduce_max(z, axis=1, keepdims=True)
+        lse = tf.squeeze(top, 1) + tf.math.log(tf.reduce_sum(tf.exp(z - top), axis=1))
+        loss = tf.reduce_mean(lse - tf.reduce_sum(onehot * z, axis=1))
+
+        def backward(dloss):
+            return (tf.nn.softmax(z) - onehot) * (dloss / z.shape[0])
+
+        return loss, backward
+
+    return op(logits)

@@ -1,0 +1,256 @@
+"""TFLite training export: parity with PyTorch, builtin ops only, the torch-free runner, and the weights loop."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from edgetl.cli import main
+from edgetl.exporters import ExportError, export, load_run, verify_manifest
+from edgetl.exporters.validation import GRAD_RTOL, teacher_forced
+
+from .exportutil import blocked_env, exact_hardswish, make_run
+
+tf = pytest.importorskip("tensorflow")
+pytest.importorskip("ai_edge_litert")
+from edgetl.devices.runner import tflite_runner  # noqa: E402
+from edgetl.exporters import tflite  # noqa: E402
+
+MODELS = ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"]
+
+
+@pytest.fixture(scope="module")
+def v3_export(tmp_path_factory):
+    root = tmp_path_factory.mktemp("v3tfl")
+    run = make_run(root / "run", "mobilenet_v3_small", "mobiletl:3", optimizer="sgd", lr=0.05)
+    result = export(run, "tflite", root / "art", steps=3, batch_size=4)
+    return run, root / "art", result
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("policy", ["mobiletl:2", "ft:2", "last"])
+def test_parity(tmp_path, model, policy):
+    run = make_run(tmp_path / "run", model, policy, resolution=96)
+    result = export(run, "tflite", tmp_path / "art", steps=3, batch_size=4)  # raises ExportError if a check fails
+    validation = result["manifest"]["validation"]
+    assert validation["validated"] and validation["ok"]
+    names = [c["name"] for c in validation["checks"]]
+    assert names[0] == "inference logits" and any(n.startswith("gradients") for n in names)
+    assert any("step of the exported optimizer" in n for n in names)
+    trainable = {n for n, p in load_run(run).model.named_parameters() if p.requires_grad}
+    assert set(result["manifest"]["trainable"]) == trainable
+    if policy == "ft:2":  # fully trained norms: running statistics are variables, checked after the steps
+        assert any(n.startswith("running statistics") for n in names)
+
+
+def test_only_builtin_ops(v3_export):
+    _, art, result = v3_export
+    ops = tflite.operators((art / "model.tflite").read_bytes())
+    from ai_edge_litert import schema_py_generated as schema
+
+    builtins = set(vars(schema.BuiltinOperator))
+    assert len(ops) >= 5  # the signatures' subgraphs (and the variable initialiser)
+    used = {o for v in ops.values() for o in v}
+    assert used <= builtins and not any(o.startswith("Flex") for o in used)
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "ASSIGN_VARIABLE", "READ_VARIABLE"} <= used
+    assert sorted(used) == result["manifest"]["operators"]
+
+
+class _Tiny(tf.Module):
+    """A conv trained with TensorFlow's own gradient: Conv2DBackpropFilter has no TFLite builtin."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = tf.Variable(tf.ones([3, 3, 2, 2]))
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 6, 6, 2])])
+    def train(self, x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.nn.conv2d(x, self.w, 1, "SAME"))
+        self.w.assign_sub(0.1 * tape.gradient(loss, self.w))
+        return {"loss": loss}
+
+    def signatures(self):
+        return {name: self.train.get_concrete_function() for name in tflite.SIGNATURES}
+
+
+def test_flex_ops_fail_the_export_by_name(tmp_path):
+    with pytest.raises(ExportError, match=r"tf\.Conv2DBackpropFilter.*Flex"):
+        tflite.convert(_Tiny(), tf)
+    # with Select-TF allowed the converter emits a Flex op: the inspection names it
+    module = _Tiny()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"train": module.train.get_concrete_function()})
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm"))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    converter.experimental_enable_resource_variables = True
+    assert tflite.non_builtin(converter.convert()) == ["FlexConv2DBackpropFilter"]
+
+
+def test_unsupported_layer_is_named(tmp_path):
+    run = load_run(make_run(tmp_path / "run", "mobilenet_v3_small", "mobiletl:2"))
+    run.model.classifier[1] = nn.GELU()
+    with pytest.raises(ExportError, match=r"classifier\.1 \(torch\.nn\.modules\.activation\.GELU\)"):
+        tflite.TfliteExporter().export(run, tmp_path / "art", validate=False)
+
+
+def test_hardswish_backward_is_the_sign_approximation(v3_export):
+    run, art, _ = v3_export
+    data = np.load(art / "reference.npz")
+    r = load_run(run)
+    assert all(c.ok for c in teacher_forced(r, tflite_runner.Trainer(str(art)), data["images"], data["labels"], 2, 0.01))
+    exact_hardswish(r.model)
+    grad_check = teacher_forced(r, tflite_runner.Trainer(str(art)), data["images"], data["labels"], 1, 0.01)[1]
+    assert not grad_check.ok and grad_check.max_diff > 10 * GRAD_RTOL
+
+
+def test_sgd_momentum_matches_pytorch(v3_export):
+    run, art, result = v3_export
+    manifest = result["manifest"]
+    assert manifest["optimizer"]["name"] == "sgd" and manifest["optimizer"]["momentum"] == 0.9
+    assert any(v["name"].endswith(".momentum_buffer") for v in manifest["variables"])
+    check = next(c for c in result["checks"] if "step of the exported optimizer" in c.name)
+    assert check.ok and check.max_diff < 1e-6
+    # three steps carrying the buffers: the model's own SGD against torch.optim.SGD on the same gradients
+    data = np.load(art / "reference.npz")
+    trainer = tflite_runner.Trainer(str(art))
+    params = {n: torch.nn.Parameter(torch.from_numpy(v.copy())) for n, v in trainer.params().items()}
+    opt = torch.optim.SGD(params.values(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    for i in range(3):
+        x, y = data["images"][i], data["labels"][i]
+        _, grads = trainer.gradients(x, y)
+        trainer.step(x, y)  # recomputes the very same gradients from the same parameters
+        for n, p in params.items():
+            p.grad = torch.from_numpy(grads[n])
+        opt.step()
+    state = trainer.state()
+    for n, p in params.items():
+        np.testing.assert_allclose(state[n], p.detach().numpy(), atol=1e-6)
+        np.testing.assert_allclose(state[f"optimizer.{n}.momentum_buffer"], opt.state[p]["momentum_buffer"].numpy(),
+                                   atol=1e-6)
+    assert state["optimizer.step"] == 3
+
+
+def test_runner_trains_without_torch_or_tensorflow(v3_export, tmp_path):
+    _, art, _ = v3_export
+    assert verify_manifest(art) == []
+    data = np.load(art / "reference.npz")
+    shard = tmp_path / "shard.npz"
+    np.savez(shard, images=data["images"].reshape(-1, *data["images"].shape[2:]), labels=data["labels"].reshape(-1))
+    out = tmp_path / "trained"
+    proc = subprocess.run([sys.executable, str(art / "tflite_runner.py"), "--artifacts", str(art), "--data", str(shard),
+                           "--steps", "4", "--out", str(out)],
+                          env=blocked_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["losses"]) == 4 and all(np.isfinite(metrics["losses"]))
+    assert metrics["torch_imported"] is False and metrics["tensorflow_imported"] is False
+    assert metrics["peak_rss_bytes"] > 0 and proc.stdout.count("step ") == 4
+    manifest = json.loads((art / "manifest.json").read_text())
+    params = np.load(out / "params.npz")
+    kinds = {v["name"]: v["kind"] for v in manifest["variables"]}
+    assert sorted(params.files) == sorted(n for n, k in kinds.items() if k in ("param", "stat"))
+    state = np.load(out / "checkpoint.npz")
+    assert sorted(state.files) == sorted(kinds)  # optimizer state too, for --resume
+    # resuming continues from the checkpoint: the first loss of a resumed run is the next step's
+    proc = subprocess.run([sys.executable, str(art / "tflite_runner.py"), "--artifacts", str(art), "--data", str(shard),
+                           "--steps", "1", "--resume", str(out / "checkpoint.npz"), "--out", str(tmp_path / "t2")],
+                          env=blocked_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fresh = tflite_runner.Trainer(str(art))
+    fresh.set_state(dict(state))
+    x, y = data["images"].reshape(-1, *data["images"].shape[2:]), data["labels"].reshape(-1)
+    order = np.random.default_rng(0).permutation(len(x))[:4]
+    expected = fresh.step(x[order], y[order])
+    assert json.loads((tmp_path / "t2" / "metrics.json").read_text())["losses"][0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_runner_verify_on_device(v3_export, tmp_path):
+    _, art, _ = v3_export
+    proc = subprocess.run([sys.executable, str(art / "tflite_runner.py"), "--artifacts", str(art), "--verify"],
+                          env=blocked_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    checks = json.loads(proc.stdout.strip().splitlines()[-1])["verify"]
+    assert [c["ok"] for c in checks] == [True, True, True]
+
+
+def test_wrong_batch_size_is_explained(v3_export):
+    _, art, _ = v3_export
+    images = np.zeros((3, 3, 64, 64), np.float32)
+    with pytest.raises(SystemExit, match="trains at batch 4 .*--batch-size 3"):
+        tflite_runner.Trainer(str(art)).step(images, np.zeros(3, np.int64))
+
+
+def test_weights_round_trip_through_the_device(v3_export, tmp_path):
+    """PyTorch -> TFLite -> trained by the runner -> edgetl import-weights -> PyTorch, same predictions."""
+    run, art, _ = v3_export
+    data = np.load(art / "reference.npz")
+    out = tmp_path / "trained"
+    proc = subprocess.run([sys.executable, str(art / "tflite_runner.py"), "--artifacts", str(art), "--steps", "6",
+                           "--out", str(out)], env=blocked_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = tmp_path / "imported.pt"
+    result = CliRunner().invoke(main, ["import-weights", str(run), str(out / "params.npz"), "--out", str(imported)])
+    assert result.exit_code == 0, result.output
+    import torchvision
+    model = torchvision.models.mobilenet_v3_small(num_classes=5)
+    model.load_state_dict(torch.load(imported, weights_only=False)["state_dict"])
+    params = np.load(out / "params.npz")
+    for name in params.files:
+        np.testing.assert_array_equal(model.state_dict()[name].numpy(), params[name])
+    # a held-out batch (not trained on): the imported PyTorch model predicts what the device model predicts
+    held_out = np.random.default_rng(7).standard_normal(data["images"][0].shape).astype(np.float32)
+    labels = np.arange(4) % 5
+    device_logits = tflite_runner.infer(str(art), held_out, dict(params))
+    with torch.no_grad():
+        torch_logits = model.eval()(torch.from_numpy(held_out)).numpy()
+    np.testing.assert_allclose(torch_logits, device_logits, atol=1e-4 * max(1.0, np.abs(torch_logits).max()))
+    assert np.mean(torch_logits.argmax(1) == labels) == np.mean(device_logits.argmax(1) == labels)
+    assert not np.allclose(params[next(iter(params.files))], load_run(run).model.state_dict()[params.files[0]].numpy())
+
+
+def test_cli_export_tflite(tmp_path):
+    run = make_run(tmp_path / "run", "mobilenet_v3_small", "last", resolution=64)
+    out = tmp_path / "art"
+    result = CliRunner().invoke(main, ["export", str(run), "--format", "tflite", "--out", str(out), "--batch-size", "2",
+                                       "--no-validate"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input"]["shape"] == [2, 3, 64, 64] and manifest["runtime"] == "ai-edge-litert"
+    assert manifest["trainable"] == ["classifier.3.weight", "classifier.3.bias"]
+    assert {"model.tflite", "tflite_runner.py", "runner_common.py", "reference.npz"} <= set(manifest["files"])
+    result = CliRunner().invoke(main, ["export", str(run), "--format", "coreml", "--out", str(out)])
+    assert result.exit_code == 2 and "'coreml' is not one of 'onnx', 'tflite'" in result.output
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+@pytest.mark.parametrize("k,stride,size", [(1, 1, 6), (3, 1, 7), (3, 2, 8), (3, 2, 7), (5, 1, 6), (5, 2, 9)])
+def test_conv_gradients_match_tensorflow(depthwise, k, stride, size):
+    """The builtin-op gradients of tflite_ops.conv2d against TensorFlow's own conv gradients (PyTorch padding)."""
+    from edgetl.exporters.tflite_ops import conv2d
+
+    rng = np.random.default_rng(k * 10 + stride)
+    pad = (k - 1) // 2
+    x = tf.constant(rng.standard_normal((2, size, size, 4)), tf.float32)
+    w = tf.constant(rng.standard_normal((k, k, 4, 1 if depthwise else 3)), tf.float32)
+    b = tf.constant(rng.standard_normal(4 if depthwise else 3), tf.float32)
+
+    def reference(x, w, b):
+        xp = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+        y = (tf.nn.depthwise_conv2d(xp, w, [1, stride, stride, 1], "VALID") if depthwise
+             else tf.nn.conv2d(xp, w, stride, "VALID"))
+        return y + b
+
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, w, b])
+        y = conv2d(x, w, b, stride, pad, depthwise, (True, True, True))
+        y_ref = reference(x, w, b)
+        weights = tf.constant(rng.standard_normal(y.shape), tf.float32)  # a generic output gradient
+        loss, loss_ref = tf.reduce_sum(y * weights), tf.reduce_sum(y_ref * weights)
+    np.testing.assert_allclose(y.numpy(), y_ref.numpy(), atol=1e-5)
+    for got, ref in zip(tape.gradient(loss, [x, w, b]), tape.gradient(loss_ref, [x, w, b])):
+        np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=1e-4)
