@@ -9,7 +9,10 @@ An exporter lowers ``run.model`` to its format, then proves it with :mod:`.valid
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,6 +129,20 @@ def preprocessing(resolution: int) -> dict:
     resize = eval_transform(resolution).transforms[0].size
     return {"resize_shorter_side": resize, "center_crop": resolution, "scale": 1 / 255, "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD), "layout": "NCHW", "channels": "RGB"}
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silence native libraries' log lines (they go to fd 2, beneath Python); yields the file that holds them,
+    for error messages."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield log
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def manifest_fields(exporter, run: Run, spec: OptimizerSpec, trainable: list[str], batch_size: int | None,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..devices.runner import ort_runner
-from .base import ExportError, OptimizerSpec, Run, copy_runner, manifest_fields
+from .base import ExportError, OptimizerSpec, Run, copy_runner, manifest_fields, quiet_stderr
 from .onnx_graph import OPSET, batch_stat_norms, export_graph, hardswish_threshold, register_gradients
 from .validation import (PARITY_SGD_LR, compare_logits, compare_optimizer_step, free_running, teacher_forced,
                          validated_manifest, write_reference)
@@ -71,10 +71,11 @@ class OnnxExporter:
             target = out / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         stat_outputs = [o.name for o in training.graph.output][1:]
-        artifacts.generate_artifacts(training, requires_grad=trainable, frozen_params=frozen,
-                                     loss=artifacts.LossType.CrossEntropyLoss, optimizer=optimizer,
-                                     artifact_directory=str(out), loss_input_names=["logits"],
-                                     additional_output_names=stat_outputs)
+        with quiet_stderr():  # its graph transformers log every pass at info level, whatever the severity set
+            artifacts.generate_artifacts(training, requires_grad=trainable, frozen_params=frozen,
+                                         loss=artifacts.LossType.CrossEntropyLoss, optimizer=optimizer,
+                                         artifact_directory=str(out), loss_input_names=["logits"],
+                                         additional_output_names=stat_outputs)
         buffers = dict(run.model.named_buffers())
         np.savez(out / ort_runner.RUNNING_STATS, **{f"{n['name']}.{k}": buffers[f"{n['name']}.{k}"].numpy()
                                                      for n in norms for k in ("running_mean", "running_var")})

@@ -15,8 +15,8 @@ installs it; any other op fails the export with its name. The training batch siz
 
 from __future__ import annotations
 
-import contextlib
 import os
+import re
 import tempfile
 import time
 from importlib import metadata
@@ -26,7 +26,7 @@ import numpy as np
 
 from ..devices.runner import tflite_runner
 from ..io import atomic_write_bytes
-from .base import ExportError, OptimizerSpec, Run, copy_runner, manifest_fields
+from .base import ExportError, OptimizerSpec, Run, copy_runner, manifest_fields, quiet_stderr
 from .validation import (PARITY_SGD_LR, compare_logits, compare_optimizer_step, free_running, teacher_forced,
                          training_copy, validated_manifest, write_reference)
 
@@ -37,7 +37,7 @@ def _backend():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ info and warning lines are noise here
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TensorFlow only converts here; it computes nothing
     try:
-        with _quiet_stderr():
+        with quiet_stderr():
             import tensorflow as tf
         import ai_edge_litert  # noqa: F401  (validation runs the device runner's interpreter)
     except ImportError as exc:
@@ -45,19 +45,6 @@ def _backend():
                           f"install it with: pip install 'edgetl[tflite]'") from None
     tf.get_logger().setLevel("ERROR")
     return tf
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence the converter's native log lines (they go to fd 2, beneath Python); kept for error messages."""
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as log:
-        os.dup2(log.fileno(), 2)
-        try:
-            yield log
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def operators(model: bytes) -> dict[str, list[str]]:
@@ -88,7 +75,7 @@ def non_builtin(model: bytes) -> list[str]:
 
 def convert(module, tf) -> bytes:
     """Save ``module`` with its signatures and convert it with TFLITE_BUILTINS only."""
-    with tempfile.TemporaryDirectory(prefix="edgetl-savedmodel-") as tmp, _quiet_stderr() as log:
+    with tempfile.TemporaryDirectory(prefix="edgetl-savedmodel-") as tmp, quiet_stderr() as log:
         tf.saved_model.save(module, tmp, signatures=module.signatures())
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(SIGNATURES))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -96,8 +83,6 @@ def convert(module, tf) -> bytes:
         try:
             model = converter.convert()
         except Exception as exc:  # ConverterError: names the ops that have no builtin
-            import re
-
             log.seek(0)
             text = f"{exc}\n{log.read().decode(errors='replace')}"
             ops = sorted(set(re.findall(r"'(tf\.\w+)' op is neither a custom op nor a flex op", text)))
