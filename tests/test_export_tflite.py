@@ -48,6 +48,14 @@ def test_parity(tmp_path, model, policy):
         assert any(n.startswith("running statistics") for n in names)
 
 
+@pytest.mark.parametrize("policy", ["full", "bias", "bn+last"])
+def test_parity_other_policies(tmp_path, policy):
+    """The stem's 3x3 weight gradient (full), frozen convs' input gradients only (bias, bn+last)."""
+    run = make_run(tmp_path / "run", "mobilenet_v3_small", policy, resolution=64)
+    validation = export(run, "tflite", tmp_path / "art", steps=2, batch_size=4)["manifest"]["validation"]
+    assert validation["ok"] and len(validation["checks"]) >= 4
+
+
 def test_only_builtin_ops(v3_export):
     _, art, result = v3_export
     ops = tflite.operators((art / "model.tflite").read_bytes())
