@@ -70,12 +70,18 @@ def training_api():
 class Trainer:
     """ONNX Runtime on-device training of one artifact set."""
 
-    def __init__(self, artifacts: str, lr: float | None = None, checkpoint: str | None = None):
+    def __init__(self, artifacts: str, lr: float | None = None, checkpoint: str | None = None,
+                 threads: int | None = None):
         api = training_api()
+        import onnxruntime
+
         manifest = common.load_manifest(artifacts)
         self.trainable = manifest["trainable"]
         self.state = api.CheckpointState.load_checkpoint(checkpoint or os.path.join(artifacts, CHECKPOINT))
-        self.module = api.Module(os.path.join(artifacts, TRAINING_MODEL), self.state, os.path.join(artifacts, EVAL_MODEL))
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default, one per physical core
+        self.module = api.Module(os.path.join(artifacts, TRAINING_MODEL), self.state, os.path.join(artifacts, EVAL_MODEL),
+                                 session_options=options)
         self.optimizer = api.Optimizer(os.path.join(artifacts, OPTIMIZER_MODEL), self.module)
         self.lr = lr if lr is not None else manifest["optimizer"]["lr"]
         self.optimizer.set_learning_rate(self.lr)
@@ -184,7 +190,7 @@ def save_outputs(trainer: Trainer, artifacts: str, out: str) -> dict:
 
 
 def main(argv=None) -> int:
-    return common.main(argv, "onnxruntime-training", lambda art, lr, args: Trainer(art, lr, args.resume),
+    return common.main(argv, "onnxruntime-training", lambda art, lr, args: Trainer(art, lr, args.resume, args.threads),
                        infer, save_outputs)
 
 
