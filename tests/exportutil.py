@@ -1,6 +1,8 @@
 """Helpers for export tests: runs made without training (fast), in the layout `edgetl train` writes."""
 
 import os
+import subprocess
+import sys
 
 import torch
 
@@ -48,3 +50,12 @@ def exact_hardswish(model):
             if isinstance(child, MaskedHardswish):
                 parent._modules[name] = nn.Hardswish()
     return model
+
+
+def run_runner(art, script, tmp_path, *args):
+    """Run a device runner from the artifact directory as a device would (torch, TensorFlow and edgetl
+    blocked); asserts that it succeeded and returns the finished process."""
+    proc = subprocess.run([sys.executable, str(art / script), "--artifacts", str(art), *map(str, args)],
+                          env=blocked_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-1000:] + proc.stderr[-2000:]
+    return proc

@@ -1,8 +1,6 @@
 """ONNX Runtime training export: parity with PyTorch, the device runner, the manifest, and every pitfall guard."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -17,7 +15,7 @@ from edgetl.exporters import ExportError, export, load_run, verify_manifest
 from edgetl.exporters import onnx_graph
 from edgetl.exporters.validation import GRAD_RTOL, teacher_forced
 
-from .exportutil import blocked_env, exact_hardswish, make_run
+from .exportutil import exact_hardswish, make_run, run_runner
 
 pytest.importorskip("onnxruntime.training")
 MODELS = ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"]
@@ -79,10 +77,7 @@ def test_runner_trains_without_torch(v3_export, tmp_path):
     shard = tmp_path / "shard.npz"
     np.savez(shard, images=data["images"].reshape(-1, *data["images"].shape[2:]), labels=data["labels"].reshape(-1))
     out = tmp_path / "trained"
-    proc = subprocess.run([sys.executable, str(art / "ort_runner.py"), "--artifacts", str(art), "--data", str(shard),
-                           "--steps", "4", "--batch-size", "4", "--out", str(out)],
-                          env=blocked_env(tmp_path), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_runner(art, "ort_runner.py", tmp_path, "--data", shard, "--steps", 4, "--batch-size", 4, "--out", out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["losses"]) == 4 and all(np.isfinite(metrics["losses"]))
     assert metrics["torch_imported"] is False and metrics["peak_rss_bytes"] > 0
@@ -102,9 +97,7 @@ def test_runner_trains_without_torch(v3_export, tmp_path):
 
 def test_runner_verify_on_device(v3_export, tmp_path):
     _, art, _ = v3_export
-    proc = subprocess.run([sys.executable, str(art / "ort_runner.py"), "--artifacts", str(art), "--verify"],
-                          env=blocked_env(tmp_path), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    proc = run_runner(art, "ort_runner.py", tmp_path, "--verify")
     checks = json.loads(proc.stdout.strip().splitlines()[-1])["verify"]
     assert [c["ok"] for c in checks] == [True, True, True]
 

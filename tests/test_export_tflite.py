@@ -1,8 +1,6 @@
 """TFLite training export: parity with PyTorch, builtin ops only, the torch-free runner, and the weights loop."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ from edgetl.cli import main
 from edgetl.exporters import ExportError, export, load_run, verify_manifest
 from edgetl.exporters.validation import GRAD_RTOL, teacher_forced
 
-from .exportutil import blocked_env, exact_hardswish, make_run
+from .exportutil import exact_hardswish, make_run, run_runner
 
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
@@ -84,7 +82,7 @@ class _Tiny(tf.Module):
         return {"loss": loss}
 
     def signatures(self):
-        return {name: self.train.get_concrete_function() for name in tflite.SIGNATURES}
+        return {"train": self.train.get_concrete_function()}
 
 
 def test_flex_ops_fail_the_export_by_name(tmp_path):
@@ -150,10 +148,7 @@ def test_runner_trains_without_torch_or_tensorflow(v3_export, tmp_path):
     shard = tmp_path / "shard.npz"
     np.savez(shard, images=data["images"].reshape(-1, *data["images"].shape[2:]), labels=data["labels"].reshape(-1))
     out = tmp_path / "trained"
-    proc = subprocess.run([sys.executable, str(art / "tflite_runner.py"), "--artifacts", str(art), "--data", str(shard),
-                           "--steps", "4", "--out", str(out)],
-                          env=blocked_env(tmp_path), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_runner(art, "tflite_runner.py", tmp_path, "--data", shard, "--steps", 4, "--out", out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["losses"]) == 4 and all(np.isfinite(metrics["losses"]))
     assert metrics["torch_imported"] is False and metrics["tensorflow_imported"] is False
@@ -165,10 +160,8 @@ def test_runner_trains_without_torch_or_tensorflow(v3_export, tmp_path):
     state = np.load(out / "checkpoint.npz")
     assert sorted(state.files) == sorted(kinds)  # optimizer state too, for --resume
     # resuming continues from the checkpoint: the first loss of a resumed run is the next step's
-    proc = subprocess.run([sys.executable, str(art / "tflite_runner.py"), "--artifacts", str(art), "--data", str(shard),
-                           "--steps", "1", "--resume", str(out / "checkpoint.npz"), "--out", str(tmp_path / "t2")],
-                          env=blocked_env(tmp_path), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_runner(art, "tflite_runner.py", tmp_path, "--data", shard, "--steps", 1, "--resume", out / "checkpoint.npz",
+               "--out", tmp_path / "t2")
     fresh = tflite_runner.Trainer(str(art))
     fresh.set_state(dict(state))
     x, y = data["images"].reshape(-1, *data["images"].shape[2:]), data["labels"].reshape(-1)
@@ -179,9 +172,7 @@ def test_runner_trains_without_torch_or_tensorflow(v3_export, tmp_path):
 
 def test_runner_verify_on_device(v3_export, tmp_path):
     _, art, _ = v3_export
-    proc = subprocess.run([sys.executable, str(art / "tflite_runner.py"), "--artifacts", str(art), "--verify"],
-                          env=blocked_env(tmp_path), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    proc = run_runner(art, "tflite_runner.py", tmp_path, "--verify")
     checks = json.loads(proc.stdout.strip().splitlines()[-1])["verify"]
     assert [c["ok"] for c in checks] == [True, True, True]
 
@@ -198,9 +189,7 @@ def test_weights_round_trip_through_the_device(v3_export, tmp_path):
     run, art, _ = v3_export
     data = np.load(art / "reference.npz")
     out = tmp_path / "trained"
-    proc = subprocess.run([sys.executable, str(art / "tflite_runner.py"), "--artifacts", str(art), "--steps", "6",
-                           "--out", str(out)], env=blocked_env(tmp_path), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_runner(art, "tflite_runner.py", tmp_path, "--steps", 6, "--out", out)
     imported = tmp_path / "imported.pt"
     result = CliRunner().invoke(main, ["import-weights", str(run), str(out / "params.npz"), "--out", str(imported)])
     assert result.exit_code == 0, result.output

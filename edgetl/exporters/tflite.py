@@ -30,9 +30,6 @@ from .base import ExportError, OptimizerSpec, Run, copy_runner, manifest_fields,
 from .validation import (PARITY_SGD_LR, compare_logits, compare_optimizer_step, free_running, teacher_forced,
                          training_copy, validated_manifest, write_reference)
 
-SIGNATURES = ("train", "gradients", "infer", "get_weights", "set_weights")
-
-
 def _backend():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ info and warning lines are noise here
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TensorFlow only converts here; it computes nothing
@@ -76,8 +73,9 @@ def non_builtin(model: bytes) -> list[str]:
 def convert(module, tf) -> bytes:
     """Save ``module`` with its signatures and convert it with TFLITE_BUILTINS only."""
     with tempfile.TemporaryDirectory(prefix="edgetl-savedmodel-") as tmp, quiet_stderr() as log:
-        tf.saved_model.save(module, tmp, signatures=module.signatures())
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(SIGNATURES))
+        signatures = module.signatures()
+        tf.saved_model.save(module, tmp, signatures=signatures)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(signatures))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         converter.experimental_enable_resource_variables = True
         try:

@@ -40,6 +40,7 @@ from ..surgery import FrozenPrefix
 from .base import ExportError, OptimizerSpec
 from .tflite_ops import FORWARD, activation, conv2d, cross_entropy
 
+SIGNATURES = ("train", "gradients", "infer", "get_weights", "set_weights")
 #: PyTorch layout -> TF layout, per kind of weight (and back with the inverse permutation)
 CONV_TO_TF, DEPTHWISE_TO_TF = (2, 3, 1, 0), (2, 3, 0, 1)
 
@@ -74,6 +75,11 @@ class _Context:
         self.frozen = False  # inside the frozen prefix: inference semantics, no gradient
         self.grad_flows = False  # a trained tensor came before: input gradients are needed from here on
         self.stats: list[tuple] = []  # (norm name, batch mean, batch variance, elements per channel)
+
+    @property
+    def backprop(self) -> bool:
+        """This layer is differentiated: a training graph, outside the frozen prefix."""
+        return self.training and not self.frozen
 
 
 LOWERINGS: dict[type, callable] = {}
@@ -208,7 +214,7 @@ def _conv(lw: Lowering, m, name, x, ctx):
                           f"padding={m.padding!r} is not supported by the TFLite export")
     bias = f"{name}.bias" if m.bias is not None else None
     train_w, train_b = _grads(lw, ctx, f"{name}.weight"), bool(bias) and _grads(lw, ctx, bias)
-    grads = (ctx.grad_flows and ctx.training and not ctx.frozen, train_w, train_b)
+    grads = (ctx.grad_flows and ctx.backprop, train_w, train_b)
     ctx.grad_flows |= train_w or train_b
     return conv2d(x, lw.tensor(f"{name}.weight"), lw.tensor(bias) if bias else None, m.stride[0], m.padding[0],
                   _depthwise(m), grads)
@@ -222,14 +228,14 @@ def _linear(lw: Lowering, m, name, x, ctx):
 
 
 def _grads(lw: Lowering, ctx: _Context, param: str) -> bool:
-    return ctx.training and not ctx.frozen and lw.trains(param)
+    return ctx.backprop and lw.trains(param)
 
 
 @lowers(nn.BatchNorm2d)
 def _batch_norm(lw: Lowering, m, name, x, ctx):
     weight, bias = lw.tensor(f"{name}.weight"), lw.tensor(f"{name}.bias")
     ctx.grad_flows |= _grads(lw, ctx, f"{name}.weight") or _grads(lw, ctx, f"{name}.bias")
-    if ctx.training and not ctx.frozen and name in lw.batch_norms:
+    if ctx.backprop and name in lw.batch_norms:
         mean = tf.reduce_mean(x, axis=[0, 1, 2])
         centred = x - mean
         var = tf.reduce_mean(centred * centred, axis=[0, 1, 2])
@@ -248,7 +254,7 @@ _KINDS = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardsigmoid: "hardsigmoid", nn.
 def _activation(lw: Lowering, m, name, x, ctx):
     masked = isinstance(m, MaskedActivation)
     kind = _KINDS[m.replaces if masked else type(m)]
-    if not (ctx.training and ctx.grad_flows and not ctx.frozen):
+    if not (ctx.backprop and ctx.grad_flows):
         return FORWARD[kind](x)
     threshold = m.threshold if isinstance(m, MaskedHardswish) else 0.0
     return activation(x, kind, masked=masked, threshold=threshold)
@@ -283,8 +289,7 @@ class TrainingModule(tf.Module):
             tf.TensorSpec(v.torch_shape(), tf.float32, name=self.keys[v.name]) for v in self.state])
 
     def signatures(self) -> dict:
-        return {name: getattr(self, name).get_concrete_function()
-                for name in ("train", "gradients", "infer", "get_weights", "set_weights")}
+        return {name: getattr(self, name).get_concrete_function() for name in SIGNATURES}
 
     def _loss_and_grads(self, images, labels):
         with tf.GradientTape() as tape:

@@ -39,6 +39,9 @@ def _tap_grads(dy, x_shape, k: int, stride: int, padding: int):
     allow, so slices of the input (the textbook form) would be made in the forward pass and held, k * k
     of them per conv, until the backward reached it.
     """
+    if k == 1 and stride == 1 and padding == 0:  # a 1x1 conv: the gradient is already where the input is
+        yield 0, 0, dy
+        return
     _, h, w, _ = x_shape
     g = _dilate(dy, stride)  # g[s * o] = dy[o]: position o of the output read input row s * o + i - padding
     big = tf.pad(g, [[0, 0], [k - 1, max(0, padding + h - g.shape[1])], [k - 1, max(0, padding + w - g.shape[2])],
@@ -109,17 +112,13 @@ def conv2d(x, w, b, stride: int, padding: int, depthwise: bool, grads: tuple[boo
 
 
 def _weight_grad(x, dy, k: int, stride: int, padding: int, depthwise: bool):
-    co = dy.shape[-1]
+    ci, co = x.shape[-1], dy.shape[-1]
+    taps = _tap_grads(dy, x.shape, k, stride, padding)  # row-major: (0, 0), (0, 1), ... as the kernel lays out
     if depthwise:
-        taps = {(i, j): tf.reduce_sum(x * d, axis=[0, 1, 2]) for i, j, d in _tap_grads(dy, x.shape, k, stride, padding)}
-        grad = tf.stack([tf.stack([taps[i, j] for j in range(k)]) for i in range(k)])  # (k, k, C)
-        return tf.expand_dims(grad, -1)
-    x2 = tf.reshape(x, [-1, x.shape[-1]])
-    if k == 1 and stride == 1 and padding == 0:
-        return tf.reshape(tf.matmul(x2, tf.reshape(dy, [-1, co]), transpose_a=True), [1, 1, x.shape[-1], co])
-    taps = {(i, j): tf.matmul(x2, tf.reshape(d, [-1, co]), transpose_a=True)
-            for i, j, d in _tap_grads(dy, x.shape, k, stride, padding)}
-    return tf.stack([tf.stack([taps[i, j] for j in range(k)]) for i in range(k)])  # (k, k, ci, co)
+        return tf.reshape(tf.stack([tf.reduce_sum(x * d, axis=[0, 1, 2]) for _, _, d in taps]), [k, k, ci, 1])
+    x2 = tf.reshape(x, [-1, ci])
+    return tf.reshape(tf.stack([tf.matmul(x2, tf.reshape(d, [-1, co]), transpose_a=True) for _, _, d in taps]),
+                      [k, k, ci, co])
 
 
 def _input_grad(dy, x_shape, w, stride: int, padding: int, depthwise: bool):

@@ -145,8 +145,9 @@ def teacher_forced(run: Run, session: Session, images: np.ndarray, labels: np.nd
     params64 = trainable(model64)
     loss_diffs, margins, worst = [], [], None
     for i in range(steps):
+        current = session.params()
         with torch.no_grad():
-            for n, value in session.params().items():
+            for n, value in current.items():
                 params[n].copy_(torch.from_numpy(value))
                 params64[n].copy_(torch.from_numpy(value))
         x, y = images[i % len(images)], labels[i % len(labels)]
@@ -161,7 +162,7 @@ def teacher_forced(run: Run, session: Session, images: np.ndarray, labels: np.nd
         if margins[-1] >= max(margins):
             worst = (err, tol, f"step {i + 1}: PyTorch float32's own error {torch_err:.2g}; largest element "
                                f"difference in {tensor}")
-        session.set_params({n: session.params()[n] - np.float32(lr) * grads[n] for n in grads})
+        session.set_params({n: current[n] - np.float32(lr) * grads[n] for n in grads})
     checks = [Check(f"training losses, {steps} steps from the same parameters", max(loss_diffs) <= LOSS_RTOL,
                     max(loss_diffs), LOSS_RTOL, f"per step: {', '.join(f'{d:.1e}' for d in loss_diffs)}"),
               Check(f"gradients of {len(params)} tensors, {steps} steps, ||diff|| / ||grad|| against float64",

@@ -183,10 +183,11 @@ def _bake_inference_model(artifacts: str, params: dict[str, np.ndarray], path: s
     return True
 
 
-def save_outputs(trainer: Trainer, artifacts: str, out: str) -> dict:
+def save_outputs(trainer: Trainer, artifacts: str, out: str) -> tuple[dict, dict]:
     trainer.save_checkpoint(os.path.join(out, CHECKPOINT))
-    baked = _bake_inference_model(artifacts, trainer.trained(), os.path.join(out, INFERENCE_MODEL))
-    return {"inference_model": INFERENCE_MODEL if baked else None}
+    trained = trainer.trained()
+    baked = _bake_inference_model(artifacts, trained, os.path.join(out, INFERENCE_MODEL))
+    return trained, {"inference_model": INFERENCE_MODEL if baked else None}
 
 
 def main(argv=None) -> int:

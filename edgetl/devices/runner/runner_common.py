@@ -3,7 +3,7 @@
     import runner_common as common
     sys.exit(common.main(argv, "ONNX Runtime", Trainer, infer, save_outputs))
 
-A runtime's runner provides a ``Trainer`` (``step``, ``gradients``, ``trained``, ``trainable``, ``lr``, and
+A runtime's runner provides a ``Trainer`` (``step``, ``gradients``, ``trainable``, ``lr``, and
 ``batch_size`` when the model fixes it), an ``infer`` function and ``save_outputs``; this module gives it
 the training loop, the on-device parity check, atomic writes, peak-RSS measurement and the command line.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 
@@ -113,10 +114,9 @@ def load_shard(path: str, manifest: dict):
 def main(argv, runtime: str, make_trainer, infer, save_outputs) -> int:
     """The runner's command line: train N steps (or ``--verify``), write the outputs atomically.
 
-    ``make_trainer(artifacts, lr, args)``; ``save_outputs(trainer, artifacts, out_dir) -> dict`` of extra metrics.
+    ``make_trainer(artifacts, lr, args)``; ``save_outputs(trainer, artifacts, out_dir) -> (trained, extra)``
+    writes the runtime's own files and returns the trained weights (``params.npz``) and extra metrics.
     """
-    import sys
-
     here = os.path.dirname(os.path.abspath(sys.argv[0]))
     ap = argparse.ArgumentParser(description=f"Train an edgetl {runtime} export on this device.")
     ap.add_argument("--artifacts", default=here)
@@ -144,8 +144,8 @@ def main(argv, runtime: str, make_trainer, infer, save_outputs) -> int:
         print(f"step {i}/{n} loss {loss:.4f}", flush=True)
 
     run = train_loop(trainer, data["images"], data["labels"], args.steps, args.batch_size, progress=progress)
-    extra = save_outputs(trainer, args.artifacts, args.out)
-    write_bytes(os.path.join(args.out, "params.npz"), lambda f: np.savez(f, **trainer.trained()))
+    trained, extra = save_outputs(trainer, args.artifacts, args.out)
+    write_bytes(os.path.join(args.out, "params.npz"), lambda f: np.savez(f, **trained))
     metrics = {"steps": args.steps, "lr": trainer.lr, "losses": run["losses"], "step_seconds": run["step_seconds"],
                "median_step_seconds": float(np.median(run["step_seconds"])), "peak_rss_bytes": peak_rss_bytes(),
                "runtime": runtime, "torch_imported": "torch" in sys.modules,

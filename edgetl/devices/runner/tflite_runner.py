@@ -53,6 +53,7 @@ class Trainer:
         manifest = common.load_manifest(artifacts)
         self.variables = manifest["variables"]  # [{name, key, kind, shape}]
         self.trainable = manifest["trainable"]
+        self.grad_keys = {v["name"]: "g" + v["key"][1:] for v in self.variables}  # the gradients signature's outputs
         self.batch_size = manifest["input"]["shape"][0]
         self.lr = lr if lr is not None else manifest["optimizer"]["lr"]
         self.interpreter = interpreter_class()(model_path=os.path.join(artifacts, MODEL),
@@ -86,8 +87,7 @@ class Trainer:
     def gradients(self, images: np.ndarray, labels: np.ndarray) -> tuple[float, dict]:
         """(loss, gradients by parameter name) of one step, running statistics updated, parameters not."""
         out = self.run("gradients", **self._inputs(images, labels))
-        keys = {v["name"]: v["key"] for v in self.variables}
-        return float(out["loss"]), {n: out["g" + keys[n][1:]] for n in self.trainable}
+        return float(out["loss"]), {n: out[self.grad_keys[n]] for n in self.trainable}
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         return self.run("infer", **self._inputs(images))["logits"]
@@ -100,8 +100,8 @@ class Trainer:
         self.run("set_weights", **{v["key"]: np.ascontiguousarray(state[v["name"]], dtype=np.float32)
                                        for v in self.variables})
 
-    def _kind(self, *kinds: str) -> dict[str, np.ndarray]:
-        state = self.state()
+    def _kind(self, *kinds: str, state: dict | None = None) -> dict[str, np.ndarray]:
+        state = state or self.state()
         return {v["name"]: state[v["name"]] for v in self.variables if v["kind"] in kinds}
 
     def params(self) -> dict[str, np.ndarray]:
@@ -113,9 +113,10 @@ class Trainer:
     def running_stats(self) -> dict[str, np.ndarray]:
         return self._kind("stat")
 
-    def trained(self) -> dict[str, np.ndarray]:
-        """Everything training changed: parameters and running statistics, by torchvision name."""
-        return self._kind("param", "stat")
+    def trained(self, state: dict | None = None) -> dict[str, np.ndarray]:
+        """Everything training changed: parameters and running statistics, by torchvision name (taken from
+        ``state`` when one was just read)."""
+        return self._kind("param", "stat", state=state)
 
 
 def infer(artifacts: str, images: np.ndarray, params: dict[str, np.ndarray] | None = None) -> np.ndarray:
@@ -132,9 +133,10 @@ def train(artifacts: str, images: np.ndarray, labels: np.ndarray, steps: int, ba
     return common.train_loop(Trainer(artifacts, lr), images, labels, steps, batch_size, seed, progress)
 
 
-def save_outputs(trainer: Trainer, artifacts: str, out: str) -> dict:
-    common.write_bytes(os.path.join(out, CHECKPOINT), lambda f: np.savez(f, **trainer.state()))
-    return {"checkpoint": CHECKPOINT}
+def save_outputs(trainer: Trainer, artifacts: str, out: str) -> tuple[dict, dict]:
+    state = trainer.state()  # one read of every variable serves the checkpoint and the trained weights
+    common.write_bytes(os.path.join(out, CHECKPOINT), lambda f: np.savez(f, **state))
+    return trainer.trained(state), {"checkpoint": CHECKPOINT}
 
 
 def main(argv=None) -> int:
