@@ -74,7 +74,7 @@ def main() -> None:
             run = make_run(work / "run", name, args.policy, resolution=args.resolution)
             entry = {}
             for fmt in formats:
-                manifest = export(run, fmt, work / fmt, steps=10, batch_size=args.batch_size)["manifest"]
+                manifest = export(run, fmt, work / fmt, steps=10, batch_size=args.batch_size).manifest
                 entry[fmt] = {"checks": manifest["validation"]["checks"],
                               "free_running": manifest["validation"]["free_running"], "samples": []}
             torch_samples = []

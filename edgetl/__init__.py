@@ -1,21 +1,39 @@
 """edgetl: on-device transfer learning for MobileNets with MobileTL.
 
     import edgetl
-    model = edgetl.create_model("mobilenet_v3_small", num_classes=10, weights=None)   # or "imagenet", or a path
-    model = edgetl.apply_policy(model, "mobiletl:5")                                  # in place, returns the model
+    model = edgetl.create_model("mobilenet_v3_large", num_classes=5, weights="imagenet")   # or None, a path, a run
+    policy = edgetl.MobileTL(k=5, hardswish_threshold=0.0)           # or edgetl.parse_policy("mobiletl:5")
+    edgetl.apply_policy(model, policy)
+    trainer = edgetl.Trainer(model, train_data=my_dataset, val_data=my_val,   # any torch Dataset or DataLoader
+                             optimizer=edgetl.OptimizerSpec("adamw", lr=1e-3), epochs=5,
+                             callbacks=[edgetl.ProgressBar()])        # UI is a callback
+    result = trainer.fit()                                            # writes nothing unless given out_dir=...
+    run = edgetl.Run.save(model, policy, result, "runs/flowers")     # the run directory
+    artifacts = edgetl.export(model, "tflite", out="artifacts/tflite", batch_size=8)   # or export(run, ...)
+    print(artifacts.validation)
+
     result = edgetl.train(model="mobilenet_v3_small", policy="mobiletl:5", epochs=3)  # the `edgetl train` job
+
+Importing edgetl loads neither TensorFlow nor ONNX Runtime: an export loads its format's backend.
 """
 
 __version__ = "0.1.0"
 
 from .errors import ConfigError, DataError, EdgeTLError, PolicyError, WeightsError  # noqa: E402
+from .exporters import ExportResult, export  # noqa: E402
+from .job import TrainConfig, train  # noqa: E402
 from .models import MODELS, create_model, inverted_residual_blocks  # noqa: E402
-from .policies import POLICIES, parse_policy  # noqa: E402
+from .optim import OptimizerSpec  # noqa: E402
+from .policies import POLICIES, Bias, BnLast, FineTune, Full, Last, MobileTL, Policy, parse_policy  # noqa: E402
+from .run import Run, import_weights  # noqa: E402
 from .surgery import apply_policy, trainable_parameters  # noqa: E402
-from .trainer import TrainConfig, Trainer, train  # noqa: E402
+from .trainer import Callback, Trainer, TrainResult, calibrate_batchnorm  # noqa: E402
+from .ui import ProgressBar  # noqa: E402
 
 __all__ = [
-    "MODELS", "POLICIES", "ConfigError", "DataError", "EdgeTLError", "PolicyError", "TrainConfig", "Trainer",
-    "WeightsError", "__version__", "apply_policy", "create_model", "inverted_residual_blocks", "parse_policy",
-    "trainable_parameters", "train",
+    "MODELS", "POLICIES", "Bias", "BnLast", "Callback", "ConfigError", "DataError", "EdgeTLError", "ExportResult",
+    "FineTune", "Full", "Last", "MobileTL", "OptimizerSpec", "Policy", "PolicyError", "ProgressBar", "Run",
+    "TrainConfig", "TrainResult", "Trainer", "WeightsError", "__version__", "apply_policy", "calibrate_batchnorm",
+    "create_model", "export", "import_weights", "inverted_residual_blocks", "parse_policy", "train",
+    "trainable_parameters",
 ]

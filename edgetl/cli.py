@@ -18,12 +18,13 @@ from rich.table import Table
 
 from .errors import EdgeTLError
 from .exporters import EXPORTERS
+from .job import TrainConfig, trainer_from_config
 from .models import MODELS
 from .policies import POLICIES
 from .profile import build_report, fit_policies, largest_batch, parse_size, plot, print_report, write_csv, write_json
 from .profile.budget import DEVICE_PROFILES
 from .profile.report import mib
-from .trainer import TrainConfig, Trainer
+from .ui import ProgressBar, print_checklist, show_notes
 
 console = Console()
 if not console.is_terminal:  # piped or captured output: do not squeeze tables into 80 columns
@@ -48,6 +49,7 @@ def friendly_errors(fn):
 @click.version_option(package_name="edgetl")
 def main():
     """edgetl: on-device transfer learning for MobileNets (MobileTL)."""
+    show_notes(Console(stderr=True))
 
 
 _DEFAULTS = TrainConfig()
@@ -94,9 +96,9 @@ def train(ctx, resume, no_progress, **options):
             raise click.UsageError(
                 f"--resume takes the run's own settings; drop {', '.join('--' + g.replace('_', '-') for g in given)}"
             )
-    config = TrainConfig(**options)
-    result = Trainer(config, resume=resume, progress=not no_progress, command=_command_line(ctx)).fit()
-    last = result.metrics["epochs"][-1]
+    bar = ProgressBar(Console(stderr=True), enabled=not no_progress)
+    result = trainer_from_config(TrainConfig(**options), resume, [bar], _command_line(ctx)).fit()
+    last = result.history[-1]
     console.print(f"[green]done[/]: val acc {last['val_acc']:.3f}, run in {result.out}")
 
 
@@ -167,12 +169,25 @@ def _print_fit(model, policies, limit, batch_size, resolution, optimizer, num_cl
 @friendly_errors
 def export_cmd(run, fmt, out, no_validate, steps, batch_size, lr):
     """Export a trained run for on-device training, and prove it trains like PyTorch."""
-    from .exporters import export
+    from .exporters import ValidationFailed, export
 
     out = out or f"artifacts/{fmt}"
-    export(run, fmt, out, validate=not no_validate, steps=steps, batch_size=batch_size, lr=lr,
-           console=Console(stderr=True))
+    err = Console(stderr=True)
+    try:
+        result = export(run, fmt, out, validate=not no_validate, steps=steps, batch_size=batch_size, lr=lr,
+                        log=lambda message: err.print(message, soft_wrap=True))
+    except ValidationFailed as exc:
+        _print_export(exc.result, err)
+        raise
+    _print_export(result, err)
     console.print(f"[green]exported[/] {run} as {fmt} to {out}")
+
+
+def _print_export(result, err: Console) -> None:
+    for note in result.notes:
+        err.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+    if result.validation is not None:
+        print_checklist(result.validation.checks, err, title=f"validation of {result.format} export against PyTorch")
 
 
 @main.command("import-weights")
@@ -182,7 +197,7 @@ def export_cmd(run, fmt, out, no_validate, steps, batch_size, lr):
 @friendly_errors
 def import_weights_cmd(run, params, out):
     """Load parameters trained on a device (params.npz) into an edgetl checkpoint."""
-    from .exporters.base import import_weights
+    from .run import import_weights
 
     path = import_weights(run, params, out)
     console.print(f"wrote {path}; use it with --weights {path}")
@@ -247,9 +262,13 @@ def devices_clean(uri, keep_results):
 def deploy(artifacts, device_uri, steps, data, out, batch_size, lr, verify, force, timeout):
     """Push an export to a device, train there, and bring back metrics and weights."""
     from .devices.deploy import deploy as run_deploy
+    from .ui import DeployProgress, print_deploy_report
 
-    run_deploy(artifacts, device_uri, steps=steps, data=data, out=out, batch_size=batch_size, lr=lr, verify=verify,
-               force=force, timeout=timeout, console=Console(stderr=True))
+    err = Console(stderr=True)
+    with DeployProgress(err) as events:
+        report = run_deploy(artifacts, device_uri, steps=steps, data=data, out=out, batch_size=batch_size, lr=lr,
+                            verify=verify, force=force, timeout=timeout, events=events)
+    print_deploy_report(report, err)
 
 
 @main.command()

@@ -9,8 +9,9 @@ Weights:
   (``$TORCH_HOME/hub/checkpoints``) when present, downloaded there when online, else a
   :class:`~edgetl.errors.WeightsError` naming the file to place. ``EDGETL_OFFLINE=1`` skips the
   download attempt.
-- a path: a torchvision state_dict (any head size: a head of another size is replaced) or an edgetl
-  checkpoint (its class count must match).
+- a path: a torchvision state_dict, an edgetl checkpoint, or a run directory. A head of another size
+  (ImageNet's 1000 classes, or a run trained on other classes) is replaced by a new one, and an edgetl
+  run says so in one line: chained transfer keeps the backbone.
 - ``None`` / ``"none"``: random initialisation.
 
 Models are registered in ``MODELS``; adding one is one :class:`ModelSpec` entry.
@@ -19,6 +20,7 @@ Models are registered in ``MODELS``; adding one is one :class:`ModelSpec` entry.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 import urllib.error
@@ -34,6 +36,7 @@ from torchvision.models import mobilenetv2, mobilenetv3
 
 from .errors import ConfigError, WeightsError
 
+log = logging.getLogger("edgetl")
 IRB_TYPES = (mobilenetv2.InvertedResidual, mobilenetv3.InvertedResidual)
 DOWNLOAD_TIMEOUT_S = 15
 
@@ -90,6 +93,7 @@ def create_model(name: str, num_classes: int = 1000, weights: str | os.PathLike 
     if num_classes < 1:
         raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
     model = spec.builder(weights=None)
+    model.edgetl_model = name  # the registered name: a run directory records it
     if weights is None or str(weights).lower() == "none":
         _replace_head(model, num_classes)
         return model
@@ -136,30 +140,34 @@ def _load_backbone_and_head(model: nn.Module, state: dict, num_classes: int, nam
 
 
 def load_weights_file(path: str | os.PathLike, name: str | None = None, num_classes: int | None = None) -> dict:
-    """The torchvision-layout state_dict in a weights file (torchvision state_dict or edgetl checkpoint)."""
+    """The torchvision-layout state_dict in a weights file: a torchvision state_dict, an edgetl checkpoint or an
+    edgetl run directory (whose model must be ``name``; a class count other than ``num_classes`` is said in a note)."""
+    from .run import is_checkpoint, read_checkpoint  # the run format's one reader; run imports this module
+
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        obj = read_checkpoint(path)
+    elif not path.is_file():
         raise WeightsError(
             f"weights file {path} does not exist; pass --weights imagenet, --weights none, or the path of a .pth file"
         )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise WeightsError(
-            f"weights file {path} is corrupt or not a PyTorch file ({type(exc).__name__}); re-download or re-export it"
-        ) from None
-    if isinstance(obj, dict) and "state_dict" in obj and "edgetl" in obj:
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for truncated or foreign files
+            raise WeightsError(
+                f"weights file {path} is corrupt or not a PyTorch file ({type(exc).__name__}); re-download or "
+                f"re-export it"
+            ) from None
+    if is_checkpoint(obj):
         meta = obj["edgetl"]
         if name is not None and meta.get("model") != name:
             raise WeightsError(
                 f"{path} is an edgetl checkpoint of {meta.get('model')}, not {name}; pass --model {meta.get('model')}"
             )
         if num_classes is not None and meta.get("num_classes") != num_classes:
-            raise WeightsError(
-                f"{path} was trained for {meta.get('num_classes')} classes but the data has {num_classes}; "
-                f"use data with {meta.get('num_classes')} classes, or start from its backbone with a new head "
-                f"by saving its 'state_dict' as a plain torchvision file"
-            )
+            log.warning(f"{path} was trained for {meta.get('num_classes')} classes and the new head has "
+                        f"{num_classes}: keeping its backbone, starting a new head")
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path} holds no state_dict of tensors; pass a torchvision .pth or an edgetl checkpoint")

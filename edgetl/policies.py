@@ -1,7 +1,8 @@
 """Named training policies: what trains, what is frozen, and which memory-lean ops are swapped in.
 
-    policy = parse_policy("mobiletl:5")      # or "full", "last", "bn+last", "bias", "ft:5"
-    policy.apply(model, hardswish_threshold=0.0)   # usually via edgetl.apply_policy
+    policy = MobileTL(k=5, hardswish_threshold=0.0)   # or parse_policy("mobiletl:5"); "full", "bias", "ft:5"...
+    policy.apply(model)                               # usually via edgetl.apply_policy
+    Policy.from_dict(policy.as_dict()) == policy      # how a run directory stores it
 
 ===============  ===========================================================================
 ``full``         every parameter, train-mode batch norm
@@ -16,11 +17,14 @@
 A policy also says where the *trained region* starts (``split``): ``model.features[:split]`` runs
 without an autograd graph in inference mode, so it stores nothing for backward.
 
-Policies are registered in ``POLICIES``; a new one is one subclass plus one registration line.
+A policy is a typed, frozen object: its options are its fields (``k`` for the top-block policies,
+MobileTL's ``hardswish_threshold``), and ``str(policy)`` is its spec string (``"mobiletl:5"``). Policies are
+registered in ``POLICIES``; a new one is one subclass plus one registration line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -70,9 +74,22 @@ class Policy:
         """Index of the first ``features`` module that needs an autograd graph."""
         return 0
 
-    def apply(self, model: nn.Module, hardswish_threshold: float = 0.0) -> None:
+    def apply(self, model: nn.Module) -> None:
         """Set ``requires_grad`` and swap modules; all parameters arrive frozen."""
         raise NotImplementedError
+
+    def options(self) -> dict:
+        """The policy's fields beyond its spec string (e.g. MobileTL's ``hardswish_threshold``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "k"}
+
+    def as_dict(self) -> dict:
+        """What a run directory stores: the spec string and the options."""
+        return {"spec": str(self), **self.options()}
+
+    @staticmethod
+    def from_dict(d: dict) -> Policy:
+        d = dict(d)
+        return parse_policy(d.pop("spec"), **d)
 
 
 @dataclass(frozen=True)
@@ -80,7 +97,7 @@ class Full(Policy):
     name: ClassVar[str] = "full"
     summary: ClassVar[str] = "every parameter, train-mode batch norm"
 
-    def apply(self, model, hardswish_threshold=0.0):
+    def apply(self, model):
         _train(model)
 
 
@@ -92,7 +109,7 @@ class Last(Policy):
     def split(self, model):
         return len(model.features)
 
-    def apply(self, model, hardswish_threshold=0.0):
+    def apply(self, model):
         _train(head(model))
 
 
@@ -101,7 +118,7 @@ class BnLast(Policy):
     name: ClassVar[str] = "bn+last"
     summary: ClassVar[str] = "all batch norms (scale, shift, statistics) and the head"
 
-    def apply(self, model, hardswish_threshold=0.0):
+    def apply(self, model):
         _freeze_weights_keep_input_free(model, train_bias=False)
         _train(*(m for m in model.modules() if isinstance(m, nn.BatchNorm2d)), head(model))
 
@@ -111,7 +128,7 @@ class Bias(Policy):
     name: ClassVar[str] = "bias"
     summary: ClassVar[str] = "biases and norm shifts everywhere, plus the head (TinyTL)"
 
-    def apply(self, model, hardswish_threshold=0.0):
+    def apply(self, model):
         _freeze_weights_keep_input_free(model, train_bias=True)
         for m in list(model.modules()):
             if type(m) is nn.BatchNorm2d:
@@ -142,7 +159,7 @@ class TopBlocks(Policy):
     def trained_blocks(self, model) -> list[nn.Module]:
         return [b for i, b in inverted_residual_blocks(model) if i >= self.first_block(model)]
 
-    def apply(self, model, hardswish_threshold=0.0):
+    def apply(self, model):
         _train(*model.features[self.first_block(model) :], model.classifier)
 
 
@@ -156,11 +173,13 @@ class FineTune(TopBlocks):
 class MobileTL(TopBlocks):
     name: ClassVar[str] = "mobiletl"
     summary: ClassVar[str] = "MobileTL on the top K blocks: shift-only internal norms, 1-bit activation masks"
+    #: Hard-Swish backward is the sign approximation 1[x > hardswish_threshold]
+    hardswish_threshold: float = 0.0
 
-    def apply(self, model, hardswish_threshold=0.0):
-        super().apply(model, hardswish_threshold)
+    def apply(self, model):
+        super().apply(model)
         for block in self.trained_blocks(model):
-            mobiletl_block(block, hardswish_threshold)
+            mobiletl_block(block, self.hardswish_threshold)
 
 
 def mobiletl_block(block: nn.Module, hardswish_threshold: float = 0.0) -> nn.Module:
@@ -182,10 +201,10 @@ def mobiletl_block(block: nn.Module, hardswish_threshold: float = 0.0) -> nn.Mod
 POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (Full, Last, BnLast, Bias, FineTune, MobileTL)}
 
 
-def parse_policy(spec: str | Policy) -> Policy:
-    """A :class:`Policy` from its spec string, e.g. ``"mobiletl:5"``."""
+def parse_policy(spec: str | Policy, **options) -> Policy:
+    """A :class:`Policy` from its spec string, e.g. ``"mobiletl:5"``, with ``options`` (its fields) set."""
     if isinstance(spec, Policy):
-        return spec
+        return dataclasses.replace(spec, **options) if options else spec
     name, _, arg = str(spec).strip().partition(":")
     cls = POLICIES.get(name)
     known = "full, last, bn+last, bias, ft:K, mobiletl:K"
@@ -194,7 +213,14 @@ def parse_policy(spec: str | Policy) -> Policy:
     if issubclass(cls, TopBlocks):
         if not arg.isdigit():
             raise PolicyError(f"policy {spec!r} needs the number of top blocks to train, e.g. {name}:5")
-        return cls(k=int(arg))
+        return _make(cls, spec, k=int(arg), **options)
     if arg:
         raise PolicyError(f"policy {name!r} takes no argument (got {spec!r}); choose one of: {known}")
-    return cls()
+    return _make(cls, spec, **options)
+
+
+def _make(cls: type[Policy], spec: str, **fields) -> Policy:
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise PolicyError(f"policy {spec!r} has no option {', '.join(unknown)}")
+    return cls(**fields)

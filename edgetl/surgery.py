@@ -1,7 +1,7 @@
 """Apply a training policy to a model, in place.
 
     model = edgetl.create_model("mobilenet_v3_small", num_classes=10)
-    model = edgetl.apply_policy(model, "mobiletl:5")
+    model = edgetl.apply_policy(model, "mobiletl:5")      # or a policy object: edgetl.MobileTL(k=5)
     params = trainable_parameters(model)
 
 After :func:`apply_policy`:
@@ -47,8 +47,10 @@ class FrozenPrefix(nn.Sequential):
         return self
 
 
-def apply_policy(model: nn.Module, policy: str | Policy, hardswish_threshold: float = 0.0) -> nn.Module:
-    """Freeze, swap modules and mark trainable parameters of ``model`` per ``policy``; returns ``model``."""
+def apply_policy(model: nn.Module, policy: str | Policy) -> nn.Module:
+    """Freeze, swap modules and mark trainable parameters of ``model`` per ``policy``; returns ``model``.
+
+    ``model.edgetl_policy`` then holds the policy object."""
     policy = parse_policy(policy)
     if getattr(model, "edgetl_policy", None) is not None:
         raise PolicyError(
@@ -62,7 +64,7 @@ def apply_policy(model: nn.Module, policy: str | Policy, hardswish_threshold: fl
     split = policy.split(model)
     for p in model.parameters():
         p.requires_grad_(False)
-    policy.apply(model, hardswish_threshold=hardswish_threshold)
+    policy.apply(model)
     model.features = FrozenPrefix(split, model.features)
     model.edgetl_policy = policy
     return model
@@ -71,3 +73,8 @@ def apply_policy(model: nn.Module, policy: str | Policy, hardswish_threshold: fl
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """Name -> parameter for every parameter that the applied policy trains."""
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def policy_of(model: nn.Module) -> Policy | None:
+    """The policy applied to ``model`` (None for a plain model)."""
+    return getattr(model, "edgetl_policy", None)

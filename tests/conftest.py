@@ -8,6 +8,9 @@ import torch
 
 from edgetl.data import Patterns
 
+# shared fixtures: real device services on loopback (sshd, adb), one export per format
+pytest_plugins = ["tests.devicefixtures", "tests.exportfixtures"]
+
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch, tmp_path_factory):
@@ -34,4 +37,3 @@ def image_folder(tmp_path):
     return make_image_folder(tmp_path / "data")
 
 
-from .devicefixtures import adb_peer, adb_server, sshd  # noqa: E402,F401  (fixtures for the device tests)

@@ -1,4 +1,4 @@
-"""Helpers for export tests: runs made without training (fast), in the layout `edgetl train` writes."""
+"""Helpers for export tests: runs made without training (fast), saved as run directories by edgetl.Run."""
 
 import os
 import subprocess
@@ -6,27 +6,21 @@ import sys
 
 import torch
 
-from edgetl import apply_policy, create_model
-from edgetl.trainer import CHECKPOINT, calibrate_batchnorm
-
+from edgetl import OptimizerSpec, Run, apply_policy, calibrate_batchnorm, create_model
 
 PATTERN_CLASSES = ["stripes_horizontal", "stripes_vertical", "checkerboard", "dots", "rings"]
 
 
 def make_run(root, model="mobilenet_v3_small", policy="mobiletl:3", resolution=64, optimizer="adamw", lr=1e-3,
              seed=0, class_names=PATTERN_CLASSES):
-    """A run directory whose checkpoint holds a random model with batch-norm statistics from data."""
+    """A run directory holding a random model with batch-norm statistics from data (reference batches come
+    from the built-in patterns)."""
     torch.manual_seed(seed)
     net = create_model(model, num_classes=5)
     calibrate_batchnorm(net, [(torch.randn(8, 3, resolution, resolution), None)])
     apply_policy(net, policy)
-    config = {"model": model, "policy": policy, "data": "patterns", "weights": "none", "epochs": 1, "batch_size": 8,
-              "resolution": resolution, "lr": lr, "optimizer": optimizer, "weight_decay": 1e-4, "seed": seed,
-              "out": str(root), "workers": 0, "hardswish_threshold": 0.0}
-    meta = {"version": "test", "model": model, "policy": policy, "num_classes": 5, "class_names": list(class_names),
-            "resolution": resolution, "config": config}
-    root.mkdir(parents=True, exist_ok=True)
-    torch.save({"edgetl": meta, "state_dict": net.state_dict(), "history": []}, root / CHECKPOINT)
+    Run.save(net, policy, None, root, class_names=list(class_names), resolution=resolution,
+             optimizer=OptimizerSpec(optimizer, lr=lr), config={"data": "patterns", "seed": seed})
     return root
 
 

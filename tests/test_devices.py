@@ -13,10 +13,20 @@ from PIL import Image
 
 from edgetl.cli import main
 from edgetl.devices import connect
-from edgetl.devices.base import (AuthFailed, DeviceTimeout, Disconnected, DiskFull, HostKeyChanged, MemoryRefused,
-                                 RunnerFailed, RuntimeMissing, Unreachable, file_sha256)
+from edgetl.devices.base import (
+    AuthFailed,
+    DeviceTimeout,
+    Disconnected,
+    DiskFull,
+    HostKeyChanged,
+    MemoryRefused,
+    RunnerFailed,
+    RuntimeMissing,
+    Unreachable,
+    file_sha256,
+)
 from edgetl.devices.bundle import make_bundle
-from edgetl.devices.deploy import deploy
+from edgetl.devices.deploy import DeployEvents, deploy
 from edgetl.exporters import ExportError, export
 
 from .conftest import make_image_folder
@@ -40,14 +50,16 @@ def _ssh_uri(sshd, tmp_path, **kw):
     return sshd.uri(tmp_path / "pi", tmp_path / "known_hosts", **kw)
 
 
-def _check_report(out, steps):
+def _check_report(out, steps, art):
+    """The pulled results of a deploy of the export in ``art``: report, losses, and exactly the trained tensors."""
     report = json.loads((out / "report.json").read_text())
     assert len(report["losses"]) == steps and all(np.isfinite(report["losses"]))
     assert report["peak_rss_bytes"] > 0 and report["median_step_seconds"] > 0
-    manifest = json.loads((out.parent / "art" / "manifest.json").read_text()) if (out.parent / "art").exists() else None
-    params = np.load(out / "params.npz")
-    if manifest:
-        assert sorted(params.files) == sorted(manifest["trainable"])
+    manifest = json.loads((art / "manifest.json").read_text())
+    # parameters the policy trains, and the running statistics of the norms it trains fully
+    stats = [f"{n['name']}.{k}" for n in manifest.get("running_stats", []) for k in ("running_mean", "running_var")]
+    stats += [v["name"] for v in manifest.get("variables", []) if v["kind"] == "stat"]
+    assert stats and sorted(np.load(out / "params.npz").files) == sorted(manifest["trainable"] + stats)
     with Image.open(out / "loss.png") as im:
         assert im.format == "PNG"
     return report
@@ -90,7 +102,7 @@ def test_ssh_full_deploy(sshd, artifacts, tmp_path):
     art, root = artifacts
     out = tmp_path / "result"
     report = deploy(art, _ssh_uri(sshd, tmp_path), steps=4, data=root / "data", out=out, batch_size=4, verify=True)
-    _check_report(out, 4)
+    _check_report(out, 4, art)
     assert report["verify"] and all(c["ok"] for c in report["verify"])
     bundle = make_bundle(art, root / "data")
     remote = tmp_path / "pi" / "bundles" / bundle.id
@@ -120,10 +132,11 @@ def test_ssh_dropped_push_resumes_byte_identical(sshd, artifacts, tmp_path):
     assert 0 < len(arrived) < len(bundle.files)  # some whole files made it; no half file has a final name
     assert all(file_sha256(partial / rel) == bundle.files[rel] for rel in arrived)
     logs = []
-    from rich.console import Console
-    console = Console(file=open(os.devnull, "w"))
-    console.print = lambda *a, **k: logs.append(" ".join(map(str, a)))
-    deploy(art, _ssh_uri(sshd, tmp_path), steps=1, out=tmp_path / "r2", console=console)
+
+    class Messages(DeployEvents):
+        message = staticmethod(logs.append)
+
+    deploy(art, _ssh_uri(sshd, tmp_path), steps=1, out=tmp_path / "r2", events=Messages())
     assert any(f"{len(arrived)} of {len(bundle.files)} files are already on the device" in line for line in logs)
     final = bundles / bundle.id
     assert all(file_sha256(final / rel) == digest for rel, digest in bundle.files.items())
@@ -180,7 +193,7 @@ def test_adb_full_deploy(adb_peer, artifacts, tmp_path):
     _, uri = adb_peer()
     out = tmp_path / "result"
     deploy(art, uri, steps=3, data=root / "data", out=out, batch_size=4)
-    _check_report(out, 3)
+    _check_report(out, 3, art)
 
 
 def test_adb_disk_full(adb_peer, artifacts, tmp_path):
@@ -272,7 +285,7 @@ def test_ssh_deploy_tflite_and_weights_back(sshd, tflite_artifacts, tmp_path):
     report = deploy(art, _ssh_uri(sshd, tmp_path), steps=4, data=root / "data", out=out, verify=True)
     assert report["format"] == "tflite" and report["batch_size"] == 4
     assert report["verify"] and all(c["ok"] for c in report["verify"])
-    _check_report(out, 4)
+    _check_report(out, 4, art)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["runtime"] == "ai-edge-litert" and not metrics["torch_imported"] and not metrics["tensorflow_imported"]
     assert (out / "checkpoint.npz").is_file()

@@ -87,13 +87,16 @@ def test_corrupt_and_missing_files(tmp_path):
         create_model("mobilenet_v2", 3, weights=tmp_path / "missing.pth")
 
 
-def test_edgetl_checkpoint_class_count_must_match(tmp_path):
+def test_edgetl_checkpoint_of_another_class_count_gives_a_new_head(tmp_path, caplog):
     model = create_model("mobilenet_v3_small", 4)
     path = tmp_path / "ckpt.pt"
     torch.save({"edgetl": {"model": "mobilenet_v3_small", "num_classes": 4}, "state_dict": model.state_dict()}, path)
     loaded = create_model("mobilenet_v3_small", 4, weights=path)
     assert torch.equal(loaded.classifier[-1].weight, model.classifier[-1].weight)
-    with pytest.raises(WeightsError, match="trained for 4 classes but the data has 6"):
-        create_model("mobilenet_v3_small", 6, weights=path)
+    chained = create_model("mobilenet_v3_small", 6, weights=path)  # chained transfer: backbone kept, new head
+    assert chained.classifier[-1].out_features == 6
+    assert torch.equal(chained.features[3].block[0][0].weight, model.features[3].block[0][0].weight)
+    assert [r.getMessage() for r in caplog.records if "keeping its backbone" in r.getMessage()] == [
+        f"{path} was trained for 4 classes and the new head has 6: keeping its backbone, starting a new head"]
     with pytest.raises(WeightsError, match="checkpoint of mobilenet_v3_small, not mobilenet_v2"):
         create_model("mobilenet_v2", 4, weights=path)

@@ -9,8 +9,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgetl.ops import (
-    FrozenConv2d, FrozenLinear, MaskedHardsigmoid, MaskedHardswish, MaskedReLU, MaskedReLU6, ShiftOnlyBatchNorm2d,
-    pack_bits, unpack_bits,
+    FrozenConv2d,
+    FrozenLinear,
+    MaskedHardsigmoid,
+    MaskedHardswish,
+    MaskedReLU,
+    MaskedReLU6,
+    ShiftOnlyBatchNorm2d,
+    pack_bits,
+    unpack_bits,
 )
 from edgetl.profile.saved import SavedTensorCounter
 

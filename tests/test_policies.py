@@ -8,9 +8,8 @@ import torchvision
 from torch import nn
 
 import edgetl
-from edgetl import PolicyError, apply_policy, create_model, parse_policy
+from edgetl import PolicyError, apply_policy, calibrate_batchnorm, create_model, parse_policy
 from edgetl.profile import measure_saved
-from edgetl.trainer import calibrate_batchnorm
 
 MODELS = ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"]
 POLICIES = ["full", "last", "bn+last", "bias", "ft:3", "mobiletl:3"]
@@ -129,7 +128,7 @@ def test_mobiletl_saves_less_than_ft_and_frozen_prefix_saves_nothing():
 
 
 def test_mobiletl_uses_masked_ops_only_in_top_blocks():
-    model = apply_policy(create_model("mobilenet_v3_large", 4), "mobiletl:2", hardswish_threshold=0.5)
+    model = apply_policy(create_model("mobilenet_v3_large", 4), edgetl.MobileTL(2, hardswish_threshold=0.5))
     masked = {n.split(".")[1] for n, m in model.named_modules() if isinstance(m, edgetl.ops.MaskedActivation)}
     assert masked == {"14", "15"}
     thresholds = {m.threshold for m in model.modules() if isinstance(m, edgetl.ops.MaskedHardswish)}
@@ -154,3 +153,24 @@ def test_policy_cannot_be_applied_twice():
 def test_parse_policy_round_trips():
     for spec in POLICIES:
         assert str(parse_policy(spec)) == spec
+
+
+def test_policies_are_typed_objects_with_their_options():
+    policy = edgetl.MobileTL(k=5, hardswish_threshold=0.25)
+    assert str(policy) == "mobiletl:5" and policy.options() == {"hardswish_threshold": 0.25}
+    assert parse_policy("mobiletl:5", hardswish_threshold=0.25) == policy
+    for p in (policy, parse_policy("ft:3"), parse_policy("bias"), parse_policy("full")):
+        assert edgetl.Policy.from_dict(p.as_dict()) == p
+    with pytest.raises(PolicyError, match="policy 'ft:3' has no option hardswish_threshold"):
+        parse_policy("ft:3", hardswish_threshold=0.5)
+
+
+def test_run_directory_keeps_the_policy_object(tmp_path):
+    """The threshold travels with the policy through the run format, not beside it."""
+    model = apply_policy(create_model("mobilenet_v3_small", 3), edgetl.MobileTL(2, hardswish_threshold=-0.5))
+    edgetl.Run.save(model, None, None, tmp_path / "run", resolution=64)
+    run = edgetl.Run.load(tmp_path / "run")
+    assert run.policy == edgetl.MobileTL(2, hardswish_threshold=-0.5) and run.resolution == 64
+    assert {m.threshold for m in run.model.modules() if isinstance(m, edgetl.ops.MaskedHardswish)} == {-0.5}
+    with pytest.raises(edgetl.run.RunError, match="trained under mobiletl:2, not ft:2"):
+        edgetl.Run.save(model, "ft:2", None, tmp_path / "other")

@@ -11,11 +11,10 @@ from torch import nn
 
 from edgetl import apply_policy, create_model
 from edgetl.cli import main
-from edgetl.ops import MaskedHardswish, ShiftOnlyBatchNorm2d
-from edgetl.profile import build_report, fit_policies, largest_batch, measure_saved, parse_size, profile_model
-from edgetl.profile import rules
-from edgetl.profile.analytic import analyze
 from edgetl.errors import ConfigError
+from edgetl.ops import MaskedHardswish, ShiftOnlyBatchNorm2d
+from edgetl.profile import build_report, fit_policies, largest_batch, measure_saved, parse_size, profile_model, rules
+from edgetl.profile.analytic import analyze
 
 MODELS = ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"]
 POLICIES = ["full", "last", "bn+last", "bias", "ft:4", "mobiletl:4"]

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 import edgetl
 import edgetl.trainer
 from edgetl.cli import main
-from edgetl.trainer import CHECKPOINT, TrainConfig, Trainer
+from edgetl.job import TrainConfig, trainer_from_config
+from edgetl.run import CHECKPOINT
 
 from .conftest import make_image_folder
 
@@ -38,7 +39,7 @@ def test_train_writes_checkpoint_metrics_and_command(image_folder, tmp_path):
     import torchvision
     model = torchvision.models.mobilenet_v3_small(num_classes=3)
     model.load_state_dict(ckpt["state_dict"])
-    trainer = Trainer(TrainConfig(**{**ckpt["edgetl"]["config"], "out": str(tmp_path / "eval")}), progress=False)
+    trainer = trainer_from_config(TrainConfig(**{**ckpt["edgetl"]["config"], "out": str(tmp_path / "eval")}))
     trainer.model.load_state_dict(ckpt["state_dict"])
     assert trainer.evaluate()[1] == pytest.approx(metrics["epochs"][-1]["val_acc"])
     assert not list(out.glob(".*.tmp")), "temporary files must be renamed into place"
@@ -117,13 +118,25 @@ def test_weight_errors(image_folder, tmp_path):
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"\x00" * 100)
     _expect_error(_run(*TINY, "--data", str(image_folder), "--weights", str(corrupt)), "corrupt")
-    # an edgetl checkpoint for 3 classes used on 2-class data
-    run = tmp_path / "run3"
-    assert _run(*TINY, "--epochs", "1", "--data", str(image_folder), "--out", str(run)).exit_code == 0
-    two = make_image_folder(tmp_path / "two", classes=("dots", "rings"))
-    _expect_error(_run(*TINY, "--data", str(two), "--weights", str(run / CHECKPOINT)),
-                  "trained for 3 classes but the data has 2")
     _expect_error(_run(*TINY, "--data", str(image_folder), "--weights", "imagenet"), "place it at")
+
+
+def test_chained_transfer_keeps_the_backbone_with_a_new_head(image_folder, tmp_path):
+    """A run trained on 3 classes starts a 2-class run: its backbone is kept, the head is new, one note says so."""
+    first = tmp_path / "run3"
+    assert _run(*TINY, "--epochs", "1", "--data", str(image_folder), "--out", str(first)).exit_code == 0
+    two = make_image_folder(tmp_path / "two", classes=("dots", "rings"))
+    for weights in (first, first / CHECKPOINT):  # a run directory or its checkpoint
+        out = tmp_path / f"chained-{weights.name}"
+        result = _run(*TINY, "--epochs", "1", "--data", str(two), "--weights", str(weights), "--out", str(out))
+        assert result.exit_code == 0, result.output
+        notes = [line for line in result.output.splitlines() if "keeping its backbone, starting a new head" in line]
+        assert len(notes) == 1 and "trained for 3 classes and the new head has 2" in notes[0]
+    # the frozen layers are the first run's, bit for bit; the head has the new size
+    a = torch.load(first / CHECKPOINT, weights_only=False)["state_dict"]
+    b = torch.load(out / CHECKPOINT, weights_only=False)["state_dict"]
+    assert torch.equal(a["features.0.0.weight"], b["features.0.0.weight"])
+    assert a["classifier.3.weight"].shape[0] == 3 and b["classifier.3.weight"].shape[0] == 2
 
 
 def test_option_errors(image_folder, tmp_path):
@@ -146,9 +159,9 @@ def test_builtin_patterns_are_deterministic_and_balanced():
     assert sorted(a[i][1] for i in range(10)) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
 
 
-def test_python_api_train(tmp_path):
-    result = edgetl.train(model="mobilenet_v3_small", policy="ft:1", data="patterns", weights="none",
-                                epochs=1, batch_size=8, resolution=32, out=str(tmp_path / "api"), progress=False)
+def test_python_api_train(image_folder, tmp_path):
+    result = edgetl.train(model="mobilenet_v3_small", policy="ft:1", data=str(image_folder), weights="none",
+                          epochs=1, batch_size=4, resolution=32, out=str(tmp_path / "api"))
     assert result.metrics["epochs"][0]["epoch"] == 1
     assert (tmp_path / "api" / CHECKPOINT).is_file()
     assert (tmp_path / "last").resolve() == (tmp_path / "api").resolve()

@@ -21,7 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..exporters.base import MANIFEST, ExportError, verify_manifest
+from ..exporters import ExportError
+from ..exporters.manifest import MANIFEST, verify_manifest
 from .base import Device, DeviceError, DiskFull, file_sha256
 
 BUNDLE_JSON = "bundle.json"

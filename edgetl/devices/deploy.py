@@ -1,11 +1,13 @@
 """Deploy an exported model to a device, train it there, and bring the results back.
 
     report = deploy("artifacts/onnx", "ssh://pi@raspberrypi.local", steps=200, data="./shard", out="deploy/pi")
+    report = deploy(..., events=MyEvents())        # progress and messages, as DeployEvents callbacks (silent by default)
 
 Steps: probe the device; check that its runtime is there and that the predicted training memory fits its
 available RAM (refusing with the fix, unless ``force``); push the bundle (atomic, resumable); optionally
 repeat the export's parity check there (``verify``); run the runner with live progress; pull back the
-metrics, trained weights and checkpoint; write ``report.json``, print a table and plot the loss curve.
+metrics, trained weights and checkpoint; write ``report.json`` and plot the loss curve. It draws nothing:
+what a person sees comes through :class:`DeployEvents` (the CLI's are rich progress bars and a table).
 """
 
 from __future__ import annotations
@@ -16,11 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
-
-from ..exporters.base import ExportError
+from ..exporters import ExportError
 from ..io import atomic_write_json
 from . import connect
 from .base import DeviceError, DeviceInfo, MemoryRefused, RunnerFailed, RuntimeMissing
@@ -51,19 +49,39 @@ def check_runtime(info: DeviceInfo, runtime: str) -> None:
         raise RuntimeMissing(f"{info.uri} lacks {runtime} for the runner: {hint}")
 
 
-def predicted_memory(manifest: dict, batch_size: int) -> int:
-    from ..profile.analytic import analyze
+class DeployEvents:
+    """What a deploy tells as it goes; override any (the default says nothing)."""
 
-    prof = analyze(manifest["model"], manifest["policy"], manifest["input"]["shape"][-1], len(manifest["class_names"]))
-    opt = manifest["optimizer"]
-    optimizer = "adamw" if opt["name"] == "adamw" else "sgd" if opt.get("momentum") else "sgd-nomomentum"
-    return int(prof.totals(batch_size, optimizer)["training_memory_bytes"]) + RUNTIME_BASELINE_BYTES[manifest["runtime"]]
+    def message(self, text: str) -> None: ...
+
+    def device(self, info: DeviceInfo) -> None: ...
+
+    def push(self, done: int, total: int) -> None: ...
+
+    def verified(self, checks: list[dict]) -> None: ...
+
+    def step(self, step: int, steps: int, loss: str) -> None: ...
+
+
+def predicted_memory(manifest: dict, batch_size: int) -> int:
+    """Training memory on the device at ``batch_size``: the export's analytic figure plus the runtime's own."""
+    memory = manifest.get("memory")
+    if memory is None:  # an export made before manifests carried the figure: compute it as the export would
+        from ..optim import OptimizerSpec
+        from ..profile.analytic import analyze
+
+        prof = analyze(manifest["model"], manifest["policy"], manifest["input"]["shape"][-1],
+                       len(manifest["class_names"]))
+        need = prof.totals(batch_size, OptimizerSpec.from_dict(manifest["optimizer"]))["training_memory_bytes"]
+    else:
+        need = memory["fixed_bytes"] + memory["per_sample_bytes"] * batch_size
+    return int(need) + RUNTIME_BASELINE_BYTES[manifest["runtime"]]
 
 
 def deploy(artifacts: str | Path, device_uri: str, steps: int = 50, data: str | Path | None = None,
            out: str | Path | None = None, batch_size: int | None = None, lr: float | None = None, verify: bool = False,
-           force: bool = False, timeout: float = 3600, console: Console | None = None) -> dict:
-    console = console or Console(stderr=True)
+           force: bool = False, timeout: float = 3600, events: DeployEvents | None = None) -> dict:
+    events = events or DeployEvents()
     bundle = make_bundle(artifacts, data)
     manifest = bundle.manifest
     fixed = manifest["input"]["shape"][0]  # a TFLite model trains at the batch size it was exported with
@@ -74,8 +92,7 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int = 50, data: str | 
     out = Path(out or f"deploy/{time.strftime('%Y%m%d-%H%M%S')}")
     with connect(device_uri) as device:
         info = device.probe()
-        console.print(f"device: {info.model or info.os} ({info.arch}, {info.cpus} CPUs, "
-                      f"{info.mem_available_bytes / 2**20:,.0f} MiB available, Python {info.python})", soft_wrap=True)
+        events.device(info)
         check_runtime(info, manifest["runtime"])
         need = predicted_memory(manifest, batch_size)
         if info.mem_available_bytes and need > info.mem_available_bytes:
@@ -85,12 +102,15 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int = 50, data: str | 
                        f"what fits), or pass --force to try anyway")
             if not force:
                 raise MemoryRefused(message)
-            console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
-        with Progress(TextColumn("push"), BarColumn(), DownloadColumn(), TimeRemainingColumn(), console=console) as bar:
-            task = bar.add_task("push", total=bundle.size)
-            remote = push_bundle(device, bundle, on_bytes=lambda n: bar.update(task, advance=n),
-                                 log=lambda msg: console.print(msg), free_bytes=info.free_bytes)
-            bar.update(task, completed=bundle.size)
+            events.message(f"warning: {message}")
+        sent = [0]
+
+        def on_bytes(n: int) -> None:
+            sent[0] += n
+            events.push(sent[0], bundle.size)
+
+        remote = push_bundle(device, bundle, on_bytes=on_bytes, log=events.message, free_bytes=info.free_bytes)
+        events.push(bundle.size, bundle.size)
         python = shlex.quote(info.python_bin or "python3")
         runner = f"cd {shlex.quote(remote)} && {python} {bundle.runner} --artifacts ."
         verified = None
@@ -98,10 +118,7 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int = 50, data: str | 
             result = device.run(f"{runner} --verify", timeout=timeout)
             lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
             verified = json.loads(lines[-1])["verify"] if lines else None
-            for c in verified or []:
-                mark = "[green]✓[/]" if c["ok"] else "[red]✗[/]"
-                console.print(f"  {mark} on device: {c['name']}: max |diff| {c['max_diff']:.3g} (tolerance "
-                              f"{c['tolerance']:.3g})")
+            events.verified(verified or [])
             if result.returncode != 0 or not verified:
                 failed = "; ".join(f"{c['name']} differs by {c['max_diff']:.3g} (tolerance {c['tolerance']:.3g})"
                                    for c in verified or [] if not c["ok"])
@@ -112,16 +129,13 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int = 50, data: str | 
         args += f" --data {bundle.shard}" if bundle.shard else ""
         args += f" --lr {lr}" if lr is not None else ""
         t0 = time.perf_counter()
-        with Progress(TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
-                      TimeRemainingColumn(), console=console) as bar:
-            task = bar.add_task("train", total=steps, loss="-")
 
-            def on_line(line: str) -> None:
-                parts = line.split()
-                if len(parts) == 4 and parts[0] == "step" and parts[2] == "loss":
-                    bar.update(task, completed=int(parts[1].split("/")[0]), loss=parts[3])
+        def on_line(line: str) -> None:
+            parts = line.split()
+            if len(parts) == 4 and parts[0] == "step" and parts[2] == "loss":
+                events.step(int(parts[1].split("/")[0]), steps, parts[3])
 
-            result = device.run(runner + args, timeout=timeout, on_line=on_line)
+        result = device.run(runner + args, timeout=timeout, on_line=on_line)
         if result.returncode != 0:
             raise RunnerFailed(f"the runner failed on {device_uri} (exit {result.returncode}); its last output:\n"
                                f"{result.tail()}")
@@ -142,24 +156,8 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int = 50, data: str | 
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
-    _print(report, out, console)
+    report["out"] = str(out)
     return report
-
-
-def _print(report: dict, out: Path, console: Console) -> None:
-    table = Table(title=f"deploy to {report['device']['uri']}")
-    table.add_column("")
-    table.add_column("")
-    losses = report["losses"]
-    for key, value in [("model", f"{report['model']} {report['policy']} ({report['format']})"),
-                       ("steps", f"{report['steps']} at batch {report['batch_size']}"),
-                       ("loss", f"{losses[0]:.4f} -> {losses[-1]:.4f}"),
-                       ("step time", f"{1000 * report['median_step_seconds']:.0f} ms (median)"),
-                       ("peak RSS", f"{report['peak_rss_bytes'] / 2**20:,.0f} MiB on the device "
-                                    f"(predicted {report['predicted_memory_bytes'] / 2**20:,.0f} MiB)"),
-                       ("results", str(out))]:
-        table.add_row(key, value)
-    console.print(table)
 
 
 def _plot(report: dict, path: Path) -> None:
@@ -183,4 +181,4 @@ def _plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["deploy", "DeviceError"]
+__all__ = ["DeployEvents", "DeviceError", "deploy"]

@@ -1,21 +1,28 @@
 """Exporters: one module per format, registered by name.
 
     from edgetl.exporters import export, EXPORTERS
-    result = export("runs/last", "onnx", "artifacts/onnx")     # lowers, writes, validates (on by default)
+    result = export("runs/last", "onnx", "artifacts/onnx")              # a run directory, validated by default
+    result = export(model, "tflite", "artifacts/tflite", batch_size=8)  # or a model held in memory, or a Run
+    print(result.validation)                                            # ✓/✗ per check; result.files, result.manifest
 
-An exporter turns a policy-applied run into artifacts a device runtime trains, writes ``manifest.json``
-(model, policy, input, classes, preprocessing, versions, checksums, validation) and proves parity with
-PyTorch through :mod:`.validation`. Adding a format is one module and one line in ``EXPORTERS``.
+An exporter (:class:`~.base.Exporter`) turns a policy-applied model into artifacts a device runtime trains,
+writes ``manifest.json`` and proves parity with PyTorch through :mod:`.validation`; a failed check raises
+:class:`~.base.ValidationFailed`, which carries the result. Adding a format is one module and one line in
+``EXPORTERS``. Importing this package loads no TensorFlow or ONNX Runtime: a format loads its backend when used.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 from pathlib import Path
+from typing import Callable
 
-from rich.console import Console
+from torch import nn
 
-from .base import ExportError, load_run, verify_manifest
-from .validation import print_checklist
+from ..run import Run, RunError
+from .base import Exporter, ExportError, ExportResult, ValidationFailed
+from .manifest import load_manifest, verify_manifest
 
 EXPORTERS = {
     "onnx": "edgetl.exporters.onnx:OnnxExporter",
@@ -23,33 +30,49 @@ EXPORTERS = {
 }
 
 
-def exporter(fmt: str):
-    import importlib
-
+def exporter(fmt: str) -> Exporter:
     if fmt not in EXPORTERS:
         raise ExportError(f"unknown format {fmt!r}; choose one of: {', '.join(EXPORTERS)}")
     module, cls = EXPORTERS[fmt].split(":")
     return getattr(importlib.import_module(module), cls)()
 
 
-def export(run_path: str | Path, fmt: str, out: str | Path, validate: bool = True, steps: int = 3,
-           batch_size: int = 4, lr: float | None = None, console: Console | None = None) -> dict:
-    """Export the run at ``run_path`` as ``fmt`` into ``out``; raises :class:`ExportError` if validation fails."""
-    console = console or Console(stderr=True)
+def as_run(source: Run | nn.Module | str | os.PathLike, **model_info) -> Run:
+    """A :class:`Run` from a run, a run directory / checkpoint, or a model (``model_info``: class_names,
+    resolution, optimizer, as :meth:`Run.from_model` takes them)."""
+    if isinstance(source, Run):
+        return source
+    if isinstance(source, nn.Module):
+        return Run.from_model(source, **model_info)
+    try:
+        return Run.load(source)
+    except RunError as exc:
+        raise ExportError(str(exc)) from None
+
+
+def export(source: Run | nn.Module | str | os.PathLike, fmt: str, out: str | os.PathLike, validate: bool = True,
+           steps: int = 3, batch_size: int = 4, lr: float | None = None, log: Callable[[str], None] | None = None,
+           data=None, **model_info) -> ExportResult:
+    """Export ``source`` as ``fmt`` into ``out``; raises :class:`ValidationFailed` when a check fails.
+
+    ``data``: a Dataset for the reference batches (default: the run's validation data, else random images).
+    """
     exp = exporter(fmt)
-    run = load_run(run_path)
-    result = exp.export(run, Path(out), validate=validate, steps=steps, batch_size=batch_size, lr=lr,
-                        log=lambda msg: console.print(msg, soft_wrap=True))
-    for note in run.notes:
-        console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
-    if result["checks"]:
-        print_checklist(result["checks"], console, title=f"validation of {fmt} export against PyTorch")
-        failed = [c for c in result["checks"] if not c.ok]
-        if failed:
-            raise ExportError(f"the {fmt} export does not match PyTorch: " + "; ".join(
-                f"{c.name} differs by {c.max_diff:.3g} (tolerance {c.tolerance:.3g})" for c in failed)
-                + f". The artifacts are in {out} for inspection")
+    if isinstance(source, nn.Module) and data is not None:  # a model's classes and input size, from its data
+        from ..trainer import class_names_of
+
+        model_info.setdefault("class_names", class_names_of(data))
+        model_info.setdefault("resolution", int(data[0][0].shape[-1]))
+    run = as_run(source, **model_info)
+    result = exp.export(run, Path(out), validate=validate, steps=steps, batch_size=batch_size, lr=lr, log=log,
+                        dataset=data)
+    if not result.ok:
+        failed = "; ".join(f"{c.name} differs by {c.max_diff:.3g} (tolerance {c.tolerance:.3g})"
+                           for c in result.validation.failed)
+        raise ValidationFailed(f"the {fmt} export does not match PyTorch: {failed}. The artifacts are in {out} for "
+                               f"inspection", result)
     return result
 
 
-__all__ = ["EXPORTERS", "ExportError", "export", "exporter", "load_run", "verify_manifest"]
+__all__ = ["EXPORTERS", "ExportError", "ExportResult", "Exporter", "ValidationFailed", "as_run", "export", "exporter",
+           "load_manifest", "verify_manifest"]

@@ -2,6 +2,7 @@
 
     from edgetl.exporters import export
     result = export("runs/last", "onnx", "artifacts/onnx")          # validates by default
+    result.validation, result.files
 
 The directory holds ``training_model.onnx``, ``eval_model.onnx``, ``optimizer_model.onnx`` and
 ``checkpoint`` (ONNX Runtime's on-device training set), ``inference.onnx`` (running statistics, for
@@ -22,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..devices.runner import ort_runner
-from .base import ExportError, OptimizerSpec, Run, copy_runner, manifest_fields, quiet_stderr
+from ..optim import OptimizerSpec
+from ..run import Run
+from ..runtime import ort_runner
+from .base import Exporter, ExportError, quiet_stderr
+from .manifest import copy_runner
 from .onnx_graph import OPSET, batch_stat_norms, export_graph, hardswish_threshold, register_gradients
-from .validation import (PARITY_SGD_LR, compare_logits, compare_optimizer_step, free_running, teacher_forced,
-                         validated_manifest, write_reference)
 
 ARTIFACTS = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
 
@@ -43,18 +45,25 @@ def _backend():
     return onnx, onnxruntime, artifacts, onnxblock
 
 
-class OnnxExporter:
+class OnnxExporter(Exporter):
     name = "onnx"
     runtime = "onnxruntime-training"
     input_name = "input"
+    runner = ort_runner
 
-    def export(self, run: Run, out: Path, validate: bool = True, steps: int = 3, batch_size: int = 4,
-               lr: float | None = None, log=print) -> dict:
+    def optimizer(self, run: Run, lr: float | None) -> OptimizerSpec:
+        spec = super().optimizer(run, lr)
+        if spec.name == "sgd":  # ONNX Runtime's on-device SGD has neither momentum nor weight decay
+            if spec.momentum or spec.weight_decay:
+                run.notes.append(f"the run used sgd with momentum {spec.momentum:g} and weight decay "
+                                 f"{spec.weight_decay:g}; the exported graph runs plain SGD (the on-device training "
+                                 f"runtimes offer no momentum), and so does the parity check")
+            spec = spec.replace(momentum=0.0, weight_decay=0.0)
+        return spec
+
+    def lower(self, run, out, spec, batch_size, log):
         onnx, onnxruntime, artifacts, onnxblock = _backend()
-        out.mkdir(parents=True, exist_ok=True)
         trainable = [n for n, p in run.model.named_parameters() if p.requires_grad]
-        spec = run.optimizer(lr)
-
         t0 = time.perf_counter()
         norms = batch_stat_norms(run.model, run.resolution)
         training = export_graph(run.model, run.resolution, training=True, norms=norms)
@@ -64,7 +73,8 @@ class OnnxExporter:
         if missing:
             raise ExportError(f"trainable parameters missing from the exported graph: {', '.join(missing[:5])}")
         frozen = sorted(initializers - set(trainable))
-        register_gradients(hardswish_threshold(run.model))
+        threshold = hardswish_threshold(run.model)
+        register_gradients(threshold)
         optimizer = (onnxblock.optim.AdamW(betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
                      if spec.name == "adamw" else onnxblock.optim.SGD())
         for name in ARTIFACTS:  # a re-export replaces the set as a whole
@@ -84,36 +94,13 @@ class OnnxExporter:
         onnx.save(inference, str(out / ort_runner.INFERENCE_MODEL))
         copy_runner(ort_runner, out)
         log(f"exported {len(trainable)} trainable and {len(frozen)} frozen tensors in {time.perf_counter() - t0:.1f}s")
-
-        images, labels, logits = write_reference(run, out, batch_size, steps, trainable)
-        fields = {
-            **manifest_fields(self, run, spec, trainable, None, batch_size, steps),
+        return trainable, {
             "batch_norm": "internal norms shift-only; fully trained norms normalise with batch statistics in training "
                           "and the runner updates their running statistics from the graph's batch-statistic outputs, "
                           "as PyTorch does (momentum, unbiased variance)",
             "running_stats": norms,
-            "hardswish_backward": f"MobileTL sign approximation dY * (x > {hardswish_threshold(run.model)}) "
-                                  f"in trained blocks; exact elsewhere",
+            "hardswish_backward": f"MobileTL sign approximation dY * (x > {threshold}) in trained blocks; exact elsewhere",
             "versions": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "opset": OPSET}}
-        return validated_manifest(out, fields, validate, lambda: self.validate(out, run, images, labels, logits, steps,
-                                                                               spec))
-
-    def validate(self, out: Path, run: Run, images, labels, ref_logits, steps: int, spec: OptimizerSpec):
-        """The checks of :mod:`.validation`, run through the device runner's own code."""
-        art = str(out)
-        sgd_lr = spec.lr if spec.name == "sgd" else PARITY_SGD_LR
-        stepper = ort_runner.Trainer(art)
-        before = stepper.params()
-        _, grads = stepper.gradients(images[0], labels[0], keep=True)
-        stepper.optimizer_step()
-        checks = [compare_logits(ref_logits, ort_runner.infer(art, images[0])),
-                  *teacher_forced(run, ort_runner.Trainer(art), images, labels, steps, sgd_lr),
-                  compare_optimizer_step(before, grads, stepper.params(), spec)]
-        trained = ort_runner.train(art, images, labels, steps)
-        params = trained["trainer"].params()
-        drift = free_running(run, images, labels, steps, spec, trained["losses"], params,
-                             ort_runner.infer(art, images[0], trained["trainer"].trained()))
-        return checks, {"free_running": drift, "onnxruntime_step_seconds": float(np.median(trained["step_seconds"]))}
 
 
 def _pytorch_adamw(path: Path) -> None:

@@ -2,6 +2,7 @@
 
     from edgetl.exporters import export
     result = export("runs/last", "tflite", "artifacts/tflite", batch_size=8)     # validates by default
+    result.validation, result.files
 
 The directory holds ``model.tflite`` (signatures ``train``, ``gradients``, ``infer``, ``get_weights``,
 ``set_weights``; see :mod:`.tflite_graph`), ``reference.npz`` (reference batches with PyTorch's logits,
@@ -20,15 +21,13 @@ import re
 import tempfile
 import time
 from importlib import metadata
-from pathlib import Path
 
-import numpy as np
-
-from ..devices.runner import tflite_runner
 from ..io import atomic_write_bytes
-from .base import ExportError, OptimizerSpec, Run, copy_runner, manifest_fields, quiet_stderr
-from .validation import (PARITY_SGD_LR, compare_logits, compare_optimizer_step, free_running, teacher_forced,
-                         training_copy, validated_manifest, write_reference)
+from ..runtime import tflite_runner
+from .base import Exporter, ExportError, quiet_stderr
+from .manifest import copy_runner
+from .reference import training_copy
+
 
 def _backend():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ info and warning lines are noise here
@@ -95,18 +94,17 @@ def convert(module, tf) -> bytes:
     return model
 
 
-class TfliteExporter:
+class TfliteExporter(Exporter):
     name = "tflite"
     runtime = "ai-edge-litert"
     input_name = "images"
+    fixed_batch = True
+    runner = tflite_runner
 
-    def export(self, run: Run, out: Path, validate: bool = True, steps: int = 3, batch_size: int = 4,
-               lr: float | None = None, log=print) -> dict:
+    def lower(self, run, out, spec, batch_size, log):
         tf = _backend()
         from .tflite_graph import Lowering, TrainingModule
 
-        out.mkdir(parents=True, exist_ok=True)
-        spec = run.optimizer(lr, momentum=True)
         t0 = time.perf_counter()
         module = TrainingModule(Lowering(training_copy(run.model)), batch_size, run.resolution, spec)
         model = convert(module, tf)
@@ -116,11 +114,7 @@ class TfliteExporter:
         log(f"exported {len(module.params)} trainable tensors and {len(module.state) - len(module.params)} other "
             f"variables in {time.perf_counter() - t0:.1f}s: {len(model) / 2**20:.1f} MiB, "
             f"{len({o for v in ops.values() for o in v})} builtin op types, no Flex ops")
-
-        trainable = [p.name for p in module.params]
-        images, labels, logits = write_reference(run, out, batch_size, steps, trainable)
-        fields = {
-            **manifest_fields(self, run, spec, trainable, batch_size, batch_size, steps),
+        return [p.name for p in module.params], {
             "labels": {"name": "labels", "dtype": "int32"},
             "variables": [{"name": v.name, "key": module.keys[v.name], "kind": v.kind, "shape": v.torch_shape()}
                           for v in module.state],
@@ -132,22 +126,3 @@ class TfliteExporter:
                           "and the train signature updates their running statistics as PyTorch does",
             "activation_masks": "MobileTL masks are stored as one byte per element (TFLite has no bit type)",
             "versions": {"tensorflow": tf.__version__, "ai_edge_litert": metadata.version("ai-edge-litert")}}
-        return validated_manifest(out, fields, validate, lambda: self.validate(out, run, images, labels, logits, steps,
-                                                                               spec))
-
-    def validate(self, out: Path, run: Run, images, labels, ref_logits, steps: int, spec: OptimizerSpec):
-        """The checks of :mod:`.validation`, run through the device runner's own code."""
-        art = str(out)
-        sgd_lr = spec.lr if spec.name == "sgd" and not spec.momentum else PARITY_SGD_LR
-        stepper = tflite_runner.Trainer(art)
-        before = stepper.params()
-        _, grads = stepper.gradients(images[0], labels[0])
-        stepper.step(images[0], labels[0])  # the same batch from the same parameters: the same gradients
-        checks = [compare_logits(ref_logits, tflite_runner.infer(art, images[0])),
-                  *teacher_forced(run, tflite_runner.Trainer(art), images, labels, steps, sgd_lr),
-                  compare_optimizer_step(before, grads, stepper.params(), spec)]
-        trained = tflite_runner.train(art, images, labels, steps)
-        trainer = trained["trainer"]
-        drift = free_running(run, images, labels, steps, spec, trained["losses"], trainer.params(),
-                             trainer.logits(images[0]))
-        return checks, {"free_running": drift, "tflite_step_seconds": float(np.median(trained["step_seconds"]))}

@@ -36,8 +36,9 @@ from torchvision.models import mobilenetv2, mobilenetv3
 from torchvision.ops.misc import SqueezeExcitation
 
 from ..ops import MaskedActivation, MaskedHardswish, ShiftOnlyBatchNorm2d
+from ..optim import OptimizerSpec
 from ..surgery import FrozenPrefix
-from .base import ExportError, OptimizerSpec
+from .base import ExportError
 from .tflite_ops import FORWARD, activation, conv2d, cross_entropy
 
 SIGNATURES = ("train", "gradients", "infer", "get_weights", "set_weights")

@@ -1,8 +1,10 @@
 """Validate an export against the PyTorch reference, check by check, for any runtime.
 
-    session = OrtSession(...)          # anything with params(), set_params(d), gradients(x, y) -> (loss, grads)
-    checks = [compare_logits(...), *teacher_forced(run, session, images, labels, steps, lr), compare_optimizer_step(...)]
-    print_checklist(checks); assert all(c.ok for c in checks)
+    validation = validate_with_runner(tflite_runner, "artifacts/tflite", run, images, labels, logits, steps, spec)
+    print(validation); assert validation.ok
+
+A runner's ``Trainer`` is the session validation drives: ``params()``, ``set_params(d)``,
+``gradients(x, y) -> (loss, grads)``, ``step_with_gradients``, ``running_stats()`` and ``logits``.
 
 What is checked, and why these tolerances (fp32; figures measured on this stack):
 
@@ -38,15 +40,16 @@ A failed check fails the export, naming the largest differences.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import numpy as np
 import torch
-from rich.console import Console
 from torch import nn
 
-from .base import REFERENCE, OptimizerSpec, Run, reference_batches, write_manifest
+from ..optim import OptimizerSpec
+from ..run import Run
+from .reference import eval_logits, torch_step, trainable, training_copy
 
 LOGIT_ATOL = 1e-4
 LOSS_RTOL = 1e-4
@@ -60,7 +63,7 @@ PARITY_SGD_LR = 0.01  # the learning rate of the teacher-forced steps when the r
 
 
 class Session(Protocol):
-    """What validation needs from an exported model's runtime."""
+    """What validation needs from an exported model's runtime (a device runner's ``Trainer``)."""
 
     def params(self) -> dict[str, np.ndarray]: ...
 
@@ -85,36 +88,33 @@ class Check:
     def as_dict(self) -> dict:
         return asdict(self)
 
-
-def training_copy(model: nn.Module) -> nn.Module:
-    """The model as exported graphs train it: same policy, but no dropout (its random stream cannot match)."""
-    model = copy.deepcopy(model)
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
-    return model.train()
+    def __str__(self) -> str:
+        return (f"{'✓' if self.ok else '✗'} {self.name}: max |diff| {self.max_diff:.3g} "
+                f"(tolerance {self.tolerance:.3g}); {self.detail}")
 
 
-def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+@dataclass
+class Validation:
+    """An export's checks against PyTorch, and the free-running drift (reported, not checked)."""
 
+    checks: list[Check]
+    free_running: dict | None = None
+    extra: dict = field(default_factory=dict)  # e.g. the runtime's step time
 
-def eval_logits(model: nn.Module, images: np.ndarray) -> np.ndarray:
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        out = model(torch.from_numpy(images)).numpy()
-    model.train(was)
-    return out
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
 
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
 
-def torch_step(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-    params = trainable(model)
-    for p in params.values():
-        p.grad = None
-    loss = nn.functional.cross_entropy(model(torch.from_numpy(images)), torch.from_numpy(labels))
-    loss.backward()
-    return loss.item(), {n: p.grad.numpy().copy() for n, p in params.items()}
+    def as_dict(self) -> dict:
+        return {"validated": True, "ok": self.ok, "checks": [c.as_dict() for c in self.checks],
+                "free_running": self.free_running, **self.extra}
+
+    def __str__(self) -> str:
+        return "\n".join(str(c) for c in self.checks)
 
 
 def grad_error(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> tuple[float, str]:
@@ -183,7 +183,7 @@ def compare_optimizer_step(before: dict[str, np.ndarray], grads: dict[str, np.nd
     params = {n: nn.Parameter(torch.from_numpy(before[n].copy())) for n in before}
     for n, p in params.items():
         p.grad = torch.from_numpy(grads[n].copy())
-    optimizer.torch_optimizer(list(params.values())).step()
+    optimizer.build(list(params.values())).step()
     name, worst = max(((n, float(np.max(np.abs(params[n].detach().numpy() - after[n])))) for n in params),
                       key=lambda t: t[1])
     tol = OPT_RTOL * optimizer.lr
@@ -198,7 +198,7 @@ def free_running(run: Run, images: np.ndarray, labels: np.ndarray, steps: int, o
     model = training_copy(run.model)
     start = {n: p.detach().numpy().copy() for n, p in trainable(model).items()}
     frozen_stats = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
-    opt = optimizer.torch_optimizer(list(trainable(model).values()))
+    opt = optimizer.build(list(trainable(model).values()))
     ref_losses = []
     for i in range(steps):
         loss, _ = torch_step(model, images[i % len(images)], labels[i % len(labels)])
@@ -220,34 +220,18 @@ def free_running(run: Run, images: np.ndarray, labels: np.ndarray, steps: int, o
             "running_statistics_eval_logit_effect": float(np.max(np.abs(frozen_logits - updated_logits)))}
 
 
-def write_reference(run: Run, out, batch_size: int, steps: int, trainable: list[str]):
-    """Reference batches with PyTorch's eval logits, loss and per-tensor gradient norms, in ``reference.npz``
-    (a device's ``--verify`` compares against it); returns (images, labels, logits)."""
-    images, labels = reference_batches(run, batch_size=batch_size, count=max(1, min(steps, 4)))
-    logits = eval_logits(training_copy(run.model), images[0])  # before any train-mode forward moves statistics
-    loss, grads = torch_step(training_copy(run.model), images[0], labels[0])
-    np.savez(out / REFERENCE, images=images, labels=labels, logits=logits, loss=np.float32(loss),
-             grad_norms=np.array([np.linalg.norm(grads[n]) for n in trainable]))
-    return images, labels, logits
-
-
-def validated_manifest(out, fields: dict, validate: bool, run_checks) -> dict:
-    """Write the manifest (the runner reads it, so before validation), run ``run_checks() -> (checks, extra)``
-    when ``validate``, and store the result in the manifest; returns the export's result."""
-    validation = fields["validation"]
-    manifest = write_manifest(out, fields)
-    checks = []
-    if validate:
-        checks, extra = run_checks()
-        validation.update(validated=True, ok=all(c.ok for c in checks), checks=[c.as_dict() for c in checks], **extra)
-        manifest = write_manifest(out, fields)
-    return {"manifest": manifest, "checks": checks}
-
-
-def print_checklist(checks: list[Check], console: Console | None = None, title: str = "validation") -> None:
-    console = console or Console(stderr=True)
-    console.print(f"[bold]{title}[/]")
-    for c in checks:
-        mark = "[green]✓[/]" if c.ok else "[red]✗[/]"
-        console.print(f"  {mark} {c.name}: max |diff| {c.max_diff:.3g} (tolerance {c.tolerance:.3g}); {c.detail}",
-                      soft_wrap=True)
+def validate_with_runner(runner, artifacts: str, run: Run, images: np.ndarray, labels: np.ndarray,
+                         ref_logits: np.ndarray, steps: int, spec: OptimizerSpec) -> Validation:
+    """Every check of this module, run through a device runner's own code (its ``Trainer``, ``infer``, ``train``)."""
+    sgd_lr = spec.lr if spec.name == "sgd" and not spec.momentum else PARITY_SGD_LR
+    stepper = runner.Trainer(artifacts)
+    before = stepper.params()
+    _, grads = stepper.step_with_gradients(images[0], labels[0])
+    checks = [compare_logits(ref_logits, runner.infer(artifacts, images[0])),
+              *teacher_forced(run, runner.Trainer(artifacts), images, labels, steps, sgd_lr),
+              compare_optimizer_step(before, grads, stepper.params(), spec)]
+    trained = runner.train(artifacts, images, labels, steps)
+    trainer = trained["trainer"]
+    drift = free_running(run, images, labels, steps, spec, trained["losses"], trainer.params(),
+                         trainer.logits(images[0]))
+    return Validation(checks, drift, {"runtime_step_seconds": float(np.median(trained["step_seconds"]))})

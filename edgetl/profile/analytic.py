@@ -20,12 +20,11 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models import create_model
-from ..policies import parse_policy
+from ..optim import OptimizerSpec
+from ..policies import Policy, parse_policy
 from ..surgery import apply_policy
 from .rules import FP32_BITS, INT64_BITS, Cost, Keep, rule_for
 
-#: optimizer-state tensors per trainable parameter
-OPTIMIZER_STATE = {"sgd": 1, "sgd-nomomentum": 0, "adamw": 2, "adam": 2}
 TRACE_BATCH = 2  # train-mode batch norm needs more than one value per channel
 
 
@@ -69,9 +68,9 @@ class ModelProfile:
     #: backward (where a gradient flows) also their gradients
     transient_bytes_per_sample: float
 
-    def totals(self, batch: int, optimizer: str = "sgd") -> dict[str, float]:
-        if optimizer not in OPTIMIZER_STATE:
-            raise ConfigError(f"unknown optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZER_STATE)}")
+    def totals(self, batch: int, optimizer: str | OptimizerSpec = "sgd") -> dict[str, float]:
+        """Bytes and FLOPs of one step at ``batch`` with ``optimizer`` (a spec, or a name such as ``sgd``)."""
+        slots = OptimizerSpec.parse(optimizer).state_slots
         trainable = sum(layer.trainable_params for layer in self.layers) * 4
         frozen = sum(layer.frozen_params for layer in self.layers) * 4
         saved = sum(layer.saved_bytes(batch) for layer in self.layers)
@@ -82,7 +81,7 @@ class ModelProfile:
             "trainable_param_bytes": trainable,
             "frozen_param_bytes": frozen,
             "gradient_bytes": trainable,
-            "optimizer_state_bytes": trainable * OPTIMIZER_STATE[optimizer],
+            "optimizer_state_bytes": trainable * slots,
             "transient_bytes": int(self.transient_bytes_per_sample * batch),
             **flops,
         }
@@ -154,8 +153,7 @@ def profile_model(model: nn.Module, resolution: int, name: str = "") -> ModelPro
     return ModelProfile(name, str(getattr(model, "edgetl_policy", "")), resolution, num_classes, layers, transient)
 
 
-def analyze(model: str, policy: str, resolution: int = 224, num_classes: int = 1000,
-            hardswish_threshold: float = 0.0) -> ModelProfile:
+def analyze(model: str, policy: str | Policy, resolution: int = 224, num_classes: int = 1000) -> ModelProfile:
     """Profile a fresh ``model`` under ``policy`` (weights do not change the figures)."""
-    net = apply_policy(create_model(model, num_classes=num_classes), parse_policy(policy), hardswish_threshold)
+    net = apply_policy(create_model(model, num_classes=num_classes), parse_policy(policy))
     return profile_model(net, resolution, name=model)

@@ -32,9 +32,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ..models import create_model
+from ..optim import OptimizerSpec
 from ..policies import TopBlocks, parse_policy
 from ..surgery import apply_policy
-from .analytic import OPTIMIZER_STATE, profile_model
+from .analytic import profile_model
 from .saved import measure_saved
 
 SCHEMA = "edgetl.profile/1"
@@ -195,7 +196,7 @@ def plot(report: dict, path) -> None:
     pols = report["policies"]
     names = list(pols[0]["blocks"])
     short = [n.replace("features.", "f") for n in names]
-    opt_mult = 1 + OPTIMIZER_STATE[report["optimizer"]]  # gradient + optimizer state per weight
+    opt_mult = 1 + OptimizerSpec.parse(report["optimizer"]).state_slots  # gradient + optimizer state per weight
     fig, axes = plt.subplots(len(pols), 1, figsize=(max(8, 0.45 * len(names)), 2.6 * len(pols)), sharex=True,
                              sharey=True, squeeze=False)
     for ax, p in zip(axes[:, 0], pols):

@@ -46,13 +46,13 @@ def _child(model: str, policy: str, batch: int, resolution: int, optimizer: str,
     import torch
 
     import edgetl
+    from edgetl.optim import OptimizerSpec
     from edgetl.profile.saved import measure_saved
 
     torch.manual_seed(0)
     net = edgetl.apply_policy(edgetl.create_model(model, num_classes=10), policy).train()
     params = list(edgetl.trainable_parameters(net).values())
-    opt = (torch.optim.AdamW(params, lr=1e-3) if optimizer.startswith("adam")
-           else torch.optim.SGD(params, lr=0.01, momentum=0.0 if optimizer == "sgd-nomomentum" else 0.9))
+    opt = OptimizerSpec.parse(optimizer, lr=0.01).build(params)
     x = torch.randn(batch, 3, resolution, resolution)
     y = torch.randint(0, 10, (batch,))
     baseline = _status_bytes("VmRSS")

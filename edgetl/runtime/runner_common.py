@@ -1,7 +1,7 @@
 """What the device runners share; copied beside them onto devices, so it imports only numpy.
 
-    import runner_common as common
-    sys.exit(common.main(argv, "ONNX Runtime", Trainer, infer, save_outputs))
+    import runner_common as common          # beside the runner on a device; edgetl.runtime.runner_common here
+    sys.exit(common.main(argv, "ONNX Runtime", make_trainer, infer, save_outputs))
 
 A runtime's runner provides a ``Trainer`` (``step``, ``gradients``, ``trainable``, ``lr``, and
 ``batch_size`` when the model fixes it), an ``infer`` function and ``save_outputs``; this module gives it
@@ -20,6 +20,11 @@ import time
 import numpy as np
 
 REFERENCE, MANIFEST = "reference.npz", "manifest.json"
+
+
+class RunnerError(Exception):
+    """A problem the runner explains in one line (bad data, wrong batch, missing runtime); the command line
+    prints it and exits with status 2, a caller in Python catches it."""
 
 
 def peak_rss_bytes() -> int:
@@ -105,14 +110,15 @@ def load_shard(path: str, manifest: dict):
     expected = tuple(manifest["input"]["shape"][1:])
     if "images" not in data or "labels" not in data or tuple(data["images"].shape[-3:]) != expected:
         shape = tuple(data["images"].shape) if "images" in data else "missing"
-        raise SystemExit(f"the data shard's images are {shape}, but the model takes (N, {', '.join(map(str, expected))}) "
+        raise RunnerError(f"the data shard's images are {shape}, but the model takes (N, {', '.join(map(str, expected))}) "
                          f"float32 with int64 labels: pack the shard at the model's resolution "
                          f"(`edgetl deploy --data DIR` does)")
     return data
 
 
 def main(argv, runtime: str, make_trainer, infer, save_outputs) -> int:
-    """The runner's command line: train N steps (or ``--verify``), write the outputs atomically.
+    """The runner's command line: train N steps (or ``--verify``), write the outputs atomically; a
+    :class:`RunnerError` is printed as one line with exit status 2.
 
     ``make_trainer(artifacts, lr, args)``; ``save_outputs(trainer, artifacts, out_dir) -> (trained, extra)``
     writes the runtime's own files and returns the trained weights (``params.npz``) and extra metrics.
@@ -129,6 +135,14 @@ def main(argv, runtime: str, make_trainer, infer, save_outputs) -> int:
     ap.add_argument("--out", default="trained")
     ap.add_argument("--verify", action="store_true", help="repeat the export's parity check and exit")
     args = ap.parse_args(argv)
+    try:
+        return _run(args, runtime, make_trainer, infer, save_outputs)
+    except RunnerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args, runtime: str, make_trainer, infer, save_outputs) -> int:
     manifest = load_manifest(args.artifacts)
     if args.verify:
         checks = verify(args.artifacts, make_trainer(args.artifacts, None, args), infer)

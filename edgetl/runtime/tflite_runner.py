@@ -22,13 +22,14 @@ import sys
 
 import numpy as np
 
-# runner_common travels beside this file; inside the edgetl package it is this directory's module. No
-# __pycache__ is written into the bundle: its directory holds exactly the files that were verified
-_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import runner_common as common  # noqa: E402
+if __package__:  # imported as edgetl.runtime.<runner>
+    from . import runner_common as common
+else:  # run as a script on a device: runner_common.py lies beside this file, which Python puts on sys.path
+    # no __pycache__ is written into the bundle: its directory holds exactly the files that were verified
+    _bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    import runner_common as common
 
-sys.dont_write_bytecode = _bytecode
+    sys.dont_write_bytecode = _bytecode
 
 MODEL, CHECKPOINT = "model.tflite", "checkpoint.npz"
 
@@ -41,7 +42,7 @@ def interpreter_class():
         try:
             from tflite_runtime.interpreter import Interpreter
         except ImportError:
-            raise SystemExit("no TFLite runtime is installed: pip install ai-edge-litert numpy") from None
+            raise common.RunnerError("no TFLite runtime is installed: pip install ai-edge-litert numpy") from None
     return Interpreter
 
 
@@ -72,7 +73,7 @@ class Trainer:
 
     def _inputs(self, images: np.ndarray, labels: np.ndarray | None = None) -> dict:
         if images.shape[0] != self.batch_size:
-            raise SystemExit(f"this TFLite model trains at batch {self.batch_size} (fixed at export), not "
+            raise common.RunnerError(f"this TFLite model trains at batch {self.batch_size} (fixed at export), not "
                              f"{images.shape[0]}: export again with --batch-size {images.shape[0]}, or use batches "
                              f"of {self.batch_size}")
         inputs = {"images": np.ascontiguousarray(images, dtype=np.float32)}
@@ -88,6 +89,14 @@ class Trainer:
         """(loss, gradients by parameter name) of one step, running statistics updated, parameters not."""
         out = self.run("gradients", **self._inputs(images, labels))
         return float(out["loss"]), {n: out[self.grad_keys[n]] for n in self.trainable}
+
+    def step_with_gradients(self, images: np.ndarray, labels: np.ndarray) -> tuple[float, dict]:
+        """One optimizer step that also returns the gradients it applied (validation checks the step): the same
+        batch from the same parameters gives the same gradients in ``gradients`` and ``train`` (the running
+        statistics advance twice, which the parameters' step does not see)."""
+        loss, grads = self.gradients(images, labels)
+        self.step(images, labels)
+        return loss, grads
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         return self.run("infer", **self._inputs(images))["logits"]

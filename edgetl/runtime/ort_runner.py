@@ -24,13 +24,14 @@ import types
 
 import numpy as np
 
-# runner_common travels beside this file; inside the edgetl package it is this directory's module. No
-# __pycache__ is written into the bundle: its directory holds exactly the files that were verified
-_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import runner_common as common  # noqa: E402
+if __package__:  # imported as edgetl.runtime.<runner>
+    from . import runner_common as common
+else:  # run as a script on a device: runner_common.py lies beside this file, which Python puts on sys.path
+    # no __pycache__ is written into the bundle: its directory holds exactly the files that were verified
+    _bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    import runner_common as common
 
-sys.dont_write_bytecode = _bytecode
+    sys.dont_write_bytecode = _bytecode
 
 TRAINING_MODEL, EVAL_MODEL, OPTIMIZER_MODEL, CHECKPOINT = (
     "training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
@@ -53,7 +54,7 @@ def training_api():
         # before onnxruntime itself: its own __init__ imports onnxruntime.training, and through it torch
         spec = importlib.util.find_spec("onnxruntime")
         if spec is None:
-            raise SystemExit("onnxruntime-training is not installed: pip install onnxruntime-training-cpu==1.19.2 numpy")
+            raise common.RunnerError("onnxruntime-training is not installed: pip install onnxruntime-training-cpu==1.19.2 numpy")
         pkg = types.ModuleType("onnxruntime.training")
         pkg.__path__ = [os.path.join(spec.submodule_search_locations[0], "training")]
         sys.modules["onnxruntime.training"] = pkg
@@ -76,6 +77,7 @@ class Trainer:
         import onnxruntime
 
         manifest = common.load_manifest(artifacts)
+        self.artifacts = artifacts
         self.trainable = manifest["trainable"]
         self.state = api.CheckpointState.load_checkpoint(checkpoint or os.path.join(artifacts, CHECKPOINT))
         options = onnxruntime.SessionOptions()
@@ -120,6 +122,16 @@ class Trainer:
         if not keep:
             self.module.lazy_reset_grad()
         return loss, grads
+
+    def step_with_gradients(self, images: np.ndarray, labels: np.ndarray) -> tuple[float, dict]:
+        """One optimizer step that also returns the gradients it applied (validation checks the step)."""
+        loss, grads = self.gradients(images, labels, keep=True)
+        self.optimizer_step()
+        return loss, grads
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """Inference logits with the weights and running statistics trained so far."""
+        return infer(self.artifacts, images, self.trained())
 
     def optimizer_step(self) -> None:
         """Apply the artifact's optimizer to the accumulated gradients, then clear them."""

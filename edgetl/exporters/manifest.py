@@ -1,0 +1,105 @@
+"""The artifact directory's ``manifest.json``: what every format writes, checksums, and the device runner.
+
+    fields = manifest_fields(exporter, run, spec, trainable, batch_size=None, reference_batch=4, steps=3)
+    manifest = write_manifest(out, fields)          # adds file checksums; written atomically
+    verify_manifest(out)                            # files whose checksum no longer matches (empty when intact)
+
+The manifest is what a device and ``edgetl deploy`` read: model, policy, input, classes, preprocessing,
+the optimizer spec, the trainable tensors, the predicted training memory (from the profiler, per batch
+size, so deploy never rebuilds the model), library versions, checksums and the validation result.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .. import __version__
+from ..data import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from ..io import atomic_write_json, file_sha256
+from ..optim import OptimizerSpec
+from ..profile.analytic import profile_model
+from ..run import Run
+from ..runtime import runner_common
+from .validation import TOLERANCES, Validation
+
+MANIFEST = "manifest.json"
+
+
+def preprocessing(resolution: int) -> dict:
+    resize = eval_transform(resolution).transforms[0].size
+    return {"resize_shorter_side": resize, "center_crop": resolution, "scale": 1 / 255, "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD), "layout": "NCHW", "channels": "RGB"}
+
+
+def predicted_memory(run: Run, spec: OptimizerSpec) -> dict:
+    """The analytic training memory of one step as ``fixed_bytes + per_sample_bytes * batch`` (the profiler's
+    figures are linear in the batch), for a device to compare with its free RAM."""
+    prof = profile_model(run.model, run.resolution, name=run.model_name)
+    one, two = (prof.totals(b, spec)["training_memory_bytes"] for b in (1, 2))
+    return {"fixed_bytes": int(2 * one - two), "per_sample_bytes": int(two - one),
+            "what": "analytic training memory of one step (profiler): weights, gradients, optimizer state, "
+                    "saved activations and the largest transient buffers"}
+
+
+def manifest_fields(exporter, run: Run, spec: OptimizerSpec, trainable: list[str], batch_size: int | None,
+                    reference_batch: int, steps: int) -> dict:
+    """What every format's manifest says; ``batch_size`` None means any batch (else fixed at export)."""
+    return {
+        "format": exporter.name, "runtime": exporter.runtime, "model": run.model_name, "policy": str(run.policy),
+        "policy_options": run.policy.options(),
+        "input": {"name": exporter.input_name, "shape": [batch_size, 3, run.resolution, run.resolution],
+                  "dtype": "float32"},
+        "output": {"name": "logits", "shape": [batch_size, len(run.class_names)]}, "class_names": run.class_names,
+        "preprocessing": preprocessing(run.resolution), "trainable": trainable, "optimizer": spec.as_dict(),
+        "memory": predicted_memory(run, spec),
+        "dropout": "not exported: on-device training runs without dropout (the parity check does the same)",
+        "validation": {"validated": False, "steps": steps, "batch_size": reference_batch, "tolerances": TOLERANCES},
+        "notes": run.notes, "source_run": str(run.path) if run.path else None}
+
+
+def file_checksums(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` except the manifest itself, by relative path."""
+    return {str(p.relative_to(root)): file_sha256(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
+
+
+def copy_runner(runner_module, out: Path) -> str:
+    """Put a device runner and the ``runner_common.py`` it imports into ``out``; returns the runner's file name."""
+    name = Path(runner_module.__file__).name
+    shutil.copy(runner_module.__file__, out / name)
+    shutil.copy(runner_common.__file__, out / Path(runner_common.__file__).name)
+    return name
+
+
+def write_manifest(root: Path, manifest: dict) -> dict:
+    manifest = {**manifest, "edgetl_version": __version__, "files": file_checksums(root)}
+    atomic_write_json(manifest, root / MANIFEST)
+    return manifest
+
+
+def validated_manifest(out: Path, fields: dict, validate: bool, run_checks) -> tuple[dict, Validation | None]:
+    """Write the manifest (the runner reads it, so before validation), run ``run_checks() -> Validation`` when
+    ``validate``, and store the result in the manifest; returns (manifest, validation)."""
+    manifest = write_manifest(out, fields)
+    if not validate:
+        return manifest, None
+    validation = run_checks()
+    fields["validation"].update(validation.as_dict())
+    return write_manifest(out, fields), validation
+
+
+def load_manifest(root: str | Path) -> dict:
+    return json.loads((Path(root) / MANIFEST).read_text())
+
+
+def verify_manifest(root: str | Path) -> list[str]:
+    """Files whose checksum does not match the manifest (missing files included); empty when intact."""
+    root = Path(root)
+    bad = []
+    for rel, digest in load_manifest(root)["files"].items():
+        p = root / rel
+        if not p.is_file() or file_sha256(p) != digest:
+            bad.append(rel)
+    return bad

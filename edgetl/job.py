@@ -1,0 +1,115 @@
+"""The ``edgetl train`` job: settings in, a run directory out, built from the composable pieces.
+
+    result = edgetl.train(model="mobilenet_v3_small", policy="mobiletl:5", data="patterns", epochs=3)
+    result = edgetl.train(out="runs/ft5", resume=True)           # continue an interrupted run, same weights
+
+:class:`TrainConfig` holds the settings the CLI exposes. :func:`train` turns them into the objects of the
+Python API: data sets (:func:`edgetl.data.load_datasets`: an ImageFolder or the built-in ``patterns``), a
+model with its weights (:func:`edgetl.create_model`; ``auto`` falls back to random initialisation, with
+batch-norm statistics estimated from the data, and says so in one note), a policy object, an optimizer
+spec and a :class:`~edgetl.trainer.Trainer` that keeps the run directory. Notes go to the ``edgetl`` logger.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from .data import load_datasets
+from .errors import ConfigError, WeightsError
+from .models import create_model
+from .optim import OptimizerSpec
+from .policies import Policy, parse_policy
+from .run import CHECKPOINT, read_checkpoint
+from .surgery import apply_policy
+from .trainer import Trainer, TrainResult, calibrate_batchnorm
+
+log = logging.getLogger("edgetl")
+
+
+@dataclass
+class TrainConfig:
+    model: str = "mobilenet_v3_small"
+    policy: str = "mobiletl:5"
+    data: str = "patterns"
+    #: "auto" = ImageNet when obtainable, else random init (said in one line); "imagenet", "none", a path or a run
+    weights: str = "auto"
+    epochs: int = 10
+    batch_size: int = 32
+    resolution: int = 96
+    lr: float | None = None
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    seed: int = 0
+    out: str | None = None
+    workers: int = 0
+    hardswish_threshold: float = 0.0
+
+    def validate(self) -> None:
+        if self.resolution < 32:
+            raise ConfigError(f"--resolution must be at least 32 (MobileNets downsample 32x), got {self.resolution}")
+        self.lr = self.optimizer_spec().lr  # the default of the optimizer, recorded
+
+    def policy_object(self) -> Policy:
+        """The policy with its options from these settings (MobileTL's Hard-Swish threshold)."""
+        policy = parse_policy(self.policy)
+        if "hardswish_threshold" in policy.options():
+            policy = parse_policy(policy, hardswish_threshold=self.hardswish_threshold)
+        return policy
+
+    def optimizer_spec(self) -> OptimizerSpec:
+        return OptimizerSpec(self.optimizer, lr=self.lr, weight_decay=self.weight_decay)
+
+
+def default_out(config: TrainConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.model}-{config.policy.replace(':', '')}-{stamp}"
+
+
+def _model(c: TrainConfig, num_classes: int, resume: bool):
+    """(model, started from random weights?)"""
+    if resume:  # the checkpoint supplies every weight
+        return create_model(c.model, num_classes, weights=None), False
+    if c.weights != "auto":
+        return create_model(c.model, num_classes, weights=c.weights), str(c.weights).lower() == "none"
+    try:
+        return create_model(c.model, num_classes, weights="imagenet"), False
+    except WeightsError as exc:
+        log.warning(f"{str(exc).split(' (')[0]}; continuing from random initialisation")
+        return create_model(c.model, num_classes, weights=None), True
+
+
+def trainer_from_config(config: TrainConfig, resume: bool = False, callbacks=(),
+                        command: list[str] | None = None) -> Trainer:
+    """The :class:`Trainer` of an ``edgetl train`` job (its data, model, policy, optimizer and run directory)."""
+    out = Path(config.out) if config.out else default_out(config)
+    if resume:
+        if not (out / CHECKPOINT).is_file():
+            raise ConfigError(f"nothing to resume in {out}: no {CHECKPOINT}; start the run without --resume")
+        config = TrainConfig(**read_checkpoint(out)["edgetl"]["config"])
+    config.validate()
+    c = config
+    policy = c.policy_object()  # bad policy specs fail before any data is read
+    torch.manual_seed(c.seed)
+    train_ds, val_ds, class_names = load_datasets(c.data, c.resolution, c.seed)
+    model, random_init = _model(c, len(class_names), resume)
+    if random_init:
+        calibrate_batchnorm(model, DataLoader(train_ds, batch_size=c.batch_size, shuffle=True, drop_last=True,
+                                              generator=torch.Generator().manual_seed(c.seed)))
+    apply_policy(model, policy)
+    return Trainer(model, train_ds, val_ds, optimizer=c.optimizer_spec(), epochs=c.epochs, batch_size=c.batch_size,
+                   seed=c.seed, workers=c.workers, callbacks=callbacks, out_dir=out, resume=resume,
+                   class_names=class_names, resolution=c.resolution,
+                   config={**dataclasses.asdict(c), "out": str(out)}, command=command or sys.argv)
+
+
+def train(callbacks=(), resume: bool = False, command: list[str] | None = None, **settings) -> TrainResult:
+    """Run the ``edgetl train`` job from settings (see :class:`TrainConfig`); writes a run directory."""
+    return trainer_from_config(TrainConfig(**settings), resume, callbacks, command).fit()

@@ -1,0 +1,140 @@
+"""What a person sees: progress bars, notes and check lists, as callbacks the library calls (it draws nothing).
+
+    trainer = edgetl.Trainer(model, data, callbacks=[ProgressBar()])     # a bar per epoch and a line after it
+    show_notes()                                                         # the library's notes as "note: ..." lines
+    print_checklist(result.validation.checks)                            # an export's ✓/✗ list
+    with DeployProgress() as events: report = deploy(..., events=events)  # push and training bars
+
+The CLI uses the same pieces; notebooks and scripts may use them or not.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .devices.deploy import DeployEvents
+from .trainer import Callback
+
+
+class ProgressBar(Callback):
+    """A rich progress bar per epoch, and one summary line after it."""
+
+    def __init__(self, console: Console | None = None, enabled: bool = True):
+        self.console = console or Console(stderr=True)
+        self.enabled = enabled
+        self.bar: Progress | None = None
+
+    def on_fit_start(self, trainer):
+        columns = [TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
+                   MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn()]
+        self.bar = Progress(*columns, console=self.console, disable=not self.enabled)
+        self.bar.start()
+
+    def on_epoch_start(self, trainer, epoch):
+        self.task = self.bar.add_task("train", total=trainer.steps_per_epoch, epoch=epoch + 1, epochs=trainer.epochs,
+                                      loss=0.0)
+
+    def on_step_end(self, trainer, step, loss):
+        self.bar.update(self.task, completed=step, loss=loss)
+
+    def on_epoch_end(self, trainer, record):
+        val = (f"  val loss {record['val_loss']:.4f}  acc {record['val_acc']:.3f}" if record["val_acc"] is not None
+               else "")
+        self.console.print(f"epoch {record['epoch']}/{trainer.epochs}  train loss {record['train_loss']:.4f}  "
+                           f"acc {record['train_acc']:.3f}{val}  ({record['seconds']:.1f}s)", soft_wrap=True)
+
+    def on_fit_end(self, trainer, result):
+        self.bar.stop()
+
+
+class _NoteHandler(logging.Handler):
+    def __init__(self, console: Console):
+        super().__init__(logging.INFO)
+        self.console = console
+
+    def emit(self, record):
+        self.console.print(f"[yellow]note:[/] {record.getMessage()}", soft_wrap=True, highlight=False)
+
+
+def show_notes(console: Console | None = None) -> logging.Handler:
+    """Print what the library says on the ``edgetl`` logger as ``note: ...`` lines; returns the handler."""
+    logger = logging.getLogger("edgetl")
+    for h in list(logger.handlers):
+        if isinstance(h, _NoteHandler):
+            logger.removeHandler(h)
+    handler = _NoteHandler(console or Console(stderr=True))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return handler
+
+
+def print_checklist(checks, console: Console | None = None, title: str = "validation") -> None:
+    """An export's checks as a ✓/✗ list, each with its largest difference and tolerance."""
+    console = console or Console(stderr=True)
+    console.print(f"[bold]{title}[/]")
+    for c in checks:
+        mark = "[green]✓[/]" if c.ok else "[red]✗[/]"
+        console.print(f"  {mark} {c.name}: max |diff| {c.max_diff:.3g} (tolerance {c.tolerance:.3g}); {c.detail}",
+                      soft_wrap=True, highlight=False)
+
+
+class DeployProgress(DeployEvents):
+    """A deploy as a person follows it: the device, a push bar, the on-device checks, a training bar."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                            TextColumn("{task.fields[detail]}"), TimeRemainingColumn(), console=self.console)
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+
+    def _update(self, name: str, done: int, total: int, detail: str) -> None:
+        if name not in self.tasks:
+            self.tasks[name] = self.bar.add_task(name, total=total, detail=detail)
+        self.bar.update(self.tasks[name], completed=done, total=total, detail=detail)
+
+    def message(self, text):
+        self.console.print(text, soft_wrap=True, highlight=False)
+
+    def device(self, info):
+        self.message(f"device: {info.model or info.os} ({info.arch}, {info.cpus} CPUs, "
+                     f"{info.mem_available_bytes / 2**20:,.0f} MiB available, Python {info.python})")
+
+    def push(self, done, total):
+        self._update("push", done, total, f"{done / 2**20:.1f}/{total / 2**20:.1f} MB")
+
+    def verified(self, checks):
+        for c in checks:
+            mark = "[green]✓[/]" if c["ok"] else "[red]✗[/]"
+            self.console.print(f"  {mark} on device: {c['name']}: max |diff| {c['max_diff']:.3g} (tolerance "
+                               f"{c['tolerance']:.3g})", highlight=False)
+
+    def step(self, step, steps, loss):
+        self._update("train", step, steps, f"{step}/{steps} loss {loss}")
+
+
+def print_deploy_report(report: dict, console: Console | None = None) -> None:
+    console = console or Console(stderr=True)
+    table = Table(title=f"deploy to {report['device']['uri']}")
+    table.add_column("")
+    table.add_column("")
+    losses = report["losses"]
+    for key, value in [("model", f"{report['model']} {report['policy']} ({report['format']})"),
+                       ("steps", f"{report['steps']} at batch {report['batch_size']}"),
+                       ("loss", f"{losses[0]:.4f} -> {losses[-1]:.4f}"),
+                       ("step time", f"{1000 * report['median_step_seconds']:.0f} ms (median)"),
+                       ("peak RSS", f"{report['peak_rss_bytes'] / 2**20:,.0f} MiB on the device "
+                                    f"(predicted {report['predicted_memory_bytes'] / 2**20:,.0f} MiB)"),
+                       ("results", report["out"])]:
+        table.add_row(key, value)
+    console.print(table)
