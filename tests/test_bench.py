@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,8 +39,8 @@ def test_flops_bench(tmp_path):
     assert rows["ft:1"]["training_flops"] < rows["ft:5"]["training_flops"] < rows["ft:11"]["training_flops"]
 
 
+@pytest.mark.slow
 def test_runners_bench(tmp_path):
-    import pytest
     pytest.importorskip("tensorflow")
     pytest.importorskip("onnxruntime.training")
     data, table = _bench("runners.py", "--model", "mobilenet_v3_small", "--resolution", "64", "--batch-size", "2",

@@ -152,6 +152,7 @@ def test_optimizer_step_follows_pytorch(v3_export):
     assert check.name.startswith(f"one {FORMATS[v3_export.fmt][2]['optimizer']} step")
 
 
+@pytest.mark.parametrize("v3_export", ["onnx"], indirect=True)  # the mechanism is the formats' shared flow
 def test_a_failed_check_carries_the_result(v3_export, tmp_path, monkeypatch):
     """ValidationFailed names the check and keeps the result, so the CLI can print the list."""
     from edgetl.exporters import validation
@@ -162,6 +163,7 @@ def test_a_failed_check_carries_the_result(v3_export, tmp_path, monkeypatch):
     assert not err.value.result.validation.ok and err.value.result.manifest["validation"]["ok"] is False
 
 
+@pytest.mark.parametrize("v3_export", ["onnx", pytest.param("tflite", marks=pytest.mark.slow)], indirect=True)
 def test_cli_export(v3_export, tmp_path):
     fmt = v3_export.fmt
     result = CliRunner().invoke(main, ["export", str(v3_export.run), "--format", fmt, "--out", str(tmp_path / "a"),
