@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -162,7 +163,7 @@ def _run(args, runtime: str, make_trainer, infer, save_outputs) -> int:
     write_bytes(os.path.join(args.out, "params.npz"), lambda f: np.savez(f, **trained))
     metrics = {"steps": args.steps, "lr": trainer.lr, "losses": run["losses"], "step_seconds": run["step_seconds"],
                "median_step_seconds": float(np.median(run["step_seconds"])), "peak_rss_bytes": peak_rss_bytes(),
-               "runtime": runtime, "torch_imported": "torch" in sys.modules,
+               "runtime": runtime, "machine": platform.machine(), "torch_imported": "torch" in sys.modules,
                "tensorflow_imported": "tensorflow" in sys.modules, **extra}
     write_bytes(os.path.join(args.out, "metrics.json"), lambda f: f.write(json.dumps(metrics, indent=2).encode()))
     print(json.dumps({k: v for k, v in metrics.items() if k not in ("losses", "step_seconds")}))

@@ -82,7 +82,11 @@ class Trainer:
         return inputs
 
     def step(self, images: np.ndarray, labels: np.ndarray) -> float:
-        out = self.run("train", **self._inputs(images, labels), lr=np.float32(self.lr))
+        # lr goes in with shape (1,), not as a scalar: a signature call resizes every input to its value's
+        # shape, and ai-edge-litert 2.3.0's aarch64 build crashes resizing to a 0-d shape (it memsets -4
+        # bytes), while x86-64's does not. The train graph broadcasts lr, so (1,) computes the same; the
+        # 0-d optimizer.step reaches set_weights as (1,) too (np.ascontiguousarray gives ndim >= 1).
+        out = self.run("train", **self._inputs(images, labels), lr=np.full(1, self.lr, np.float32))
         return float(out["loss"])
 
     def gradients(self, images: np.ndarray, labels: np.ndarray) -> tuple[float, dict]:
