@@ -23,7 +23,7 @@ from .exportutil import blocked_env, make_run
 pytestmark = pytest.mark.slow
 pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
-from edgetl.devices.runner import tflite_runner  # noqa: E402
+from edgetl.runtime import tflite_runner  # noqa: E402
 
 STEPS, THREADS = 3, 2
 
@@ -63,7 +63,7 @@ def test_tflite_runner_trains_on_aarch64(device_python, tmp_path):
 
     run = make_run(tmp_path / "run", "mobilenet_v3_small", "mobiletl:5", resolution=64)
     art = tmp_path / "art"
-    manifest = export(run, "tflite", art, steps=2, batch_size=4)["manifest"]
+    manifest = export(run, "tflite", art, steps=2, batch_size=4).manifest
     env = blocked_env(tmp_path)  # torch, TensorFlow and edgetl fail on import, as on a device
 
     verify, metrics = run_on_device(device_python, art, tmp_path / "device", env)
