@@ -53,3 +53,13 @@ def run_runner(art, script, tmp_path, *args):
                           env=blocked_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-1000:] + proc.stderr[-2000:]
     return proc
+
+
+def reference_shard(art, tmp_path):
+    """The export's reference batches as one data shard (N, 3, H, W) a runner trains on; returns its path."""
+    import numpy as np
+
+    data = np.load(art / "reference.npz")
+    shard = tmp_path / "shard.npz"
+    np.savez(shard, images=data["images"].reshape(-1, *data["images"].shape[2:]), labels=data["labels"].reshape(-1))
+    return shard

@@ -16,7 +16,7 @@ from edgetl.exporters import ExportError, ValidationFailed, export, verify_manif
 from edgetl.exporters.validation import GRAD_RTOL, teacher_forced
 
 from .exportfixtures import FORMATS, require_backend
-from .exportutil import exact_hardswish, make_run, run_runner
+from .exportutil import exact_hardswish, make_run, reference_shard, run_runner
 
 MODELS = ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"]
 POLICIES = ["mobiletl:2", "ft:2", "last"]
@@ -76,9 +76,7 @@ def test_manifest_memory_is_the_profilers(v3_export):
 
 def test_runner_trains_without_torch(v3_export, tmp_path):
     art = v3_export.art
-    data = np.load(art / "reference.npz")
-    shard = tmp_path / "shard.npz"
-    np.savez(shard, images=data["images"].reshape(-1, *data["images"].shape[2:]), labels=data["labels"].reshape(-1))
+    shard = reference_shard(art, tmp_path)
     out = tmp_path / "trained"
     proc = run_runner(art, v3_export.script, tmp_path, "--data", shard, "--steps", 4, "--batch-size", 4, "--out", out)
     metrics = json.loads((out / "metrics.json").read_text())

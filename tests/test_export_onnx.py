@@ -15,7 +15,7 @@ from edgetl.cli import main
 from edgetl.exporters import ExportError, export, onnx_graph
 from edgetl.runtime import ort_runner
 
-from .exportutil import make_run, run_runner
+from .exportutil import make_run, reference_shard, run_runner
 
 pytest.importorskip("onnxruntime.training")
 
@@ -37,9 +37,7 @@ def test_frozen_parameters_are_not_trainable(v3_export):
 @ONNX
 def test_runner_updates_running_statistics_and_bakes_inference_model(v3_export, tmp_path):
     art = v3_export.art
-    data = np.load(art / "reference.npz")
-    shard = tmp_path / "shard.npz"
-    np.savez(shard, images=data["images"].reshape(-1, *data["images"].shape[2:]), labels=data["labels"].reshape(-1))
+    shard = reference_shard(art, tmp_path)
     out = tmp_path / "trained"
     run_runner(art, "ort_runner.py", tmp_path, "--data", shard, "--steps", 4, "--batch-size", 4, "--out", out)
     params = np.load(out / "params.npz")

@@ -15,7 +15,7 @@ from edgetl.cli import main
 from edgetl.exporters import ExportError, export
 from edgetl.runtime.runner_common import RunnerError
 
-from .exportutil import make_run, run_runner
+from .exportutil import make_run, reference_shard, run_runner
 
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
@@ -114,8 +114,7 @@ def test_sgd_momentum_matches_pytorch(v3_export):
 def test_runner_checkpoint_holds_every_variable_and_resumes(v3_export, tmp_path):
     art = v3_export.art
     data = np.load(art / "reference.npz")
-    shard = tmp_path / "shard.npz"
-    np.savez(shard, images=data["images"].reshape(-1, *data["images"].shape[2:]), labels=data["labels"].reshape(-1))
+    shard = reference_shard(art, tmp_path)
     out = tmp_path / "trained"
     run_runner(art, "tflite_runner.py", tmp_path, "--data", shard, "--steps", 4, "--out", out)
     manifest = json.loads((art / "manifest.json").read_text())
