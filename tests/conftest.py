@@ -34,4 +34,5 @@ def image_folder(tmp_path):
     return make_image_folder(tmp_path / "data")
 
 
-from .devicefixtures import adb_peer, adb_server, sshd  # noqa: E402,F401  (fixtures for the device tests)
+from .devicefixtures import (adb_peer, adb_server, artifacts, device_wheels, pi, pi_device,  # noqa: E402,F401
+                             sshd, tflite_artifacts)  # (fixtures for the device tests)
