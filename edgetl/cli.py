@@ -257,8 +257,6 @@ def devices_setup(uri, runtime, python, wheels, force):
             bar.start()
             task = bar.add_task("push", total=total)
         bar.update(task, completed=done)
-        if done >= total:
-            bar.stop()
 
     try:
         # indented lines are the device's pip talking: dimmed under edgetl's own lines
@@ -266,7 +264,8 @@ def devices_setup(uri, runtime, python, wheels, force):
             line, style="dim" if line.startswith(" ") else None, markup=False, highlight=False, soft_wrap=True),
             on_progress=on_progress)
     finally:
-        bar.stop()
+        if task is not None:
+            bar.stop()
     if not record.get("already"):
         runtimes = ", ".join(f"{k} {v}" for k, v in record["runtimes"].items())
         console.print(f"[green]ready[/]: {uri} trains with {runtimes} in {record['env']}", soft_wrap=True)

@@ -26,8 +26,6 @@ from pathlib import Path
 import pytest
 
 from .adbpeer import ADBPeer
-from .conftest import make_image_folder
-from .exportutil import PATTERN_CLASSES, make_run
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -193,6 +191,9 @@ def artifacts(tmp_path_factory):
     """(ONNX export, its root): the root also holds the run and an ImageFolder ``data`` of the model's classes."""
     pytest.importorskip("onnxruntime.training")
     from edgetl.exporters import export
+
+    from .conftest import make_image_folder  # here: conftest imports this module
+    from .exportutil import PATTERN_CLASSES, make_run
 
     root = tmp_path_factory.mktemp("deploy")
     classes = sorted(PATTERN_CLASSES)  # as an ImageFolder of them lists its classes

@@ -88,7 +88,7 @@ class DeviceInfo:
     python: str | None = None
     python_bin: str | None = None
     runtimes: dict[str, str] = field(default_factory=dict)  # runtime -> version, only those present
-    python_source: str = ""  # uri (?python=), setup (the environment `edgetl devices setup` recorded), path (login PATH)
+    python_source: str = ""  # uri (?python=), setup (the environment setup recorded), path (the login PATH's)
     env: str | None = None  # the virtual environment python_bin belongs to, if any
     system: str = ""  # platform.system() of that Python: Linux, Darwin
     libc: str | None = None  # e.g. "glibc 2.36"; "" on Android's bionic (Termux) and musl; None: not told

@@ -56,8 +56,8 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int = 50, data: str | 
     with connect(device_uri) as device:
         info = device.probe()
         console.print(f"device: {info.model or info.os} ({info.arch}, {info.cpus} CPUs, "
-                      f"{info.mem_available_bytes / 2**20:,.0f} MiB available, Python {info.python} at {info.python_bin})",
-                      soft_wrap=True)
+                      f"{info.mem_available_bytes / 2**20:,.0f} MiB available, "
+                      f"Python {info.python} at {info.python_bin})", soft_wrap=True)
         check_runtime(info, manifest["runtime"])
         need = predicted_memory(manifest, batch_size)
         if info.mem_available_bytes and need > info.mem_available_bytes:

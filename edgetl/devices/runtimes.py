@@ -24,6 +24,7 @@ class Runtime:
     option: str  # `edgetl devices setup --runtime OPTION`
     requirement: str  # what setup installs (pinned)
     dists: tuple[str, ...]  # distributions that provide it, as a probe lists them
+    module: str  # what it imports as (setup's health check looks for it)
     platforms: tuple[tuple[str, str], ...]  # (platform.system(), platform.machine()) with wheels
     python: tuple[tuple[int, int], tuple[int, int]]  # oldest and newest CPython with wheels
     where: str  # the platforms, for a person
@@ -39,12 +40,12 @@ class Runtime:
 
 RUNTIMES = {
     "ai-edge-litert": Runtime(
-        "ai-edge-litert", "tflite", "ai-edge-litert==2.3.0", ("ai-edge-litert", "tflite-runtime"),
+        "ai-edge-litert", "tflite", "ai-edge-litert==2.3.0", ("ai-edge-litert", "tflite-runtime"), "ai_edge_litert",
         (("Linux", "x86_64"), ("Linux", "aarch64"), ("Darwin", "arm64")), ((3, 10), (3, 14)),
         "Linux x86_64 and aarch64 (64-bit Raspberry Pi OS, glibc 2.27 or newer) and macOS arm64"),
     "onnxruntime-training": Runtime(
         "onnxruntime-training", "onnx", "onnxruntime-training-cpu==1.19.2",
-        ("onnxruntime-training", "onnxruntime-training-cpu"),
+        ("onnxruntime-training", "onnxruntime-training-cpu"), "onnxruntime",
         (("Linux", "x86_64"), ("Darwin", "arm64"), ("Darwin", "x86_64"), ("Windows", "AMD64")), ((3, 9), (3, 12)),
         "Linux x86_64 (glibc 2.27 or newer), macOS and Windows x86_64; no Linux aarch64 wheel (its last "
         "release, 1.19.2): on a Raspberry Pi deploy a TFLite export"),

@@ -47,6 +47,7 @@ NO_VENV = ("ensurepip is not", "No module named venv", "No module named ensurepi
 INTERP = r"""
 import json, os, platform, sys, sysconfig
 from importlib import metadata
+from importlib.util import find_spec
 dists = {}
 for d in ("ai-edge-litert", "tflite-runtime", "onnxruntime-training-cpu", "onnxruntime-training", "numpy", "pillow"):
     try:
@@ -54,9 +55,10 @@ for d in ("ai-edge-litert", "tflite-runtime", "onnxruntime-training-cpu", "onnxr
     except Exception:
         pass
 stdlib = sysconfig.get_path("stdlib")
+modules = [m for m in ("ai_edge_litert", "onnxruntime", "numpy") if find_spec(m) is not None]
 print(json.dumps({"version": sys.version.split()[0], "system": platform.system(), "machine": platform.machine(),
                   "libc": " ".join(platform.libc_ver()).strip(), "executable": sys.executable,
-                  "venv": sys.prefix != getattr(sys, "base_prefix", sys.prefix), "dists": dists,
+                  "venv": sys.prefix != getattr(sys, "base_prefix", sys.prefix), "dists": dists, "modules": modules,
                   "managed": os.path.exists(os.path.join(stdlib, "EXTERNALLY-MANAGED"))}))
 """
 
@@ -131,7 +133,8 @@ class _Setup:
                      f"{', '.join(f'{n} {v}' for n, v in record['runtimes'].items())} (--force rebuilds)")
             return {**record, "already": True}
         if record and not healthy:
-            self.say(f"the recorded environment {record.get('env')} no longer works: building a new one")
+            self.say(f"the recorded environment {record.get('env')} is gone, broken or older than edgetl's pins: "
+                     f"building a new one")
         if healthy:  # setup adds runtimes, never drops one the device had
             names = [n for n in AUTO_ORDER if n in {*names, *record["runtimes"]} and not self._why(n, base)]
 
@@ -178,7 +181,8 @@ class _Setup:
         return unsupported(RUNTIMES[name], base["system"], base["machine"], base["version"], base["libc"])
 
     def _make_venv(self, base: dict, env: str) -> None:
-        self.say(f"creating a virtual environment {env} from {base['executable']} (Python {base['version']})")
+        managed = ", externally managed (PEP 668): nothing is installed into it" if base.get("managed") else ""
+        self.say(f"creating a virtual environment {env} from {base['executable']} (Python {base['version']}{managed})")
         result = self.device.run(f"mkdir -p {shlex.quote(env.rsplit('/', 1)[0])} && "
                                  f"{shlex.quote(base['executable'])} -m venv {shlex.quote(env)}", timeout=600)
         if result.returncode == 0:
@@ -200,7 +204,7 @@ class _Setup:
         result = self.device.run(f"{shlex.quote(env)}/bin/python -m pip install --disable-pip-version-check --no-input "
                                  f"--progress-bar off --only-binary=:all: {source}"
                                  f"{' '.join(shlex.quote(r) for r in reqs)}",
-                                 timeout=self.timeout, on_line=lambda line: line.strip() and self.say("  " + line.rstrip()))
+                                 timeout=self.timeout, on_line=self._pip_line)
         if result.returncode == 0:
             return
         text = result.stdout + result.stderr
@@ -215,9 +219,13 @@ class _Setup:
                 raise NoWheel(f"{wheels} holds no wheel of {missing} for {self.uri} ({_platform(base)}): "
                               f"`edgetl devices wheels --platform {base['machine']} --python "
                               f"{_minor(base['version'])} --out {wheels}` fills it, then run setup again")
-            raise NoWheel(f"pip found no wheel of {missing} for {self.uri} ({_platform(base)}); "
-                          f"{'; '.join(RUNTIMES[n].requirement + ' has wheels for ' + RUNTIMES[n].where for n in names)}")
+            where = "; ".join(f"{RUNTIMES[n].requirement} has wheels for {RUNTIMES[n].where}" for n in names)
+            raise NoWheel(f"pip found no wheel of {missing} for {self.uri} ({_platform(base)}); {where}")
         raise SetupError(f"pip failed on {self.uri} (exit {result.returncode}): {result.tail(8)}")
+
+    def _pip_line(self, line: str) -> None:
+        if line.strip():
+            self.say("  " + line.rstrip())  # indented: the device's pip talking
 
     def _index_answers(self, env: str) -> bool:
         """Whether the device's pip reaches its index at all: with retries off, pip reports an unreachable index
@@ -287,9 +295,10 @@ class _Setup:
             facts = self._interp(shlex.quote(record["python"]), record["python"])
         except (SetupError, KeyError):
             return False
-        have = facts["dists"]
-        return "numpy" in have and all(any(have.get(d) == RUNTIMES[n].version for d in RUNTIMES[n].dists)
-                                       for n in record.get("runtimes", {}) if n in RUNTIMES)
+        have, modules = facts["dists"], facts["modules"]  # installed as pinned, and still importable
+        return "numpy" in have and "numpy" in modules and all(
+            RUNTIMES[n].module in modules and any(have.get(d) == RUNTIMES[n].version for d in RUNTIMES[n].dists)
+            for n in record.get("runtimes", {}) if n in RUNTIMES)
 
     def _read_record(self, root: str) -> dict | None:
         result = self.device.run(f"cat {shlex.quote(root)}/{RECORD} 2>/dev/null", timeout=60)
@@ -335,8 +344,8 @@ class _Setup:
         if "No space left" in text or "Errno 28" in text:
             self._quietly(f"rm -rf {shlex.quote(env)}")
             raise DiskFull(f"{self.uri} ran out of disk space while setting up {env}; the half-built environment "
-                           f"was removed: free some space there (the runtime and numpy need about 300 MB), then "
-                           f"run setup again")
+                           f"was removed: free some space there (the TFLite runtime, numpy and Pillow take about "
+                           f"200 MB), then run setup again")
 
     def _quietly(self, command: str) -> None:
         try:
@@ -366,7 +375,7 @@ def download_wheels(out: str | Path, system: str, machine: str, python: str, gli
     """Download (here) the wheels a device needs for ``runtimes``: ``pip download --platform ... --only-binary``."""
     say = on_event or (lambda line: None)
     names = [by_option(r).name if r not in RUNTIMES else r for r in runtimes]
-    base = {"system": system, "machine": machine, "version": python, "libc": f"glibc {glibc}" if glibc else "glibc 2.36"}
+    base = {"system": system, "machine": machine, "version": python, "libc": f"glibc {glibc or '2.36'}"}
     for name in names:
         why = unsupported(RUNTIMES[name], system, machine, python, base["libc"] if system == "Linux" else "")
         if why:
