@@ -205,7 +205,7 @@ def import_weights_cmd(run, params, out):
 
 @main.group()
 def devices():
-    """Probe devices (ssh://, adb://, local://)."""
+    """Probe and set up devices (ssh://, adb://, local://)."""
 
 
 @devices.command("probe")
@@ -228,10 +228,83 @@ def devices_probe(uri, as_json):
                        ("CPUs", str(info.cpus)),
                        ("RAM", f"{info.mem_available_bytes / 2**20:,.0f} MiB available of {info.mem_total_bytes / 2**20:,.0f}"),
                        ("disk", f"{info.free_bytes / 2**20:,.0f} MiB free in {info.workdir}"),
-                       ("Python", info.python or "none"),
+                       ("Python", f"{info.python} at {info.python_bin}" if info.python else "none"),
+                       ("environment", _python_source(uri, info)),
                        ("runtimes", ", ".join(f"{k} {v}" for k, v in info.runtimes.items()) or "none")]:
         table.add_row(key, value)
     console.print(table)
+
+
+def _python_source(uri, info) -> str:
+    """Which interpreter deploy will use, and why (the probe's choice)."""
+    from .devices.runtimes import setup_command
+
+    if info.python_source == "uri":
+        return f"{info.env or 'no virtual environment'} (named by ?python=)"
+    if info.python_source == "setup":
+        return f"{info.env} (made by `edgetl devices setup`; deploy uses it)"
+    return f"none: deploy would use the login PATH's Python; `{setup_command(uri)}` makes one"
+
+
+@devices.command("setup")
+@click.argument("uri")
+@click.option("--runtime", default="auto", show_default=True, type=click.Choice(["auto", "tflite", "onnx"]),
+              help="auto: tflite (ai-edge-litert) where it has wheels, else onnx (onnxruntime-training)")
+@click.option("--python", "python", help="the device's Python to build from [default: ?python=, else python3]")
+@click.option("--wheels", type=click.Path(file_okay=False),
+              help="install from the wheels in DIR, pushed from here (the device needs no index); an empty DIR is "
+                   "filled for the device first")
+@click.option("--force", is_flag=True, help="rebuild the environment even if it is set up")
+@friendly_errors
+def devices_setup(uri, runtime, python, wheels, force):
+    """Make a Python environment on a device with the training runtime, check it, and record it for deploy."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from .devices.setup import setup_device
+
+    err = Console(stderr=True)
+    bar = Progress(TextColumn("push wheels"), BarColumn(), DownloadColumn(), console=err, transient=True)
+    task = None
+
+    def on_progress(done, total):
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("push", total=total)
+        bar.update(task, completed=done)
+
+    try:
+        # indented lines are the device's pip talking: dimmed under edgetl's own lines
+        record = setup_device(uri, runtime, python, wheels, force, on_event=lambda line: err.print(
+            line, style="dim" if line.startswith(" ") else None, markup=False, highlight=False, soft_wrap=True),
+            on_progress=on_progress)
+    finally:
+        if task is not None:
+            bar.stop()
+    if not record.get("already"):
+        runtimes = ", ".join(f"{k} {v}" for k, v in record["runtimes"].items())
+        console.print(f"[green]ready[/]: {uri} trains with {runtimes} in {record['env']}", soft_wrap=True)
+
+
+@devices.command("wheels")
+@click.option("--platform", "platform_", required=True,
+              help="the device's: aarch64 (Raspberry Pi OS 64-bit), x86_64, macos-arm64")
+@click.option("--python", "python", default="3.11", show_default=True, help="the device's Python (Bookworm: 3.11)")
+@click.option("--glibc", default="2.36", show_default=True, help="the device's glibc (Bookworm: 2.36)")
+@click.option("--runtime", default="tflite", show_default=True, type=click.Choice(["tflite", "onnx"]))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="directory for the wheels")
+@friendly_errors
+def devices_wheels(platform_, python, glibc, runtime, out):
+    """Download here the wheels a device without internet needs (then: devices setup DEVICE --wheels DIR)."""
+    from .devices.setup import download_wheels
+
+    system, _, machine = platform_.lower().rpartition("-")
+    system = {"": "Linux", "linux": "Linux", "macos": "Darwin", "macosx": "Darwin"}.get(system, system)
+    machine = {"amd64": "x86_64", "arm64": "aarch64" if system == "Linux" else "arm64"}.get(machine, machine)
+    err = Console(stderr=True)
+    paths = download_wheels(out, system, machine, python, glibc, [runtime],
+                            on_event=lambda line: err.print(line, style="dim", markup=False, highlight=False))
+    console.print(f"[green]{len(paths)} wheels[/] in {out}: `edgetl devices setup DEVICE --wheels {out}`")
 
 
 @devices.command("clean")

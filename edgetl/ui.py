@@ -108,7 +108,7 @@ class DeployProgress(DeployEvents):
 
     def device(self, info):
         self.message(f"device: {info.model or info.os} ({info.arch}, {info.cpus} CPUs, "
-                     f"{info.mem_available_bytes / 2**20:,.0f} MiB available, Python {info.python})")
+                     f"{info.mem_available_bytes / 2**20:,.0f} MiB available, Python {info.python} at {info.python_bin})")
 
     def push(self, done, total):
         self._update("push", done, total, f"{done / 2**20:.1f}/{total / 2**20:.1f} MB")

@@ -1,5 +1,8 @@
 """Devices and deploy over real protocols on loopback: OpenSSH's sshd, and the real adb client against the
-ADB peer. Full deploys of a real ONNX export, and every fault a user can meet, with what they see."""
+ADB peer. Full deploys of a real ONNX export, and every fault a user can meet, with what they see.
+
+The exports (``artifacts``, ``tflite_artifacts``) are session fixtures in devicefixtures.py; the devices name
+this run's interpreter with ``?python=``, so the tests pass in any virtual environment."""
 
 import json
 import os
@@ -27,23 +30,11 @@ from edgetl.devices.base import (
 )
 from edgetl.devices.bundle import make_bundle
 from edgetl.devices.deploy import DeployEvents, deploy
-from edgetl.exporters import ExportError, export
+from edgetl.exporters import ExportError
 
-from .conftest import make_image_folder
 from .devicefixtures import DroppingProxy, free_port
-from .exportutil import PATTERN_CLASSES, make_run
 
 pytest.importorskip("onnxruntime.training")
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("deploy")
-    classes = sorted(PATTERN_CLASSES)  # as an ImageFolder of them lists its classes
-    run = make_run(root / "run", "mobilenet_v3_small", "mobiletl:2", resolution=64, class_names=classes)
-    export(run, "onnx", root / "art", steps=2)
-    make_image_folder(root / "data", classes=classes, per_class=4, size=32)
-    return root / "art", root
 
 
 def _ssh_uri(sshd, tmp_path, **kw):
@@ -227,13 +218,13 @@ def _bare_python_peer(adb_peer, tmp_path, answer: str) -> str:
     fake.mkdir()
     (fake / "python3").write_text(f"#!/bin/sh\ncat > /dev/null\n{answer}\n")
     (fake / "python3").chmod(0o755)
-    return adb_peer(env={**os.environ, "PATH": f"{fake}:/usr/bin:/bin"})[1]
+    return adb_peer(python=None, env={**os.environ, "PATH": f"{fake}:/usr/bin:/bin"})[1]
 
 
 def test_adb_runtime_missing(adb_peer, artifacts, tmp_path):
     art, _ = artifacts
     uri = _bare_python_peer(adb_peer, tmp_path, "echo python=3.9.2")
-    with pytest.raises(RuntimeMissing, match="lacks onnxruntime-training .*pip install onnxruntime-training-cpu"):
+    with pytest.raises(RuntimeMissing, match="lacks onnxruntime-training .*`edgetl devices setup adb://.* --runtime onnx`"):
         deploy(art, uri, steps=1, out=tmp_path / "r")
 
 
@@ -242,7 +233,7 @@ def test_ssh_config_alias_and_clean(sshd, artifacts, tmp_path):
     config = tmp_path / "ssh_config"
     config.write_text(f"Host mypi\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User {sshd.user}\n"
                       f"  IdentityFile {sshd.key}\n")
-    uri = f"ssh://mypi{tmp_path / 'pi'}?ssh_config={config}&known_hosts_file={tmp_path / 'kh'}"
+    uri = f"ssh://mypi{tmp_path / 'pi'}?ssh_config={config}&known_hosts_file={tmp_path / 'kh'}&python={sys.executable}"
     deploy(art, uri, steps=1, out=tmp_path / "r")
     assert list((tmp_path / "pi" / "bundles").iterdir())
     result = CliRunner().invoke(main, ["devices", "clean", uri])
@@ -269,14 +260,6 @@ def test_cli_probe_and_deploy(sshd, artifacts, tmp_path):
 
 # -- TFLite: the Raspberry Pi route ----------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tflite_artifacts(artifacts):
-    pytest.importorskip("tensorflow")
-    _, root = artifacts
-    export(root / "run", "tflite", root / "tflite", steps=2, batch_size=4)
-    return root / "tflite", root
-
-
 def test_ssh_deploy_tflite_and_weights_back(sshd, tflite_artifacts, tmp_path):
     art, root = tflite_artifacts
     out = tmp_path / "result"
@@ -297,5 +280,5 @@ def test_ssh_deploy_tflite_and_weights_back(sshd, tflite_artifacts, tmp_path):
 def test_adb_tflite_runtime_missing(adb_peer, tflite_artifacts, tmp_path):
     art, _ = tflite_artifacts
     uri = _bare_python_peer(adb_peer, tmp_path, "echo python=3.11.2; echo runtime.numpy=1.26.4")
-    with pytest.raises(RuntimeMissing, match="lacks ai-edge-litert .*pip install ai-edge-litert numpy"):
+    with pytest.raises(RuntimeMissing, match="lacks ai-edge-litert .*`edgetl devices setup adb://[^`]*`"):
         deploy(art, uri, steps=1, out=tmp_path / "r")

@@ -4,6 +4,7 @@
     with connect("ssh://pi@raspberrypi.local") as device:
         print(device.probe())
     report = deploy("artifacts/onnx", "adb://192.168.1.20:5555", steps=200, data="./shard")
+    setup_device("ssh://pi@raspberrypi.local")          # a checked Python environment with the runtime there
 
 ``runner/`` holds the scripts that train on a device with nothing but their runtime and numpy installed.
 A new transport is one module with a :class:`~edgetl.devices.base.Device` subclass and one line in ``DEVICES``.
@@ -38,4 +39,10 @@ def deploy(*args, **kwargs):
     return _deploy(*args, **kwargs)
 
 
-__all__ = ["DEVICES", "Device", "DeviceError", "DeviceInfo", "connect", "deploy"]
+def setup_device(*args, **kwargs):
+    from .setup import setup_device as _setup
+
+    return _setup(*args, **kwargs)
+
+
+__all__ = ["DEVICES", "Device", "DeviceError", "DeviceInfo", "connect", "deploy", "setup_device"]

@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
+from urllib.parse import parse_qsl, urlparse
 
 from ..errors import EdgeTLError
 from ..io import file_sha256  # noqa: F401  (re-exported for transports and bundles)
@@ -87,6 +88,12 @@ class DeviceInfo:
     python: str | None = None
     python_bin: str | None = None
     runtimes: dict[str, str] = field(default_factory=dict)  # runtime -> version, only those present
+    python_source: str = ""  # uri (?python=), setup (the environment setup recorded), path (the login PATH's)
+    env: str | None = None  # the virtual environment python_bin belongs to, if any
+    system: str = ""  # platform.system() of that Python: Linux, Darwin
+    libc: str | None = None  # e.g. "glibc 2.36"; "" on Android's bionic (Termux) and musl; None: not told
+    android: bool = False
+    termux: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -94,37 +101,76 @@ class DeviceInfo:
 
 # Prints key=value lines. Python is asked for runtimes by metadata, never by import: importing
 # onnxruntime.training pulls in torch when present, and a probe must be quick and side-effect free.
+# The interpreter is the URI's ?python=, else the one `edgetl devices setup` recorded, else the login PATH's.
 PROBE = r"""
 echo "arch=$(uname -m)"
 echo "kernel=$(uname -r)"
 if [ -r /etc/os-release ]; then . /etc/os-release; echo "os=$PRETTY_NAME"; fi
 if command -v getprop >/dev/null 2>&1; then
-  echo "os=Android $(getprop ro.build.version.release)"; echo "model=$(getprop ro.product.model)"
+  echo "android=1"; echo "os=Android $(getprop ro.build.version.release)"; echo "model=$(getprop ro.product.model)"
 elif [ -r /proc/device-tree/model ]; then echo "model=$(tr -d '\0' < /proc/device-tree/model)"; fi
+case "${TERMUX_VERSION:+termux}$PREFIX" in termux*|*com.termux*) echo "termux=1";; esac
 awk '/^MemTotal:/{print "mem_total_kb="$2} /^MemAvailable:/{print "mem_available_kb="$2}' __MEMINFO__
 echo "cpus=$(nproc 2>/dev/null || grep -c ^processor /proc/cpuinfo)"
 mkdir -p __WORKDIR__ && echo "free_kb=$(df -Pk __WORKDIR__ | awk 'NR==2{print $4}')"
-for py in python3 python; do
-  if command -v $py >/dev/null 2>&1; then
-    echo "python_bin=$(command -v $py)"
-    $py - <<'PY'
+py=; src=
+__PYSELECT__
+if [ -n "$py" ]; then
+  echo "python_bin=$py"; echo "python_source=$src"
+  "$py" - <<'PY'
 import sys
 print("python=" + sys.version.split()[0])
+print("prefix=" + sys.prefix)
+if getattr(sys, "base_prefix", sys.prefix) != sys.prefix:
+    print("venv=1")
+try:
+    import platform
+    print("system=" + platform.system())
+    print("libc=" + " ".join(platform.libc_ver()).strip())
+except Exception:
+    pass
 try:
     from importlib import metadata
 except ImportError:
     metadata = None
 for dist in ("onnxruntime-training-cpu", "onnxruntime-training", "onnxruntime", "ai-edge-litert", "tflite-runtime",
-             "numpy", "onnx"):
+             "numpy", "onnx", "pillow"):
     try:
         print("runtime." + dist + "=" + metadata.version(dist))
     except Exception:
         pass
 PY
-    break
-  fi
-done
+fi
+true
 """
+#: where `edgetl devices setup` keeps environments and its record, as a shell word on the device
+ENV_ROOT = '"${XDG_CACHE_HOME:-$HOME/.cache}/edgetl"'
+#: the record's "python" line is read by sed here, so setup writes it first, on a line of its own
+PYSELECT_RECORDED = r"""
+rec=__ENV_ROOT__/env.json
+if [ -f "$rec" ]; then
+  py=$(sed -n 's/^  "python": "\(.*\)",*$/\1/p' "$rec" | head -n 1)
+  if [ -n "$py" ] && [ -x "$py" ]; then src=setup; else echo "env_broken=$rec"; py=; fi
+fi
+if [ -z "$py" ]; then
+  for c in python3 python; do
+    if command -v $c >/dev/null 2>&1; then py=$(command -v $c); src=path; break; fi
+  done
+fi
+""".replace("__ENV_ROOT__", ENV_ROOT)
+PYSELECT_GIVEN = r"""
+py=__PY__; src=uri
+case "$py" in */*) ;; *) py=$(command -v "$py" 2>/dev/null || echo "$py");; esac
+if [ ! -e "$py" ]; then echo "python_error=missing"; py=
+elif [ -d "$py" ] || [ ! -x "$py" ]; then echo "python_error=notexec"; py=
+fi
+"""
+
+
+def shell_path(path: str) -> str:
+    """``path`` as a shell word, with a leading ``~/`` meaning the device user's home."""
+    return f'"$HOME"/{shlex.quote(path[2:])}' if path.startswith("~/") else shlex.quote(path)
+
 
 MEMINFO = "/proc/meminfo"
 
@@ -136,6 +182,8 @@ class Device(ABC):
 
     def __init__(self, uri: str, workdir: str):
         self.uri, self.workdir = uri, workdir.rstrip("/") or "/"
+        #: the interpreter the URI names (?python=PATH), for every transport; None: setup's, else the PATH's
+        self.python = dict(parse_qsl(urlparse(uri).query)).get("python") or None
 
     # -- transport ---------------------------------------------------------------------------------
     @abstractmethod
@@ -171,8 +219,9 @@ class Device(ABC):
         return result.stdout
 
     def probe(self) -> DeviceInfo:
+        select = PYSELECT_GIVEN.replace("__PY__", shell_path(self.python)) if self.python else PYSELECT_RECORDED
         script = PROBE.replace("__WORKDIR__", shlex.quote(self.workdir)).replace("__MEMINFO__", MEMINFO)
-        out = self.check(script, timeout=60, what="probing the device")
+        out = self.check(script.replace("__PYSELECT__", select), timeout=60, what="probing the device")
         values: dict[str, str] = {}
         for line in out.splitlines():
             key, sep, value = line.partition("=")
@@ -180,10 +229,27 @@ class Device(ABC):
                 values[key.strip()] = value.strip()
         runtimes = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("runtime.")}
         as_int = lambda key: int(values[key]) if values.get(key, "").isdigit() else 0  # noqa: E731
+        if self.python:
+            self._check_given_python(values)
         return DeviceInfo(self.uri, values.get("arch", ""), values.get("os", ""), values.get("kernel", ""),
                           values.get("model", ""), as_int("cpus"), as_int("mem_total_kb") * 1024,
                           as_int("mem_available_kb") * 1024, as_int("free_kb") * 1024, self.workdir,
-                          values.get("python"), values.get("python_bin"), runtimes)
+                          values.get("python"), values.get("python_bin"), runtimes, values.get("python_source", ""),
+                          values.get("prefix") if values.get("venv") else None, values.get("system", ""),
+                          values.get("libc"), bool(values.get("android")), bool(values.get("termux")))
+
+    def _check_given_python(self, values: dict) -> None:
+        fix = ("name a Python 3 interpreter by its full path (e.g. ?python=/opt/venv/bin/python), or drop ?python= "
+               "to use the environment `edgetl devices setup` makes")
+        error = values.get("python_error")
+        if error == "missing":
+            raise DeviceError(f"?python={self.python}: no such file on {self.uri}; {fix}")
+        if error == "notexec":
+            raise DeviceError(f"?python={self.python} on {self.uri} is not an executable file; {fix}")
+        version = values.get("python", "")
+        if not version.startswith("3."):
+            said = f"it reports Python {version}" if version else "it does not run as Python"
+            raise DeviceError(f"?python={self.python} on {self.uri} is not Python 3 ({said}); {fix}")
 
     def sha256(self, paths: list[str]) -> dict[str, str]:
         """sha256 of the files that exist among ``paths`` (missing ones are left out)."""

@@ -21,32 +21,13 @@ from pathlib import Path
 from ..exporters import ExportError
 from ..io import atomic_write_json
 from . import connect
-from .base import DeviceError, DeviceInfo, MemoryRefused, RunnerFailed, RuntimeMissing
+from .base import DeviceError, DeviceInfo, MemoryRefused, RunnerFailed
 from .bundle import make_bundle, push_bundle
+from .runtimes import check_runtime
 
 #: resident memory of the runner itself before training (Python, numpy, the runtime), measured on x86_64
 RUNTIME_BASELINE_BYTES = {"onnxruntime-training": 120 * 2**20, "ai-edge-litert": 60 * 2**20}
-RUNTIME_DISTS = {"onnxruntime-training": ("onnxruntime-training", "onnxruntime-training-cpu"),
-                 "ai-edge-litert": ("ai-edge-litert", "tflite-runtime")}
 PULLED = ("metrics.json", "params.npz", "checkpoint", "checkpoint.npz", "inference.onnx")
-
-
-def check_runtime(info: DeviceInfo, runtime: str) -> None:
-    android = info.os.startswith("Android")
-    if not info.python:
-        hint = ("install Termux from F-Droid and `pkg install python` in it, or build the app in examples/android, "
-                "which trains with the platform's runtime" if android else "install Python 3 (`sudo apt install python3`)")
-        raise RuntimeMissing(f"{info.uri} has no Python for the runner: {hint}")
-    if not any(d in info.runtimes for d in RUNTIME_DISTS[runtime]) or "numpy" not in info.runtimes:
-        if runtime == "ai-edge-litert":
-            hint = "install it there: `pip install ai-edge-litert numpy` (wheels for x86_64 and aarch64 Linux, macOS)"
-        elif android or info.arch in ("aarch64", "armv7l", "arm64"):
-            hint = ("onnxruntime-training has no wheel for this platform (its last release, 1.19.2, ships x86_64 and "
-                    "macOS arm64 only); on a Raspberry Pi export with --format tflite and `pip install ai-edge-litert`, "
-                    "on Android use the ONNX Runtime training AAR (examples/android)")
-        else:
-            hint = "install it there: `pip install onnxruntime-training-cpu==1.19.2 numpy` (Python <= 3.12)"
-        raise RuntimeMissing(f"{info.uri} lacks {runtime} for the runner: {hint}")
 
 
 class DeployEvents:

@@ -54,7 +54,10 @@ def training_api():
         # before onnxruntime itself: its own __init__ imports onnxruntime.training, and through it torch
         spec = importlib.util.find_spec("onnxruntime")
         if spec is None:
-            raise common.RunnerError("onnxruntime-training is not installed: pip install onnxruntime-training-cpu==1.19.2 numpy")
+            raise common.RunnerError(f"no onnxruntime-training in {sys.executable}: run `edgetl devices setup DEVICE "
+                                     f"--runtime onnx` from your computer (a virtual environment here with "
+                                     f"onnxruntime-training-cpu==1.19.2), or install onnxruntime-training-cpu==1.19.2 numpy "
+                                     f"into a virtual environment")
         pkg = types.ModuleType("onnxruntime.training")
         pkg.__path__ = [os.path.join(spec.submodule_search_locations[0], "training")]
         sys.modules["onnxruntime.training"] = pkg

@@ -42,7 +42,9 @@ def interpreter_class():
         try:
             from tflite_runtime.interpreter import Interpreter
         except ImportError:
-            raise common.RunnerError("no TFLite runtime is installed: pip install ai-edge-litert numpy") from None
+            raise common.RunnerError(f"no TFLite runtime in {sys.executable}: run `edgetl devices setup DEVICE` from your "
+                                     f"computer (a virtual environment here with ai-edge-litert==2.3.0), or install "
+                                     f"ai-edge-litert==2.3.0 numpy into a virtual environment") from None
     return Interpreter
 
 
