@@ -63,7 +63,7 @@ def test_pins_agree_with_pyproject_and_runners():
     assert RUNTIMES["ai-edge-litert"].requirement in extras["tflite"]
     assert any(r.split(";")[0].strip() == RUNTIMES["onnxruntime-training"].requirement for r in extras["onnx"])
     assert set(COMMON) <= set(project["dependencies"])
-    runners = ROOT / "edgetl" / "devices" / "runner"
+    runners = ROOT / "edgetl" / "runtime"
     for name, runner in (("ai-edge-litert", "tflite_runner.py"), ("onnxruntime-training", "ort_runner.py")):
         text = (runners / runner).read_text()
         assert RUNTIMES[name].requirement in text and "edgetl devices setup" in text
