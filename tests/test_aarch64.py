@@ -39,24 +39,24 @@ def device_python():
         pytest.skip(f"no aarch64 Python here: {e}")
 
 
-def run_on_device(python: Path, art: Path, out: Path, env: dict) -> tuple[str, dict]:
-    """The device's part, ``python`` as its interpreter: the export's runner repeats the parity check, then
-    trains ``STEPS`` steps into ``out``. Returns the parity check's output and ``metrics.json``.
+def run_on_device(python: Path, art: Path, out: Path, workdir: Path) -> tuple[list[dict], dict]:
+    """The device's part, as a user runs it: ``edgetl deploy ART --device 'local://DIR?python=PYTHON' --verify``, so
+    the probe, the runtime check, the parity check and ``STEPS`` training steps all run on ``python``. Returns
+    the on-device checks and the pulled ``metrics.json``."""
+    from click.testing import CliRunner
 
-    Once deploy takes ``?python=``, this is ``edgetl deploy ART --device 'local://DIR?python=PYTHON' --verify
-    --steps STEPS --out OUT``."""
-    def runner(*args):
-        proc = subprocess.run([str(python), str(art / "tflite_runner.py"), "--artifacts", str(art), *map(str, args)],
-                              env=env, capture_output=True, text=True, check=False, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-        return proc
+    from edgetl.cli import main
 
-    verify = runner("--verify", "--threads", THREADS).stdout
-    runner("--steps", STEPS, "--out", out, "--threads", THREADS)
-    return verify, json.loads((out / "metrics.json").read_text())
+    result = CliRunner().invoke(main, ["deploy", str(art), "--device", f"local://{workdir}?python={python}", "--verify",
+                                       "--steps", str(STEPS), "--out", str(out), "--timeout", "1200"])
+    assert result.exit_code == 0, result.output[-3000:]
+    print(result.output)
+    report = json.loads((out / "report.json").read_text())
+    assert report["device"]["python_bin"] == str(python)  # the probe, check and runner all used the aarch64 Python
+    return report["verify"], json.loads((out / "metrics.json").read_text())
 
 
-def test_tflite_runner_trains_on_aarch64(device_python, tmp_path):
+def test_tflite_runner_trains_on_aarch64(device_python, tmp_path, monkeypatch):
     machine = subprocess.run([str(device_python), "-c", "import platform; print(platform.machine())"],
                              capture_output=True, text=True, check=False, timeout=120)
     assert machine.stdout.strip() == "aarch64", machine.stdout + machine.stderr
@@ -65,12 +65,10 @@ def test_tflite_runner_trains_on_aarch64(device_python, tmp_path):
     art = tmp_path / "art"
     manifest = export(run, "tflite", art, steps=2, batch_size=4).manifest
     env = blocked_env(tmp_path)  # torch, TensorFlow and edgetl fail on import, as on a device
+    monkeypatch.setenv("PYTHONPATH", env["PYTHONPATH"])  # the local "device" runs with this environment
 
-    verify, metrics = run_on_device(device_python, art, tmp_path / "device", env)
-    print(verify)
-    lines = verify.strip().splitlines()
-    checks = json.loads(lines[-1])["verify"]
-    assert [c["ok"] for c in checks] == [True, True, True] and sum(line.startswith("PASS") for line in lines) == 3
+    checks, metrics = run_on_device(device_python, art, tmp_path / "device", tmp_path / "pi")
+    assert [c["ok"] for c in checks] == [True, True, True]
 
     assert metrics["machine"] == "aarch64" and metrics["runtime"] == "ai-edge-litert"
     assert not metrics["torch_imported"] and not metrics["tensorflow_imported"]
