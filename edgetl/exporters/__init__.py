@@ -46,9 +46,10 @@ def export(run_path: str | Path, fmt: str, out: str | Path, validate: bool = Tru
         print_checklist(result["checks"], console, title=f"validation of {fmt} export against PyTorch")
         failed = [c for c in result["checks"] if not c.ok]
         if failed:
+            layers = result["manifest"].get("validation", {}).get("layers")  # where it departs, when measured
             raise ExportError(f"the {fmt} export does not match PyTorch: " + "; ".join(
                 f"{c.name} differs by {c.max_diff:.3g} (tolerance {c.tolerance:.3g})" for c in failed)
-                + f". The artifacts are in {out} for inspection")
+                + (f". {layers['summary']}" if layers else "") + f". The artifacts are in {out} for inspection")
     return result
 
 

@@ -150,4 +150,19 @@ class TfliteExporter:
         trainer = trained["trainer"]
         drift = free_running(run, images, labels, steps, spec, trained["losses"], trainer.params(),
                              trainer.logits(images[0]))
-        return checks, {"free_running": drift, "tflite_step_seconds": float(np.median(trained["step_seconds"]))}
+        extra = {"free_running": drift, "tflite_step_seconds": float(np.median(trained["step_seconds"]))}
+        if not all(c.ok for c in checks):  # name the layer where it departs, for the error and a bug report
+            extra["layers"] = layer_report(run, images[0], labels[0])
+        return checks, extra
+
+
+def layer_report(run: Run, images, labels) -> dict:
+    """The layer-by-layer comparison (:mod:`.layerdiff`) of the run's model lowered to TFLite, on one batch.
+    Best effort: it explains a failure, so its own failure is reported instead of raised."""
+    from .layerdiff import TfliteProbe, compare
+
+    try:
+        model = training_copy(run.model)
+        return compare(model, images, labels, TfliteProbe(model, images.shape[0], run.resolution)).as_dict()
+    except Exception as exc:  # noqa: BLE001 (e.g. memory: the comparison holds every layer's output three times)
+        return {"summary": f"the layer-by-layer comparison did not run: {type(exc).__name__}: {exc}"}

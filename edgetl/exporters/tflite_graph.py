@@ -70,8 +70,9 @@ class Variable:
 
 
 class _Context:
-    def __init__(self, training: bool):
+    def __init__(self, training: bool, taps: dict | None = None):
         self.training = training
+        self.taps = taps  # layer name -> its output (NHWC), when a layer-by-layer comparison asks for them
         self.frozen = False  # inside the frozen prefix: inference semantics, no gradient
         self.grad_flows = False  # a trained tensor came before: input gradients are needed from here on
         self.stats: list[tuple] = []  # (norm name, batch mean, batch variance, elements per channel)
@@ -130,15 +131,19 @@ class Lowering:
         v = self.variables.get(name)
         return v is not None and v.kind == "param"
 
-    def forward(self, images_nchw, training: bool):
-        """(logits, context): the context holds the batch statistics a training forward computed."""
-        ctx = _Context(training)
+    def forward(self, images_nchw, training: bool, taps: dict | None = None):
+        """(logits, context): the context holds the batch statistics a training forward computed (and fills
+        ``taps`` with every layer's output by module name, when given)."""
+        ctx = _Context(training, taps)
         return self.run(self.model, "", tf.transpose(images_nchw, [0, 2, 3, 1]), ctx), ctx
 
     def run(self, module: nn.Module, name: str, x, ctx: _Context):
         for cls in type(module).__mro__:
             if cls in LOWERINGS:
-                return LOWERINGS[cls](self, module, name, x, ctx)
+                y = LOWERINGS[cls](self, module, name, x, ctx)
+                if ctx.taps is not None and name:
+                    ctx.taps[name] = y
+                return y
         raise ExportError(f"cannot export layer {name or 'model'} ({type(module).__module__}.{type(module).__name__}) "
                           f"to TFLite: edgetl lowers MobileNet layers only (conv, depthwise conv, batch norm, "
                           f"ReLU/ReLU6/Hard-Swish/Hardsigmoid, squeeze-excitation, pooling, linear, dropout)")
