@@ -69,8 +69,10 @@ def export(source: Run | nn.Module | str | os.PathLike, fmt: str, out: str | os.
     if not result.ok:
         failed = "; ".join(f"{c.name} differs by {c.max_diff:.3g} (tolerance {c.tolerance:.3g})"
                            for c in result.validation.failed)
-        raise ValidationFailed(f"the {fmt} export does not match PyTorch: {failed}. The artifacts are in {out} for "
-                               f"inspection", result)
+        layers = result.validation.extra.get("layers")  # where it departs, when the format can tell
+        raise ValidationFailed(f"the {fmt} export does not match PyTorch: {failed}"
+                               + (f". {layers['summary']}" if layers else "")
+                               + f". The artifacts are in {out} for inspection", result)
     return result
 
 

@@ -84,6 +84,19 @@ class Exporter(ABC):
         """The optimizer the exported graph runs: the run's, at ``lr`` when given."""
         return run.optimizer.replace(lr=lr) if lr is not None else run.optimizer
 
+    def layer_report(self, run: Run, images, labels) -> dict | None:
+        """Where the export departs from PyTorch, layer by layer, on one batch (``{"summary": ...}``), for a
+        failed validation's message; None when the format cannot tell."""
+        return None
+
+    def _validate(self, run: Run, out: Path, images, labels, logits, steps: int, spec: OptimizerSpec) -> Validation:
+        validation = validate_with_runner(self.runner, str(out), run, images, labels, logits, steps, spec)
+        if not validation.ok:
+            layers = self.layer_report(run, images[0], labels[0])
+            if layers:
+                validation.extra["layers"] = layers
+        return validation
+
     @abstractmethod
     def lower(self, run: Run, out: Path, spec: OptimizerSpec, batch_size: int,
               log: Callable[[str], None]) -> tuple[list[str], dict]:
@@ -99,6 +112,6 @@ class Exporter(ABC):
         images, labels, logits = write_reference(run, out, batch_size, steps, trainable, dataset)
         fields = {**manifest_fields(self, run, spec, trainable, batch_size if self.fixed_batch else None, batch_size,
                                     steps), **own}
-        manifest, validation = validated_manifest(out, fields, validate, lambda: validate_with_runner(
-            self.runner, str(out), run, images, labels, logits, steps, spec))
+        manifest, validation = validated_manifest(
+            out, fields, validate, lambda: self._validate(run, out, images, labels, logits, steps, spec))
         return ExportResult(self.name, out, manifest, validation, list(run.notes))

@@ -126,3 +126,14 @@ class TfliteExporter(Exporter):
                           "and the train signature updates their running statistics as PyTorch does",
             "activation_masks": "MobileTL masks are stored as one byte per element (TFLite has no bit type)",
             "versions": {"tensorflow": tf.__version__, "ai_edge_litert": metadata.version("ai-edge-litert")}}
+
+    def layer_report(self, run, images, labels) -> dict:
+        """The layer-by-layer comparison (:mod:`.layerdiff`) of the run's model lowered to TFLite, on one batch.
+        Best effort: it explains a failure, so its own failure is reported instead of raised."""
+        from .layerdiff import TfliteProbe, compare
+
+        try:
+            model = training_copy(run.model)
+            return compare(model, images, labels, TfliteProbe(model, images.shape[0], run.resolution)).as_dict()
+        except Exception as exc:  # noqa: BLE001 (e.g. memory: the comparison holds every layer's output three times)
+            return {"summary": f"the layer-by-layer comparison did not run: {type(exc).__name__}: {exc}"}

@@ -39,7 +39,7 @@ from ..ops import MaskedActivation, MaskedHardswish, ShiftOnlyBatchNorm2d
 from ..optim import OptimizerSpec
 from ..surgery import FrozenPrefix
 from .base import ExportError
-from .tflite_ops import FORWARD, activation, conv2d, cross_entropy
+from .tflite_ops import FORWARD, activation, affine, batch_norm, channel_scale, conv2d, cross_entropy, spatial_mean
 
 SIGNATURES = ("train", "gradients", "infer", "get_weights", "set_weights")
 #: PyTorch layout -> TF layout, per kind of weight (and back with the inverse permutation)
@@ -71,8 +71,9 @@ class Variable:
 
 
 class _Context:
-    def __init__(self, training: bool):
+    def __init__(self, training: bool, taps: dict | None = None):
         self.training = training
+        self.taps = taps  # layer name -> its output (NHWC), when a layer-by-layer comparison asks for them
         self.frozen = False  # inside the frozen prefix: inference semantics, no gradient
         self.grad_flows = False  # a trained tensor came before: input gradients are needed from here on
         self.stats: list[tuple] = []  # (norm name, batch mean, batch variance, elements per channel)
@@ -131,15 +132,19 @@ class Lowering:
         v = self.variables.get(name)
         return v is not None and v.kind == "param"
 
-    def forward(self, images_nchw, training: bool):
-        """(logits, context): the context holds the batch statistics a training forward computed."""
-        ctx = _Context(training)
+    def forward(self, images_nchw, training: bool, taps: dict | None = None):
+        """(logits, context): the context holds the batch statistics a training forward computed (and fills
+        ``taps`` with every layer's output by module name, when given)."""
+        ctx = _Context(training, taps)
         return self.run(self.model, "", tf.transpose(images_nchw, [0, 2, 3, 1]), ctx), ctx
 
     def run(self, module: nn.Module, name: str, x, ctx: _Context):
         for cls in type(module).__mro__:
             if cls in LOWERINGS:
-                return LOWERINGS[cls](self, module, name, x, ctx)
+                y = LOWERINGS[cls](self, module, name, x, ctx)
+                if ctx.taps is not None and name:
+                    ctx.taps[name] = y
+                return y
         raise ExportError(f"cannot export layer {name or 'model'} ({type(module).__module__}.{type(module).__name__}) "
                           f"to TFLite: edgetl lowers MobileNet layers only (conv, depthwise conv, batch norm, "
                           f"ReLU/ReLU6/Hard-Swish/Hardsigmoid, squeeze-excitation, pooling, linear, dropout)")
@@ -177,7 +182,7 @@ def _frozen_prefix(lw: Lowering, m, name, x, ctx):
 @lowers(mobilenetv2.MobileNetV2, mobilenetv3.MobileNetV3)
 def _mobilenet(lw: Lowering, m, name, x, ctx):
     x = lw.child(m, name, "features", x, ctx)
-    x = tf.reduce_mean(x, axis=[1, 2])  # adaptive average pooling to 1x1, flattened
+    x = spatial_mean(x)  # adaptive average pooling to 1x1, flattened
     return lw.child(m, name, "classifier", x, ctx)
 
 
@@ -189,17 +194,17 @@ def _inverted_residual(lw: Lowering, m, name, x, ctx):
 
 @lowers(SqueezeExcitation)
 def _squeeze_excitation(lw: Lowering, m, name, x, ctx):
-    s = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+    s = spatial_mean(x, keepdims=True)
     for child in ("fc1", "activation", "fc2", "scale_activation"):
         s = lw.child(m, name, child, s, ctx)
-    return s * x
+    return channel_scale(x, s) if ctx.backprop and ctx.grad_flows else s * x
 
 
 @lowers(nn.AdaptiveAvgPool2d)
 def _pool(lw: Lowering, m, name, x, ctx):
     if m.output_size not in (1, (1, 1)):
         raise ExportError(f"{name}: only global average pooling is supported, not output size {m.output_size}")
-    return tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+    return spatial_mean(x, keepdims=True)
 
 
 @lowers(nn.Dropout, nn.Identity)
@@ -235,15 +240,16 @@ def _grads(lw: Lowering, ctx: _Context, param: str) -> bool:
 @lowers(nn.BatchNorm2d)
 def _batch_norm(lw: Lowering, m, name, x, ctx):
     weight, bias = lw.tensor(f"{name}.weight"), lw.tensor(f"{name}.bias")
-    ctx.grad_flows |= _grads(lw, ctx, f"{name}.weight") or _grads(lw, ctx, f"{name}.bias")
+    train_w, train_b = _grads(lw, ctx, f"{name}.weight"), _grads(lw, ctx, f"{name}.bias")
+    want_x = ctx.grad_flows and ctx.backprop
+    ctx.grad_flows |= train_w or train_b
     if ctx.backprop and name in lw.batch_norms:
-        mean = tf.reduce_mean(x, axis=[0, 1, 2])
-        centred = x - mean
-        var = tf.reduce_mean(centred * centred, axis=[0, 1, 2])
+        y, mean, var = batch_norm(x, weight, bias, m.eps, (want_x, train_w, train_b))
         ctx.stats.append((name, m.momentum, mean, var, x.shape[0] * x.shape[1] * x.shape[2]))
-        return centred * (tf.math.rsqrt(var + m.eps) * weight) + bias
+        return y
     scale = weight * tf.math.rsqrt(lw.tensor(f"{name}.running_var") + m.eps)  # constant unless statistics train
-    return x * scale + (bias - lw.tensor(f"{name}.running_mean") * scale)
+    shift = bias - lw.tensor(f"{name}.running_mean") * scale
+    return affine(x, scale, shift, (want_x, train_w, train_w or train_b))  # the shift depends on the weight too
 
 
 LOWERINGS[ShiftOnlyBatchNorm2d] = _batch_norm  # never in batch_norms: running statistics, trainable shift

@@ -23,7 +23,12 @@ What is checked, and why these tolerances (fp32; figures measured on this stack)
     terms). Gradients through batch-statistic norms on small maps are ill-conditioned (three large terms
     cancel): on a random MobileNetV2 at 128 px PyTorch's own float32 gradient is 1.7e-2 from float64 and
     another runtime's sums land within 4.4e-2, hence the factor. A wrong backward formula measures 0.6 to
-    1.1 (the exact Hard-Swish derivative in place of MobileTL's step).
+    1.1 (the exact Hard-Swish derivative in place of MobileTL's step). The factor is no licence for a
+    runtime that sums worse than PyTorch: batch statistics summed in one float32 accumulator over 8 x 112 x
+    112 elements (TFLite's MEAN) put MobileNetV2's forward 200 times further from float64 than PyTorch's,
+    turned 12359 mask elements instead of 54, and measured 0.2 at 224 px; the lowering sums axis by axis
+    instead (``tflite_ops.channel_sum``). A failed export runs :mod:`.layerdiff` and names the layer where
+    it departs.
 - running statistics of the fully trained norms after those K steps (the runtime updates them from the
   batch statistics, as PyTorch does in training mode): ``STATS_RTOL`` = 1e-3 of max(1, |value|); both
   sides see the same batches from the same parameters, so only rounding separates them.
