@@ -115,7 +115,7 @@ try:
 except ImportError:
     metadata = None
 for dist in ("onnxruntime-training-cpu", "onnxruntime-training", "onnxruntime", "ai-edge-litert", "tflite-runtime",
-             "numpy", "onnx"):
+             "numpy", "onnx", "Pillow"):
     try:
         print("runtime." + dist + "=" + metadata.version(dist))
     except Exception:
