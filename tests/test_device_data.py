@@ -343,6 +343,21 @@ def test_deploy_trains_on_device_images_that_never_leave(cifar_export, cifar, lo
     assert not json.loads((out / "metrics.json").read_text())["torch_imported"]
 
 
+def test_deploy_refuses_a_device_without_pillow_before_pushing(cifar_export, adb_peer, tmp_path):
+    """The probe tells the device's packages; device data without Pillow there is one line with the fix."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python3").write_text("#!/bin/sh\ncat > /dev/null\necho python=3.11.2\necho runtime.numpy=1.26.4\n"
+                                  "echo runtime.ai-edge-litert=2.3.0\n")
+    (fake / "python3").chmod(0o755)
+    _, uri = adb_peer(env={**os.environ, "PATH": f"{fake}:/usr/bin:/bin"})
+    result = CliRunner().invoke(main, ["deploy", str(cifar_export), "--device", uri, "--device-data", "/sdcard/DCIM",
+                                       "--epochs", "1", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"lacks Pillow for decoding images on the device: run `edgetl devices setup {uri}`" in result.output
+    assert not list((tmp_path / "android0").rglob("bundles/*"))  # refused before anything was pushed
+
+
 def test_bundle_of_an_old_artifact_dir_brings_the_current_runner(cifar_export, cifar, tmp_path):
     """An export made before runner_data.py existed still deploys device data: the bundle carries the runner files
     of this edgetl."""
