@@ -323,8 +323,18 @@ def devices_clean(uri, keep_results):
 @main.command()
 @click.argument("artifacts", type=click.Path())
 @click.option("--device", "device_uri", required=True, help="ssh://user@host, adb://SERIAL, adb://HOST:PORT, local://")
-@click.option("--steps", default=50, show_default=True, type=int)
-@click.option("--data", default=None, help="ImageFolder or .npz shard to train on [default: the reference batches]")
+@click.option("--steps", default=None, type=int, help="optimizer steps [default: 50, unless --epochs]")
+@click.option("--epochs", default=None, type=int, help="passes over the training images (instead of --steps)")
+@click.option("--data", default=None, help="images on this machine, pushed: an ImageFolder (packed as a uint8 shard) "
+                                           "or a .npz [default: the reference batches]")
+@click.option("--device-data", default=None, metavar="PATH",
+              help="an ImageFolder already on the device (PATH/<class>/*, or PATH/train + PATH/val): decoded and "
+                   "streamed there, never sent back")
+@click.option("--val-split", default=None, type=float,
+              help="fraction of a flat ImageFolder held out and evaluated each epoch (a train/val layout uses its val)")
+@click.option("--augment", type=click.Choice(["none", "flip"]), default="none", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int, help="shuffling, the validation split, augmentation")
+@click.option("--shard-size", default=None, type=int, help="most images per split packed from --data [default: all]")
 @click.option("--out", default=None, help="where results land [default: deploy/<time>]")
 @click.option("--batch-size", default=None, type=int, help="[default: the export's fixed batch (tflite), else 8]")
 @click.option("--lr", default=None, type=float, help="learning rate [default: the export's]")
@@ -332,7 +342,8 @@ def devices_clean(uri, keep_results):
 @click.option("--force", is_flag=True, help="deploy even if the predicted memory exceeds the device's")
 @click.option("--timeout", default=3600, show_default=True, type=float, help="seconds for the training run")
 @friendly_errors
-def deploy(artifacts, device_uri, steps, data, out, batch_size, lr, verify, force, timeout):
+def deploy(artifacts, device_uri, steps, epochs, data, device_data, val_split, augment, seed, shard_size, out, batch_size,
+           lr, verify, force, timeout):
     """Push an export to a device, train there, and bring back metrics and weights."""
     from .devices.deploy import deploy as run_deploy
     from .ui import DeployProgress, print_deploy_report
@@ -340,7 +351,8 @@ def deploy(artifacts, device_uri, steps, data, out, batch_size, lr, verify, forc
     err = Console(stderr=True)
     with DeployProgress(err) as events:
         report = run_deploy(artifacts, device_uri, steps=steps, data=data, out=out, batch_size=batch_size, lr=lr,
-                            verify=verify, force=force, timeout=timeout, events=events)
+                            verify=verify, force=force, timeout=timeout, events=events, device_data=device_data,
+                            epochs=epochs, val_split=val_split, augment=augment, seed=seed, shard_size=shard_size)
     print_deploy_report(report, err)
 
 

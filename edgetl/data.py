@@ -2,6 +2,7 @@
 
     train_ds, val_ds, classes = load_datasets("patterns", resolution=96, seed=0)
     train_ds, val_ds, classes = load_datasets("./flowers", resolution=224)
+    pack_uint8_shard("./flowers", resolution=224, dest="shard/")      # uint8 .npy for a device to memory-map
 
 An ImageFolder directory is either ``DIR/<class>/*.jpg`` (split 90/10 into train/val by ``seed``) or
 ``DIR/train/<class>/...`` with ``DIR/val/`` (or ``DIR/test/``). It is checked up front: a missing
@@ -15,6 +16,7 @@ tests that needs no download.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -171,6 +173,75 @@ def load_datasets(data: str | os.PathLike, resolution: int, seed: int = 0, val_f
     n_val = max(1, int(len(base) * val_fraction))
     return (_Transformed(Subset(base, order[n_val:]), train_transform(resolution)),
             _Transformed(Subset(base, order[:n_val]), eval_transform(resolution)), base.classes)
+
+
+def _split_bases(data: str | os.PathLike, seed: int, val_fraction: float | None):
+    """``({"train": base, "val": base or None}, class_names)`` of PIL images and labels, for packing."""
+    if str(data) == BUILTIN:
+        return {"train": Patterns(10**6, seed=seed), "val": None}, list(Patterns.classes)
+    root = Path(data)
+    if (root / "train").is_dir():
+        train = _image_folder(root / "train")
+        split = next((root / v for v in VAL_SPLITS if (root / v).is_dir()), None)
+        val = _image_folder(split) if split is not None else None
+        if val is not None and val.classes != train.classes:
+            raise DataError(f"{root}/train and {split} have different class folders; give both the same classes")
+        return {"train": train, "val": val}, train.classes
+    base = _image_folder(root)
+    if not val_fraction:
+        return {"train": base, "val": None}, base.classes
+    order = torch.randperm(len(base), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, int(round(len(base) * val_fraction)))
+    return {"train": Subset(base, order[n_val:]), "val": Subset(base, order[:n_val])}, base.classes
+
+
+def pack_uint8_shard(data: str | os.PathLike, resolution: int, dest: str | os.PathLike, count: int | None = None,
+                     seed: int = 0, val_fraction: float | None = None, class_names: list[str] | None = None) -> dict:
+    """Write a device shard: ``dest/{train,val}_images.npy`` (N, R, R, 3) uint8, resized and center-cropped as
+    :func:`eval_transform` does (the device normalises, as the manifest says), ``*_labels.npy`` (int64) and
+    ``shard.json``. A quarter of the float32 bytes, and ``.npy`` so the device memory-maps it. Images are
+    written one at a time into the mapped file: packing holds one image in memory, whatever ``count``.
+
+    ``count`` caps each split (a random ``count`` of it, by ``seed``; default: every image). Labels index
+    ``class_names`` (a model's classes, matched by folder name; default: the folders' sorted names); a
+    folder set that differs raises :class:`DataError` naming the missing and extra classes. Returns shard.json.
+    """
+    if val_fraction is not None and not 0 <= val_fraction < 1:
+        raise DataError(f"--val-split is the fraction of the images held out for validation, from 0 to below 1, not "
+                        f"{val_fraction}")
+    dest = Path(dest)
+    bases, found = _split_bases(data, seed, val_fraction)
+    classes = list(class_names or found)
+    missing, extra = [c for c in classes if c not in found], [c for c in found if c not in classes]
+    if missing or extra:
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"extra {', '.join(extra)}"] if extra else [])
+        raise DataError(f"the classes in {data} do not match the model's ({'; '.join(parts)}): the model was exported "
+                        f"for {', '.join(classes)}; use data with the same class folders")
+    remap = np.array([classes.index(c) for c in found], np.int64)
+    dest.mkdir(parents=True, exist_ok=True)
+    crop = transforms.Compose(eval_transform(resolution).transforms[:2])  # Resize + CenterCrop, on PIL images
+    splits = {}
+    for name, base in bases.items():
+        if base is None or not len(base):
+            continue
+        n = len(base) if str(data) != BUILTIN else (count or 64)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()[:count]
+        images = np.lib.format.open_memmap(dest / f"{name}_images.npy", mode="w+", dtype=np.uint8,
+                                           shape=(len(order), resolution, resolution, 3))
+        labels = np.empty(len(order), np.int64)
+        for row, i in enumerate(order):
+            image, label = base[i]
+            labels[row] = remap[label]
+            images[row] = np.asarray(crop(image.convert("RGB")))
+        images.flush()
+        del images
+        np.save(dest / f"{name}_labels.npy", labels)
+        splits[name] = len(order)
+    meta = {"format": "edgetl.shard/1", "dtype": "uint8", "layout": "NHWC", "resolution": resolution,
+            "class_names": classes, "splits": splits,
+            "preprocessing": "resized and center-cropped as the manifest says; the device normalises"}
+    (dest / "shard.json").write_text(json.dumps(meta, indent=2))
+    return meta
 
 
 def pack_shard(data: str | os.PathLike, resolution: int, count: int = 64, seed: int = 0):

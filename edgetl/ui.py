@@ -122,16 +122,36 @@ class DeployProgress(DeployEvents):
     def step(self, step, steps, loss):
         self._update("train", step, steps, f"{step}/{steps} loss {loss}")
 
+    def epoch(self, record):
+        of = f"/{record['epochs']}" if record.get("epochs") else ""
+        val = (f"  val acc {record['val_acc']:.3f}  val loss {record['val_loss']:.4f} ({record['val_images']} images)"
+               if record.get("val_acc") is not None else "")
+        skipped = f"  ({record['skipped_unreadable']} unreadable skipped)" if record.get("skipped_unreadable") else ""
+        self.message(f"epoch {record['epoch']}{of} on the device  train loss {record['train_loss']:.4f}{val}{skipped}")
+
 
 def print_deploy_report(report: dict, console: Console | None = None) -> None:
     console = console or Console(stderr=True)
     table = Table(title=f"deploy to {report['device']['uri']}")
     table.add_column("")
     table.add_column("")
-    losses = report["losses"]
-    for key, value in [("model", f"{report['model']} {report['policy']} ({report['format']})"),
-                       ("steps", f"{report['steps']} at batch {report['batch_size']}"),
-                       ("loss", f"{losses[0]:.4f} -> {losses[-1]:.4f}"),
+    losses, data, epochs = report["losses"], report.get("data", {}), report.get("epochs", [])
+    where = {"device": f"on the device, {data.get('path')} (never sent back)",
+             "pushed": f"pushed {data.get('shard')} ({data.get('shard_bytes', 0) / 2**20:.1f} MiB, {data.get('format')})",
+             "reference": "the export's reference batches"}.get(data.get("source"), "")
+    rows = [("model", f"{report['model']} {report['policy']} ({report['format']})"), ("data", where),
+            ("images", f"{data.get('train_images')} train, {data.get('val_images')} validation"
+                       + (f", {data['skipped_unreadable']} unreadable skipped" if data.get("skipped_unreadable") else "")),
+            ("steps", f"{report['steps']} at batch {report['batch_size']}"
+                      + (f", {len(epochs)} epoch(s)" if epochs else "")
+                      + (f" (resumed after epoch {report['resumed_from_epoch']})" if report.get("resumed_from_epoch") else "")),
+            ("loss", f"{losses[0]:.4f} -> {losses[-1]:.4f}")]
+    accs = [f"{e['val_acc']:.3f}" for e in epochs if e.get("val_acc") is not None]
+    if accs:
+        rows.append(("val accuracy", " -> ".join(accs) + " (per epoch, on the device)"))
+    if "images_left_device" in report:
+        rows.append(("privacy", "images stayed on the device" if not report["images_left_device"] else "images left the device"))
+    for key, value in [*rows,
                        ("step time", f"{1000 * report['median_step_seconds']:.0f} ms (median)"),
                        ("peak RSS", f"{report['peak_rss_bytes'] / 2**20:,.0f} MiB on the device "
                                     f"(predicted {report['predicted_memory_bytes'] / 2**20:,.0f} MiB)"),

@@ -16,7 +16,7 @@ def make_run(root, model="mobilenet_v3_small", policy="mobiletl:3", resolution=6
     """A run directory holding a random model with batch-norm statistics from data (reference batches come
     from the built-in patterns)."""
     torch.manual_seed(seed)
-    net = create_model(model, num_classes=5)
+    net = create_model(model, num_classes=len(class_names))
     calibrate_batchnorm(net, [(torch.randn(8, 3, resolution, resolution), None)])
     apply_policy(net, policy)
     Run.save(net, policy, None, root, class_names=list(class_names), resolution=resolution,

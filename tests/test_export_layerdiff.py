@@ -51,7 +51,8 @@ def tiny():
 def tiny_export(tiny):
     """The tiny model's training module as the export builds it, converted: (module, .tflite bytes)."""
     model, _, _ = tiny
-    module = TrainingModule(Lowering(copy.deepcopy(model)), BATCH, RES, OptimizerSpec("sgd", 0.01, weight_decay=0.0, momentum=0.0))
+    spec = OptimizerSpec("sgd", 0.01, weight_decay=0.0, momentum=0.0)
+    module = TrainingModule(Lowering(copy.deepcopy(model)), BATCH, RES, spec)
     return module, tflite.convert(module, tf)
 
 

@@ -3,6 +3,12 @@
     bundle = make_bundle("artifacts/onnx", data="./flowers")      # staged locally, content-addressed
     remote = push_bundle(device, bundle)                           # atomic and resumable
 
+The runner files travel from this edgetl (``edgetl/runtime``), not from the artifact directory: the device
+runs the code deploy talks to (its flags and its output), and an artifact exported before a runner file
+existed (``runner_data.py``) still deploys. A data shard packed from an ImageFolder is uint8 ``.npy``
+(resized and cropped on the laptop, normalised on the device): a quarter of float32's bytes, memory-mapped
+there. A ``.npz`` travels as it is (the float32 shards of earlier versions work).
+
 A bundle's id is a hash of its files, so the device keeps one directory per content,
 ``<workdir>/bundles/<id>``. Files travel into ``<id>.partial`` (each as ``name.part``, renamed when whole),
 are verified by sha256 on the device, and only then is the directory renamed into place: a runner never
@@ -26,7 +32,9 @@ from ..exporters.manifest import MANIFEST, verify_manifest
 from .base import Device, DeviceError, DiskFull, file_sha256
 
 BUNDLE_JSON = "bundle.json"
-SHARD = "shard.npz"
+SHARD, SHARD_DIR = "shard.npz", "shard"
+RUNTIME_DIR = Path(__file__).resolve().parents[1] / "runtime"
+RUNTIME_FILES = ("runner_common.py", "runner_data.py")  # what every runner imports
 RUNNERS = {"onnxruntime-training": "ort_runner.py", "ai-edge-litert": "tflite_runner.py"}
 
 
@@ -44,7 +52,11 @@ class Bundle:
         return sum((self.root / rel).stat().st_size for rel in self.files)
 
 
-def make_bundle(artifacts: str | Path, data: str | Path | None = None, shard_size: int = 64, seed: int = 0) -> Bundle:
+def make_bundle(artifacts: str | Path, data: str | Path | None = None, shard_size: int | None = None, seed: int = 0,
+                val_split: float | None = None) -> Bundle:
+    """Stage a bundle: the artifacts, the current runner files, and a shard of ``data`` (an ImageFolder or the
+    built-in ``patterns``, packed as uint8 with at most ``shard_size`` images per split and ``val_split`` of a flat
+    folder held out; or a ``.npz``, copied)."""
     artifacts = Path(artifacts)
     if not (artifacts / MANIFEST).is_file():
         raise ExportError(f"{artifacts} holds no {MANIFEST}; pass a directory written by `edgetl export`")
@@ -59,10 +71,11 @@ def make_bundle(artifacts: str | Path, data: str | Path | None = None, shard_siz
     for rel in [*manifest["files"], MANIFEST]:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(artifacts / rel, root / rel)
+    for name in (runner, *RUNTIME_FILES):
+        shutil.copy2(RUNTIME_DIR / name, root / name)
     shard = None
     if data is not None:
-        _write_shard(Path(data), root / SHARD, manifest, shard_size, seed)
-        shard = SHARD
+        shard = _write_shard(Path(data), root, manifest, shard_size, seed, val_split)
     files = {str(p.relative_to(root)): file_sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
     bundle_id = hashlib.sha256("".join(f"{k}:{v}\n" for k, v in sorted(files.items())).encode()).hexdigest()[:16]
     bundle = Bundle(root, bundle_id, manifest, files, runner, shard)
@@ -73,20 +86,20 @@ def make_bundle(artifacts: str | Path, data: str | Path | None = None, shard_siz
     return bundle
 
 
-def _write_shard(data: Path, dest: Path, manifest: dict, count: int, seed: int) -> None:
+def _write_shard(data: Path, root: Path, manifest: dict, count: int | None, seed: int,
+                 val_split: float | None) -> str:
+    """The shard's name in the bundle: ``shard.npz`` copied, or ``shard/`` packed as uint8 ``.npy``."""
     if data.suffix == ".npz":
         with np.load(data) as z:
             if "images" not in z or "labels" not in z:
                 raise ExportError(f"{data} is no data shard: it needs 'images' and 'labels' arrays")
-        shutil.copy2(data, dest)
-        return
-    from ..data import pack_shard
+        shutil.copy2(data, root / SHARD)
+        return SHARD
+    from ..data import pack_uint8_shard
 
-    images, labels, classes = pack_shard(data, manifest["input"]["shape"][-1], count, seed)
-    if classes != manifest["class_names"]:
-        raise ExportError(f"the classes in {data} ({', '.join(classes)}) are not the model's "
-                          f"({', '.join(manifest['class_names'])}); use data with the same class folders")
-    np.savez(dest, images=images, labels=labels)
+    pack_uint8_shard(data, manifest["input"]["shape"][-1], root / SHARD_DIR, count, seed, val_split,
+                     class_names=manifest["class_names"])
+    return SHARD_DIR
 
 
 def push_bundle(device: Device, bundle: Bundle, on_bytes: Callable[[int], None] | None = None,

@@ -1,7 +1,12 @@
 """Deploy an exported model to a device, train it there, and bring the results back.
 
     report = deploy("artifacts/onnx", "ssh://pi@raspberrypi.local", steps=200, data="./shard", out="deploy/pi")
+    report = deploy("artifacts/tflite", "ssh://pi@cam-1", device_data="/home/pi/captures", epochs=5, val_split=0.1)
     report = deploy(..., events=MyEvents())        # progress and messages, as DeployEvents callbacks (silent by default)
+
+Data: ``data`` is on the laptop (an ImageFolder, packed into a uint8 shard and pushed, or a ``.npz``);
+``device_data`` is an ImageFolder already on the device, which the runner decodes and streams there: the
+images never leave it, and only metrics, weights and the checkpoint come back (the report says so).
 
 Steps: probe the device; check that its runtime is there and that the predicted training memory fits its
 available RAM (refusing with the fix, unless ``force``); push the bundle (atomic, resumable); optionally
@@ -12,16 +17,18 @@ what a person sees comes through :class:`DeployEvents` (the CLI's are rich progr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import shutil
 import time
 from pathlib import Path
 
+from ..errors import DataError
 from ..exporters import ExportError
 from ..io import atomic_write_json
 from . import connect
-from .base import DeviceError, DeviceInfo, MemoryRefused, RunnerFailed
+from .base import DeviceError, DeviceInfo, MemoryRefused, RunnerFailed, RuntimeMissing
 from .bundle import make_bundle, push_bundle
 from .runtimes import check_runtime
 
@@ -43,6 +50,35 @@ class DeployEvents:
 
     def step(self, step: int, steps: int, loss: str) -> None: ...
 
+    def epoch(self, record: dict) -> None:
+        """After each epoch on the device: ``epoch``, ``epochs`` (None in --steps runs), ``train_loss``, and with a
+        validation split ``val_acc``, ``val_loss``, ``val_images``; ``skipped_unreadable``."""
+
+
+def check_pillow(info: DeviceInfo, device_uri: str) -> None:
+    """Decoding images on the device needs Pillow beside the runtime."""
+    if not any(k.lower() == "pillow" for k in info.runtimes):
+        raise RuntimeMissing(f"{info.uri} lacks Pillow for decoding images on the device: run "
+                             f"`edgetl devices setup {device_uri}`")
+
+
+def parse_epoch(line: str) -> dict | None:
+    """A runner's ``epoch E/N loss L [val_acc A val_loss V val_n K] skipped S`` line as a record."""
+    parts = line.split()
+    if len(parts) < 4 or parts[0] != "epoch" or "/" not in parts[1]:
+        return None
+    done, _, planned = parts[1].partition("/")
+    fields = dict(zip(parts[2::2], parts[3::2]))
+    try:
+        record = {"epoch": int(done), "epochs": int(planned) if planned.isdigit() else None,
+                  "train_loss": float(fields["loss"]), "skipped_unreadable": int(fields.get("skipped", 0))}
+        if "val_acc" in fields:
+            record.update(val_acc=float(fields["val_acc"]), val_loss=float(fields["val_loss"]),
+                          val_images=int(fields["val_n"]))
+    except (KeyError, ValueError):
+        return None
+    return record
+
 
 def predicted_memory(manifest: dict, batch_size: int) -> int:
     """Training memory on the device at ``batch_size``: the export's analytic figure plus the runtime's own."""
@@ -59,11 +95,21 @@ def predicted_memory(manifest: dict, batch_size: int) -> int:
     return int(need) + RUNTIME_BASELINE_BYTES[manifest["runtime"]]
 
 
-def deploy(artifacts: str | Path, device_uri: str, steps: int = 50, data: str | Path | None = None,
+def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, data: str | Path | None = None,
            out: str | Path | None = None, batch_size: int | None = None, lr: float | None = None, verify: bool = False,
-           force: bool = False, timeout: float = 3600, events: DeployEvents | None = None) -> dict:
+           force: bool = False, timeout: float = 3600, events: DeployEvents | None = None,
+           device_data: str | None = None, epochs: int | None = None, val_split: float | None = None,
+           augment: str = "none", seed: int = 0, shard_size: int | None = None) -> dict:
+    """Train ``artifacts`` on the device for ``epochs`` epochs or ``steps`` steps (default 50 steps), on
+    ``data`` pushed from the laptop or ``device_data`` on the device (``val_split`` of a flat folder held out and
+    evaluated each epoch; ``augment`` none or flip; ``seed`` shuffles); returns the report."""
     events = events or DeployEvents()
-    bundle = make_bundle(artifacts, data)
+    if data is not None and device_data:
+        raise DataError("give --data (images on this machine, pushed) or --device-data (images on the device), not both")
+    if steps is not None and epochs is not None:
+        raise DataError("give --epochs or --steps, not both")
+    steps = 50 if steps is None and epochs is None else steps
+    bundle = make_bundle(artifacts, data, shard_size=shard_size, seed=seed, val_split=val_split)
     manifest = bundle.manifest
     fixed = manifest["input"]["shape"][0]  # a TFLite model trains at the batch size it was exported with
     if fixed and batch_size not in (None, fixed):
@@ -75,6 +121,8 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int = 50, data: str | 
         info = device.probe()
         events.device(info)
         check_runtime(info, manifest["runtime"])
+        if device_data:
+            check_pillow(info, device_uri)
         need = predicted_memory(manifest, batch_size)
         if info.mem_available_bytes and need > info.mem_available_bytes:
             message = (f"training {manifest['model']} {manifest['policy']} at batch {batch_size} needs about "
@@ -105,18 +153,34 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int = 50, data: str | 
                                    for c in verified or [] if not c["ok"])
                 raise RunnerFailed(f"the parity check failed on {device_uri}: {failed or result.tail()}. The device's "
                                    f"runtime computes differently from the export machine; check its version")
-        run_dir = f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
-        args = f" --steps {steps} --batch-size {batch_size} --out {run_dir}"
+        args = f" --epochs {epochs}" if epochs is not None else f" --steps {steps}"
+        args += f" --batch-size {batch_size} --seed {seed} --augment {augment}"
         args += f" --data {bundle.shard}" if bundle.shard else ""
+        args += f" --device-data {shlex.quote(device_data)}" if device_data else ""
+        args += f" --val-split {val_split}" if device_data and val_split else ""
         args += f" --lr {lr}" if lr is not None else ""
+        # the same bundle and settings train in the same directory, so running the same deploy again after an
+        # interruption continues from the device's last checkpoint
+        run_dir = f"runs/{hashlib.sha256((bundle.id + args).encode()).hexdigest()[:12]}"
         t0 = time.perf_counter()
 
         def on_line(line: str) -> None:
             parts = line.split()
             if len(parts) == 4 and parts[0] == "step" and parts[2] == "loss":
-                events.step(int(parts[1].split("/")[0]), steps, parts[3])
+                done, _, total = parts[1].partition("/")
+                events.step(int(done), int(total), parts[3])
+            elif parts[:1] == ["epoch"] and (record := parse_epoch(line)):
+                events.epoch(record)
+            elif parts[:1] == ["resume"] and len(parts) == 5:
+                events.message(f"resuming the interrupted run on the device: epoch {parts[2]} and {parts[4]} steps "
+                               f"were done")
+            elif parts[:1] == ["note:"]:
+                events.message(line)
 
-        result = device.run(runner + args, timeout=timeout, on_line=on_line)
+        result = device.run(runner + args + f" --out {run_dir}", timeout=timeout, on_line=on_line)
+        refused = [line[len("error: "):] for line in result.stderr.splitlines() if line.startswith("error: ")]
+        if result.returncode == 2 and refused:  # the runner refused its input, in one line with the fix
+            raise RunnerFailed(f"the runner failed on {device_uri}: {refused[-1]}")
         if result.returncode != 0:
             raise RunnerFailed(f"the runner failed on {device_uri} (exit {result.returncode}); its last output:\n"
                                f"{result.tail()}")
@@ -128,10 +192,16 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int = 50, data: str | 
     metrics = json.loads((partial / "metrics.json").read_text())
     report = {"device": info.as_dict(), "bundle": bundle.id, "remote": remote, "run": run_dir,
               "model": manifest["model"], "policy": manifest["policy"], "format": manifest["format"],
-              "steps": steps, "batch_size": batch_size, "predicted_memory_bytes": need,
+              "steps": metrics["steps"], "batch_size": batch_size, "predicted_memory_bytes": need,
+              "data": _data_report(metrics, bundle, device_data), "epochs": metrics.get("epochs", []),
+              "augment": augment, "seed": seed, "resumed_from_epoch": metrics.get("resumed_from_epoch"),
               "losses": metrics["losses"], "median_step_seconds": metrics["median_step_seconds"],
               "peak_rss_bytes": metrics["peak_rss_bytes"], "wall_seconds": time.perf_counter() - t0,
               "verify": verified, "files": sorted(p.name for p in partial.iterdir())}
+    if device_data:
+        report["images_left_device"] = False
+        report["note"] = ("the images stayed on the device: they were decoded there, and only metrics, trained "
+                          "weights and the checkpoint were pulled")
     atomic_write_json(report, partial / "report.json")
     _plot(report, partial / "loss.png")
     if out.exists():
@@ -139,6 +209,21 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int = 50, data: str | 
     partial.rename(out)
     report["out"] = str(out)
     return report
+
+
+def _data_report(metrics: dict, bundle, device_data: str | None) -> dict:
+    """What the runner trained on: where the images were, how many per split, the unreadable ones skipped."""
+    ran = metrics.get("data", {})
+    if device_data:
+        source = {"source": "device", "path": ran.get("path", device_data)}
+    elif bundle.shard:
+        size = sum((bundle.root / rel).stat().st_size for rel in bundle.files if rel.split("/")[0] == bundle.shard)
+        source = {"source": "pushed", "shard": bundle.shard, "shard_bytes": size,
+                  "format": "uint8 .npy, memory-mapped" if bundle.shard == "shard" else ".npz"}
+    else:
+        source = {"source": "reference", "shard": "reference.npz"}
+    return {**source, "train_images": ran.get("train_images"), "val_images": ran.get("val_images"),
+            "skipped_unreadable": ran.get("skipped_unreadable", 0), "unreadable": ran.get("unreadable", [])}
 
 
 def _plot(report: dict, path: Path) -> None:
@@ -157,6 +242,12 @@ def _plot(report: dict, path: Path) -> None:
     ax.set_title(f"{report['model']} {report['policy']} on {report['device']['model'] or report['device']['os']}",
                  fontsize=9)
     ax.grid(alpha=0.3)
+    val = [(sum(e["steps"] for e in report["epochs"][:i + 1]), e["val_acc"]) for i, e in enumerate(report["epochs"])
+           if e.get("val_acc") is not None]
+    if val:  # validation accuracy per epoch, placed at the step that ended the epoch
+        acc = ax.twinx()
+        acc.plot(*zip(*val), color="tab:green", marker="o")
+        acc.set_ylabel("validation accuracy", color="tab:green")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -21,7 +21,7 @@ from ..io import atomic_write_json, file_sha256
 from ..optim import OptimizerSpec
 from ..profile.analytic import profile_model
 from ..run import Run
-from ..runtime import runner_common
+from ..runtime import runner_common, runner_data
 from .validation import TOLERANCES, Validation
 
 MANIFEST = "manifest.json"
@@ -29,8 +29,9 @@ MANIFEST = "manifest.json"
 
 def preprocessing(resolution: int) -> dict:
     resize = eval_transform(resolution).transforms[0].size
-    return {"resize_shorter_side": resize, "center_crop": resolution, "scale": 1 / 255, "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD), "layout": "NCHW", "channels": "RGB"}
+    return {"resize_shorter_side": resize, "interpolation": "bilinear, antialiased (PIL)", "center_crop": resolution,
+            "scale": 1 / 255, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "layout": "NCHW", "channels": "RGB",
+            "convert": "RGB (PIL convert: grayscale, RGBA and palette images too)"}
 
 
 def predicted_memory(run: Run, spec: OptimizerSpec) -> dict:
@@ -66,10 +67,12 @@ def file_checksums(root: Path) -> dict[str, str]:
 
 
 def copy_runner(runner_module, out: Path) -> str:
-    """Put a device runner and the ``runner_common.py`` it imports into ``out``; returns the runner's file name."""
+    """Put a device runner and what it imports (``runner_common.py``, ``runner_data.py``) into ``out``; returns
+    the runner's file name."""
     name = Path(runner_module.__file__).name
     shutil.copy(runner_module.__file__, out / name)
-    shutil.copy(runner_common.__file__, out / Path(runner_common.__file__).name)
+    for module in (runner_common, runner_data):
+        shutil.copy(module.__file__, out / Path(module.__file__).name)
     return name
 
 

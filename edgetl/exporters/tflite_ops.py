@@ -27,8 +27,8 @@ MobileNetV2's first norms came out 8.7e-6 and 1.4e-4 from float64 at 224 x 224 (
 2.8e-7), the error grew layer after layer, 12359 ReLU6 mask elements turned for inputs near 0 (PyTorch: 54),
 and the ``full`` training losses missed by 1.4e-4 and the gradients by 0.2 (PyTorch: 0.011). Summed axis by
 axis, no accumulator takes more than max(N, H, W) terms and the export tracks PyTorch layer by layer
-(gradients 0.011 from float64 where PyTorch's own are 0.007 to 0.011). The weight gradients of full convs stay matmuls over N * H * W: their kernels measure
-6e-6 there, a thousandth of what validation allows.
+(gradients 0.011 from float64 where PyTorch's own are 0.007 to 0.011). The weight gradients of full convs
+stay matmuls over N * H * W: their kernels measure 6e-6 there, a thousandth of what validation allows.
 
 ``batch_norm`` is PyTorch's training-mode batch norm (batch statistics), with its backward written out
 (dx = gamma / sigma * (dy - mean(dy) - x_hat * mean(dy * x_hat))) so that the backward's sums are staged as

@@ -2,16 +2,18 @@
 """Train an edgetl ONNX Runtime artifact set on a device: onnxruntime-training and numpy only.
 
     python ort_runner.py --artifacts DIR --data shard.npz --steps 200 --out trained/
+    python ort_runner.py --artifacts DIR --device-data ~/captures --epochs 5 --out trained/
     python ort_runner.py --artifacts DIR --verify            # repeat the export's parity check here
 
-``shard.npz`` holds ``images`` (N, 3, H, W float32, preprocessed as the manifest says) and ``labels``
-(N, int64); without ``--data`` the artifact's reference batches are used. The runner writes, each
+The data is an ImageFolder on this device (``--device-data``), a pushed shard directory of uint8 ``.npy``, or
+a ``.npz`` with ``images`` (N, 3, H, W float32, preprocessed as the manifest says) and ``labels`` (N, int64);
+without either the artifact's reference batches are used (see ``runner_data.py``). The runner writes, each
 atomically: ``metrics.json`` (loss per step, step time, peak RSS), ``checkpoint`` (ONNX Runtime),
 ``params.npz`` (trained parameters and updated running statistics by torchvision name;
 ``edgetl import-weights`` loads them), and ``inference.onnx`` with the trained weights when the ``onnx``
 package is present. ``--resume OUT/checkpoint`` continues from a previous run.
 
-This file and ``runner_common.py`` are copied to devices as they are: they import nothing from edgetl,
+This file, ``runner_common.py`` and ``runner_data.py`` are copied to devices as they are: they import nothing from edgetl,
 and never torch (``onnxruntime.training``'s package init does, through an optional module; see
 ``training_api``).
 """
@@ -94,6 +96,12 @@ class Trainer:
         self.norms = manifest.get("running_stats", [])
         path = os.path.join(artifacts, RUNNING_STATS)
         self.running = {k: v.astype(np.float32) for k, v in np.load(path).items()} if self.norms else {}
+        # ONNX Runtime's checkpoint holds no running statistics: a resume takes them from the params.npz the
+        # runner wrote beside the checkpoint
+        beside = os.path.join(os.path.dirname(checkpoint or ""), "params.npz")
+        if checkpoint and self.running and os.path.exists(beside):
+            with np.load(beside) as saved:
+                self.running.update({k: saved[k].astype(np.float32) for k in self.running if k in saved})
 
     def _forward(self, images: np.ndarray, labels: np.ndarray) -> float:
         """A training-mode forward and backward: returns the loss, updates the running statistics."""
@@ -136,6 +144,12 @@ class Trainer:
         """Inference logits with the weights and running statistics trained so far."""
         return infer(self.artifacts, images, self.trained())
 
+    def predictor(self):
+        """``images -> logits`` with the weights trained so far, one inference session for many batches."""
+        session = inference_session(self.artifacts, self.trained())
+        name = session.get_inputs()[0].name
+        return lambda images: session.run(None, {name: np.ascontiguousarray(images, dtype=np.float32)})[0]
+
     def optimizer_step(self) -> None:
         """Apply the artifact's optimizer to the accumulated gradients, then clear them."""
         self.optimizer.step()
@@ -157,11 +171,18 @@ class Trainer:
 
     def save_checkpoint(self, path: str) -> None:
         api = training_api()
-        common.atomic(path, lambda tmp: api.CheckpointState.save_checkpoint(self.state, tmp))
+        # with the optimizer's state (AdamW's moments), so a resumed run steps as an uninterrupted one
+        common.atomic(path, lambda tmp: api.CheckpointState.save_checkpoint(self.state, tmp, include_optimizer_state=True))
 
 
 def infer(artifacts: str, images: np.ndarray, params: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """Logits of the inference model, with ``params`` (e.g. trained ones) overriding its initializers."""
+    session = inference_session(artifacts, params)
+    return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+
+def inference_session(artifacts: str, params: dict[str, np.ndarray] | None = None):
+    """An ONNX Runtime session of the inference model, ``params`` overriding its initializers."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -175,7 +196,8 @@ def infer(artifacts: str, images: np.ndarray, params: dict[str, np.ndarray] | No
         keep.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value)))
         options.add_initializer(name, keep[-1])
     session = ort.InferenceSession(os.path.join(artifacts, INFERENCE_MODEL), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(images, dtype=np.float32)})[0]
+    session.keep = (options, keep)
+    return session
 
 
 def train(artifacts: str, images: np.ndarray, labels: np.ndarray, steps: int, batch_size: int | None = None,
@@ -202,7 +224,7 @@ def save_outputs(trainer: Trainer, artifacts: str, out: str) -> tuple[dict, dict
     trainer.save_checkpoint(os.path.join(out, CHECKPOINT))
     trained = trainer.trained()
     baked = _bake_inference_model(artifacts, trained, os.path.join(out, INFERENCE_MODEL))
-    return trained, {"inference_model": INFERENCE_MODEL if baked else None}
+    return trained, {"inference_model": INFERENCE_MODEL if baked else None, "checkpoint": CHECKPOINT}
 
 
 def main(argv=None) -> int:

@@ -1,26 +1,40 @@
-"""What the device runners share; copied beside them onto devices, so it imports only numpy.
+"""What the device runners share; copied beside them onto devices, so it imports only numpy (and Pillow, in
+``runner_data.py``, only to decode images).
 
     import runner_common as common          # beside the runner on a device; edgetl.runtime.runner_common here
     sys.exit(common.main(argv, "ONNX Runtime", make_trainer, infer, save_outputs))
 
-A runtime's runner provides a ``Trainer`` (``step``, ``gradients``, ``trainable``, ``lr``, and
-``batch_size`` when the model fixes it), an ``infer`` function and ``save_outputs``; this module gives it
-the training loop, the on-device parity check, atomic writes, peak-RSS measurement and the command line.
+A runtime's runner provides a ``Trainer`` (``step``, ``gradients``, ``trainable``, ``lr``, ``logits`` or
+``predictor()``, and ``batch_size`` when the model fixes it), an ``infer`` function and ``save_outputs``; this
+module gives it the training loop (epochs or steps, seeded shuffling, a validation split evaluated each epoch,
+augmentation, checkpoints and resume), the on-device parity check, atomic writes, peak-RSS measurement and
+the command line. The data (``runner_data.py``) streams: memory does not grow with the number of images.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import hashlib
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
 
 import numpy as np
 
+if __package__:  # edgetl.runtime.runner_common
+    from . import runner_data as data
+else:  # beside the runner on a device
+    import runner_data as data
+
 REFERENCE, MANIFEST = "reference.npz", "manifest.json"
+PROGRESS, CHECKPOINTS = "progress.json", "checkpoints"
+#: errors of a full disk (EFBIG: a file-size limit, which reads the same to a person)
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 class RunnerError(Exception):
@@ -66,27 +80,6 @@ def load_manifest(artifacts: str) -> dict:
         return json.load(f)
 
 
-def train_loop(trainer, images: np.ndarray, labels: np.ndarray, steps: int, batch_size: int | None = None,
-               seed: int = 0, progress=None) -> dict:
-    """``steps`` optimizer steps. ``images`` is (N, 3, H, W) sliced into batches, or (K, B, 3, H, W) cycled."""
-    if images.ndim == 5:
-        batches = [(images[i], labels[i]) for i in range(len(images))]
-    else:
-        batch_size = min(getattr(trainer, "batch_size", None) or batch_size or 8, len(images))
-        order = np.random.default_rng(seed).permutation(len(images))
-        batches = [(images[order[i:i + batch_size]], labels[order[i:i + batch_size]])
-                   for i in range(0, len(images) - batch_size + 1, batch_size)]
-    losses, seconds = [], []
-    for i in range(steps):
-        x, y = batches[i % len(batches)]
-        t0 = time.perf_counter()
-        losses.append(trainer.step(x, y))
-        seconds.append(time.perf_counter() - t0)
-        if progress:
-            progress(i + 1, steps, losses[-1])
-    return {"trainer": trainer, "losses": losses, "step_seconds": seconds}
-
-
 def verify(artifacts: str, trainer, infer) -> list[dict]:
     """Repeat the export's parity check here against ``reference.npz``: inference logits, and the loss and
     the per-tensor gradient norms of one training step, as PyTorch computed them at export time."""
@@ -117,23 +110,209 @@ def load_shard(path: str, manifest: dict):
     return data
 
 
-def main(argv, runtime: str, make_trainer, infer, save_outputs) -> int:
-    """The runner's command line: train N steps (or ``--verify``), write the outputs atomically; a
-    :class:`RunnerError` is printed as one line with exit status 2.
+# -- training on a data set: epochs or steps, validation, checkpoints ------------------------------------
 
-    ``make_trainer(artifacts, lr, args)``; ``save_outputs(trainer, artifacts, out_dir) -> (trained, extra)``
-    writes the runtime's own files and returns the trained weights (``params.npz``) and extra metrics.
+def evaluate(trainer, split, batch_size: int) -> dict:
+    """Accuracy and cross-entropy of the current weights on ``split`` (a fixed-batch model gets its last batch
+    padded; only the real images count)."""
+    predict = trainer.predictor() if hasattr(trainer, "predictor") else trainer.logits
+    correct, total, loss = 0, 0, 0.0
+    for x, y, real in data.batches(split, range(len(split)), getattr(trainer, "batch_size", None) or batch_size,
+                                   pad=True):
+        logits = np.asarray(predict(x), np.float64)[:real]
+        y = y[:real]
+        z = logits - logits.max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        loss -= float(log_p[np.arange(real), y].sum())
+        correct += int((logits.argmax(axis=1) == y).sum())
+        total += real
+    return {"val_acc": correct / total if total else None, "val_loss": loss / total if total else None,
+            "val_images": total}
+
+
+def new_state() -> dict:
+    """Where a training run stands; JSON, so ``progress.json`` can hold it for a resume."""
+    return {"epoch": 0, "steps": 0, "losses": [], "step_seconds": [], "history": [], "bad": {}}
+
+
+def fit(trainer, train, val=None, epochs: int | None = None, steps: int | None = None, batch_size: int = 8,
+        seed: int = 0, augment: str = "none", state: dict | None = None, on_epoch=None, progress=None) -> dict:
+    """Train on the ``train`` split for ``epochs`` epochs or ``steps`` steps (whichever is given), evaluating
+    ``val`` after every epoch. Epoch ``e`` visits the images in the order ``default_rng([seed, e])`` draws (and
+    flips with ``default_rng([seed, e, 1])``), so a run resumed from ``state`` at an epoch boundary trains
+    exactly as an uninterrupted one. ``on_epoch(state, last)`` follows every epoch (checkpoints);
+    ``progress(step, total, loss)`` every step. Returns ``state``."""
+    if epochs is None and steps is None:
+        raise ValueError("fit needs epochs or steps")
+    fixed = getattr(trainer, "batch_size", None)
+    size = fixed or max(1, min(batch_size, len(train)))
+    state = state or new_state()
+    for split in (train, val):
+        if split is not None:
+            split.restore_bad(state["bad"].get(split.name, {}))
+
+    def finished() -> bool:
+        return (epochs is not None and state["epoch"] >= epochs) or (steps is not None and state["steps"] >= steps)
+
+    while not finished():
+        epoch = state["epoch"] + 1
+        per_epoch = data.steps_per_epoch(train, size)
+        total = (state["steps"] + per_epoch * (epochs - epoch + 1)) if epochs is not None else steps
+        order = np.random.default_rng([seed, epoch]).permutation(len(train))
+        flip = np.random.default_rng([seed, epoch, 1]) if augment == "flip" else None
+        t0, losses = time.perf_counter(), []
+        for x, y, _ in data.batches(train, order, size, flip=flip):
+            t = time.perf_counter()
+            losses.append(trainer.step(x, y))
+            state["step_seconds"].append(time.perf_counter() - t)
+            state["steps"] += 1
+            if progress:
+                progress(state["steps"], total, losses[-1])
+            if steps is not None and state["steps"] >= steps:
+                break
+        if not losses:
+            readable = len(train) - len(train.bad)
+            if not readable:
+                first = train.describe_bad()[0]
+                data.refuse(f"none of the {len(train)} training images could be read (e.g. {first}): replace or "
+                            f"delete the files")
+            data.refuse(f"only {readable} readable training image(s), fewer than one batch of {size}: add images, "
+                        f"or export with a smaller --batch-size")
+        state["losses"] += losses
+        record = {"epoch": epoch, "steps": len(losses), "train_loss": float(np.mean(losses))}
+        if val is not None:
+            record.update(evaluate(trainer, val, size))
+        record["skipped_unreadable"] = len(train.bad) + (len(val.bad) if val is not None else 0)
+        record["seconds"] = time.perf_counter() - t0
+        state["history"].append(record)
+        state["epoch"] = epoch
+        state["bad"] = {s.name: s.bad_state() for s in (train, val) if s is not None}
+        if on_epoch:
+            on_epoch(state, finished())
+    return state
+
+
+def train_loop(trainer, images: np.ndarray, labels: np.ndarray, steps: int, batch_size: int | None = None,
+               seed: int = 0, progress=None) -> dict:
+    """``steps`` optimizer steps on arrays: (N, 3, H, W) images sliced into batches, or (K, B, 3, H, W) batches
+    cycled in order (the reference batches validation replays)."""
+    if images.ndim == 5:
+        batches = [(images[i], labels[i]) for i in range(len(images))]
+    else:
+        batch_size = min(getattr(trainer, "batch_size", None) or batch_size or 8, len(images))
+        order = np.random.default_rng(seed).permutation(len(images))
+        batches = [(images[order[i:i + batch_size]], labels[order[i:i + batch_size]])
+                   for i in range(0, len(images) - batch_size + 1, batch_size)]
+    losses, seconds = [], []
+    for i in range(steps):
+        x, y = batches[i % len(batches)]
+        t0 = time.perf_counter()
+        losses.append(trainer.step(x, y))
+        seconds.append(time.perf_counter() - t0)
+        if progress:
+            progress(i + 1, steps, losses[-1])
+    return {"trainer": trainer, "losses": losses, "step_seconds": seconds}
+
+
+# -- checkpoints: what a resume may trust ---------------------------------------------------------------
+
+def write_checkpoint(trainer, artifacts: str, out: str, state: dict, config: dict, save_outputs) -> None:
+    """The weights after ``state['epoch']`` into ``out/checkpoints/epoch-N``, then ``progress.json`` naming it.
+
+    ``progress.json`` is written (atomically) only when the checkpoint is whole, and a resume trusts only the
+    directory it names: an interruption or a full disk in between leaves the previous checkpoint in force.
+    """
+    name = f"epoch-{state['epoch']:04d}"
+    root = os.path.join(out, CHECKPOINTS)
+    folder = os.path.join(root, name)
+    shutil.rmtree(folder, ignore_errors=True)  # a leftover of an interrupted write, never named by progress.json
+    os.makedirs(folder)
+    try:
+        trained, extra = save_outputs(trainer, artifacts, folder)
+        write_bytes(os.path.join(folder, "params.npz"), lambda f: np.savez(f, **trained))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # give a full disk its space back; the previous checkpoint stands
+        raise
+    progress = {**state, "config": config, "checkpoint": f"{CHECKPOINTS}/{name}/{extra['checkpoint']}",
+                "complete": False}
+    write_bytes(os.path.join(out, PROGRESS), lambda f: f.write(json.dumps(progress).encode()))
+    for old in os.listdir(root):
+        if old != name:
+            shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+
+
+def resumable(out: str, config: dict) -> dict | None:
+    """The state of an unfinished run of the same configuration in ``out`` (None: start afresh)."""
+    try:
+        with open(os.path.join(out, PROGRESS)) as f:
+            progress = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if progress.get("complete") or progress.get("config") != config:
+        if not progress.get("complete"):
+            print(f"note: {out} holds an unfinished run with other settings; starting afresh", flush=True)
+        return None
+    if not os.path.exists(os.path.join(out, progress["checkpoint"])):
+        print(f"note: the checkpoint {progress['checkpoint']} is missing from {out}; starting afresh", flush=True)
+        return None
+    return progress
+
+
+def hold_lock(out: str):
+    """An exclusive lock on ``out`` for this process's life: a second runner there (a deploy run again while the
+    first still trains) would write the same checkpoints. Where ``fcntl`` is missing, nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    f = open(os.path.join(out, ".lock"), "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise RunnerError(f"another runner is training in {os.path.abspath(out)} now: wait until it ends (or stop "
+                          f"it), then run the same command to continue from its checkpoint") from None
+    return f
+
+
+def run_config(args, manifest_path: str) -> dict:
+    """What must be the same for a run in ``--out`` to be continued."""
+    with open(manifest_path, "rb") as f:
+        manifest = hashlib.sha256(f.read()).hexdigest()
+    keys = ("data", "device_data", "val_split", "epochs", "steps", "batch_size", "lr", "seed", "augment", "resume")
+    return {"manifest": manifest, **{k: getattr(args, k) for k in keys}}
+
+
+# -- the command line -------------------------------------------------------------------------------------
+
+def main(argv, runtime: str, make_trainer, infer, save_outputs) -> int:
+    """The runner's command line: train (or ``--verify``), write the outputs atomically; a :class:`RunnerError`
+    is printed as one line with exit status 2.
+
+    ``make_trainer(artifacts, lr, args)`` (``args.resume``: a checkpoint to start from);
+    ``save_outputs(trainer, artifacts, out_dir) -> (trained, extra)`` writes the runtime's own files (its
+    checkpoint named by ``extra['checkpoint']``) and returns the trained weights (``params.npz``) and extra
+    metrics.
     """
     here = os.path.dirname(os.path.abspath(sys.argv[0]))
     ap = argparse.ArgumentParser(description=f"Train an edgetl {runtime} export on this device.")
     ap.add_argument("--artifacts", default=here)
-    ap.add_argument("--data", help="shard .npz with images and labels (default: the reference batches)")
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--data", help="a shard: a directory `edgetl deploy --data` pushed (uint8 .npy, memory-mapped), "
+                                   "or .npz with images and labels (default: the reference batches)")
+    ap.add_argument("--device-data", help="an ImageFolder on this device: PATH/<class>/*.jpg, or PATH/train and "
+                                          "PATH/val; decoded here, as the manifest's preprocessing says")
+    ap.add_argument("--val-split", type=float, help="fraction of a flat ImageFolder held out for validation")
+    ap.add_argument("--epochs", type=int, help="passes over the training images")
+    ap.add_argument("--steps", type=int, help="optimizer steps (default 10 when --epochs is not given)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float)
+    ap.add_argument("--seed", type=int, default=0, help="shuffling, the validation split and augmentation")
+    ap.add_argument("--augment", choices=("none", "flip"), default="none")
+    ap.add_argument("--checkpoint-every", type=float, default=30.0,
+                    help="seconds between checkpoints, taken at epoch ends (0: every epoch)")
     ap.add_argument("--resume", help="a checkpoint a previous run of this runner wrote, to continue from")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads of the runtime")
-    ap.add_argument("--out", default="trained")
+    ap.add_argument("--out", default="trained", help="results; an unfinished run of the same settings there continues")
     ap.add_argument("--verify", action="store_true", help="repeat the export's parity check and exit")
     args = ap.parse_args(argv)
     try:
@@ -151,20 +330,61 @@ def _run(args, runtime: str, make_trainer, infer, save_outputs) -> int:
             print(f"{'PASS' if c['ok'] else 'FAIL'} {c['name']}: max |diff| {c['max_diff']:.3g} (tolerance {c['tolerance']:.3g})")
         print(json.dumps({"verify": checks}))
         return 0 if all(c["ok"] for c in checks) else 1
-    data = load_shard(args.data or os.path.join(args.artifacts, REFERENCE), manifest)
+    if args.epochs is not None and args.steps is not None:
+        raise RunnerError("give --epochs or --steps, not both")
+    if args.data and args.device_data:
+        raise RunnerError("give --data (a pushed shard) or --device-data (images on this device), not both")
+    steps = 10 if args.epochs is None and args.steps is None else args.steps
+    train, val, info = data.open_data(manifest, args.data or os.path.join(args.artifacts, REFERENCE),
+                                      args.device_data, args.val_split, args.seed)
+    print(f"data {info['source']} train {info['train_images']} val {info['val_images']}", flush=True)
+    for note in info.get("notes", []):
+        print(f"note: {note}", flush=True)
     os.makedirs(args.out, exist_ok=True)
+    lock = hold_lock(args.out)  # noqa: F841 - held until the process ends
+    config = run_config(args, os.path.join(args.artifacts, MANIFEST))
+    state = resumable(args.out, config)
+    if state:
+        args.resume = os.path.join(args.out, state["checkpoint"])
+        print(f"resume epoch {state['epoch']} step {state['steps']}", flush=True)
+    resumed = state["epoch"] if state else None
     trainer = make_trainer(args.artifacts, args.lr, args)
+    saved = [time.monotonic(), resumed]  # when, and which epoch, the last checkpoint was written
 
     def progress(i, n, loss):
         print(f"step {i}/{n} loss {loss:.4f}", flush=True)
 
-    run = train_loop(trainer, data["images"], data["labels"], args.steps, args.batch_size, progress=progress)
-    trained, extra = save_outputs(trainer, args.artifacts, args.out)
-    write_bytes(os.path.join(args.out, "params.npz"), lambda f: np.savez(f, **trained))
-    metrics = {"steps": args.steps, "lr": trainer.lr, "losses": run["losses"], "step_seconds": run["step_seconds"],
-               "median_step_seconds": float(np.median(run["step_seconds"])), "peak_rss_bytes": peak_rss_bytes(),
-               "runtime": runtime, "machine": platform.machine(), "torch_imported": "torch" in sys.modules,
-               "tensorflow_imported": "tensorflow" in sys.modules, **extra}
-    write_bytes(os.path.join(args.out, "metrics.json"), lambda f: f.write(json.dumps(metrics, indent=2).encode()))
-    print(json.dumps({k: v for k, v in metrics.items() if k not in ("losses", "step_seconds")}))
+    def on_epoch(state, last):
+        r = state["history"][-1]
+        val_part = (f" val_acc {r['val_acc']:.4f} val_loss {r['val_loss']:.4f} val_n {r['val_images']}"
+                    if r.get("val_acc") is not None else "")
+        print(f"epoch {r['epoch']}/{args.epochs or '-'} loss {r['train_loss']:.4f}{val_part} "
+              f"skipped {r['skipped_unreadable']}", flush=True)
+        if not last and time.monotonic() - saved[0] >= args.checkpoint_every:
+            write_checkpoint(trainer, args.artifacts, args.out, state, config, save_outputs)
+            saved[:] = [time.monotonic(), state["epoch"]]
+
+    try:
+        state = fit(trainer, train, val, args.epochs, steps, args.batch_size, args.seed, args.augment,
+                    {k: state[k] for k in new_state()} if state else None, on_epoch, progress)
+        trained, extra = save_outputs(trainer, args.artifacts, args.out)
+        write_bytes(os.path.join(args.out, "params.npz"), lambda f: np.savez(f, **trained))
+        skipped, named = data.unreadable(train, val)
+        metrics = {"steps": state["steps"], "epochs": state["history"], "lr": trainer.lr, "losses": state["losses"],
+                   "step_seconds": state["step_seconds"], "median_step_seconds": float(np.median(state["step_seconds"])),
+                   "peak_rss_bytes": peak_rss_bytes(), "runtime": runtime, "machine": platform.machine(),
+                   "data": {**info, "skipped_unreadable": skipped, "unreadable": named},
+                   "resumed_from_epoch": resumed, "torch_imported": "torch" in sys.modules,
+                   "tensorflow_imported": "tensorflow" in sys.modules, **extra}
+        write_bytes(os.path.join(args.out, "metrics.json"), lambda f: f.write(json.dumps(metrics, indent=2).encode()))
+        write_bytes(os.path.join(args.out, PROGRESS),
+                    lambda f: f.write(json.dumps({"config": config, "complete": True}).encode()))
+        shutil.rmtree(os.path.join(args.out, CHECKPOINTS), ignore_errors=True)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        where = f"epoch {saved[1]}, the last complete checkpoint" if saved[1] else "the start: no checkpoint was complete"
+        raise RunnerError(f"the disk filled while writing results in {os.path.abspath(args.out)} ({exc.strerror}): "
+                          f"free space there and run the same command again; it resumes from {where}") from None
+    print(json.dumps({k: v for k, v in metrics.items() if k not in ("losses", "step_seconds", "epochs")}))
     return 0

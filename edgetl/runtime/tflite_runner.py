@@ -1,18 +1,22 @@
 #!/usr/bin/env python3
 """Train an edgetl TFLite export on a device: ai-edge-litert (or tflite-runtime) and numpy only.
 
-    python tflite_runner.py --artifacts DIR --data shard.npz --steps 200 --out trained/
+    python tflite_runner.py --artifacts DIR --device-data ~/captures --epochs 5 --val-split 0.1 --out trained/
+    python tflite_runner.py --artifacts DIR --data shard/ --steps 200 --out trained/   # a pushed uint8 shard
     python tflite_runner.py --artifacts DIR --verify            # repeat the export's parity check here
 
-``shard.npz`` holds ``images`` (N, 3, H, W float32, preprocessed as the manifest says) and ``labels``;
-the model trains at the batch size fixed at export. The runner writes, each atomically:
-``metrics.json`` (loss per step, step time, peak RSS), ``params.npz`` (trained parameters and running
+The data (``runner_data.py``): an ImageFolder on this device (decoded with Pillow, preprocessed as the manifest
+says, streamed), a shard directory of uint8 ``.npy`` (memory-mapped), or a ``.npz`` with ``images`` (N, 3, H, W
+float32, preprocessed) and ``labels``; the model trains at the batch size fixed at export. The runner writes,
+each atomically: ``metrics.json`` (loss per step and per epoch, validation accuracy, step time, peak RSS,
+the data used), ``params.npz`` (trained parameters and running
 statistics by torchvision name, in PyTorch layout: ``edgetl import-weights`` loads them) and
 ``checkpoint.npz`` (every variable, optimizer state included: ``--resume`` continues from it).
 
 The model's signatures do the work (``train``, ``gradients``, ``infer``, ``get_weights``,
 ``set_weights``); weights go in and out through them, so no TensorFlow Save/Restore op is needed. This
-file and ``runner_common.py`` are copied to devices as they are: no TensorFlow, no torch, no edgetl.
+file, ``runner_common.py`` and ``runner_data.py`` are copied to devices as they are: no TensorFlow, no
+torch, no edgetl.
 """
 
 from __future__ import annotations
