@@ -350,7 +350,7 @@ def test_deploy_refuses_a_device_without_pillow_before_pushing(cifar_export, adb
     (fake / "python3").write_text("#!/bin/sh\ncat > /dev/null\necho python=3.11.2\necho runtime.numpy=1.26.4\n"
                                   "echo runtime.ai-edge-litert=2.3.0\n")
     (fake / "python3").chmod(0o755)
-    _, uri = adb_peer(env={**os.environ, "PATH": f"{fake}:/usr/bin:/bin"})
+    _, uri = adb_peer(python=None, env={**os.environ, "PATH": f"{fake}:/usr/bin:/bin"})
     result = CliRunner().invoke(main, ["deploy", str(cifar_export), "--device", uri, "--device-data", "/sdcard/DCIM",
                                        "--epochs", "1", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "Traceback" not in result.output
@@ -416,21 +416,14 @@ def test_pack_uint8_shard_refuses_other_classes_and_splits_val(cifar, tmp_path):
 
 # -- slow: over SSH, and ONNX Runtime ------------------------------------------------------------------
 
-#: the ssh device's Python: the login PATH's ``python3`` today. When ssh fixtures bring their own venv (``?python=``),
-#: this becomes e.g. f"&python={sys.executable}"
-SSH_PYTHON = ""
-
-
 @pytest.mark.slow
 def test_ssh_deploy_on_device_cifar_never_copied_back(sshd, cifar_export, cifar, tmp_path):
     from edgetl.devices import connect
 
-    uri = sshd.uri(tmp_path / "pi", tmp_path / "known_hosts") + SSH_PYTHON
+    uri = sshd.uri(tmp_path / "pi", tmp_path / "known_hosts")  # ?python= this run's interpreter (runtime, Pillow)
     with connect(uri) as dev:
         info = dev.probe()
-    if "ai-edge-litert" not in info.runtimes or not any(k.lower() == "pillow" for k in info.runtimes):
-        _missing(f"the ssh login's Python ({info.python_bin}) lacks ai-edge-litert or Pillow: set SSH_PYTHON to a "
-                 f"Python that has them")
+    assert "ai-edge-litert" in info.runtimes and any(k.lower() == "pillow" for k in info.runtimes)
     data = take(cifar, tmp_path / "pi-home" / "captures", {"train": 20, "test": 5})
     report = deploy(cifar_export, uri, device_data=str(data), epochs=3, out=tmp_path / "laptop" / "r")
     assert report["images_left_device"] is False and len(report["epochs"]) == 3
