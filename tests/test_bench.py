@@ -51,3 +51,16 @@ def test_runners_bench(tmp_path):
         assert entry[side]["step_seconds"] > 0 and entry[side]["peak_rss_bytes"] > 50 * 2**20
     for fmt in ("onnx", "tflite"):
         assert all(c["ok"] for c in entry[fmt]["checks"]) and entry[fmt]["free_running"]["steps"] == 10
+
+
+def test_parity_bench(tmp_path):
+    import pytest
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("ai_edge_litert")
+    data, table = _bench("parity.py", "--models", "mobilenet_v3_small", "--policies", "last", "--formats", "tflite",
+                         "--resolution", "64", "--batch-size", "2", "--steps", "1", tmp_path=tmp_path)
+    (cell,) = data["cells"]
+    assert (cell["model"], cell["policy"], cell["format"], cell["ok"]) == ("mobilenet_v3_small", "last", "tflite", True)
+    assert {c["name"].split(",")[0] for c in cell["checks"]} >= {"inference logits", "training losses"}
+    assert data["resolution"] == 64 and data["batch_size"] == 2
+    assert "mobilenet_v3_small" in table and "✓" in table and "✗" not in table

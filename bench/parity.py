@@ -1,0 +1,138 @@
+"""Parity matrix: every model x policy x format exported and validated against PyTorch, one cell per check.
+
+    python bench/parity.py                                           # all of it: 3 models x 6 policies x 2 formats
+    python bench/parity.py --models mobilenet_v2 --policies full --formats tflite --json v2-full.json
+    python bench/parity.py --models mobilenet_v2 --policies ft:5,mobiletl:5 --train-epochs 1
+
+Each export is made as ``edgetl export`` makes it (batch 8 and 224 x 224 unless told otherwise) from a run
+with random weights and batch-norm statistics from data (as the tests' ``make_run``), or, with
+``--train-epochs N``, from a run trained N epochs on the built-in ``patterns`` data. The table shows each
+export's checks (``edgetl/exporters/validation.py``) as ✓/✗ with its margin, error / tolerance (a check
+passes at margin <= 1), and, for a failed export, where it departs layer by layer (TFLite). The full matrix
+is 36 exports of a few minutes each: pick a subset to run it in pieces, each writing its own JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from exportutil import make_run  # noqa: E402
+
+from edgetl.exporters import ExportError, export  # noqa: E402
+
+MODELS = ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"]
+POLICIES = ["full", "last", "bn+last", "bias", "ft:5", "mobiletl:5"]
+FORMATS = ["onnx", "tflite"]
+#: column -> how a check's name starts (validation.py names them)
+CHECKS = {"logits": "inference logits", "losses": "training losses", "gradients": "gradients",
+          "statistics": "running statistics", "optimizer": "one "}
+
+
+def _split(values: list[str] | None, default: list[str]) -> list[str]:
+    return [v for arg in values for v in arg.split(",") if v] if values else default
+
+
+def make_trained_run(root: Path, model: str, policy: str, resolution: int, batch_size: int, epochs: int) -> Path:
+    """A run trained ``epochs`` epochs on ``patterns`` from random weights, as ``edgetl train`` makes it."""
+    from edgetl import train
+
+    train(model=model, policy=policy, data="patterns", weights="none", epochs=epochs, batch_size=batch_size,
+          resolution=resolution, out=str(root))
+    return root
+
+
+def run_cell(work: Path, model: str, policy: str, fmt: str, args) -> dict:
+    """Export one cell and return its checks (as the manifest stores them) and timing."""
+    tag = f"{model}-{policy.replace(':', '').replace('+', '')}"
+    run = work / f"run-{tag}"
+    if not run.exists():
+        if args.train_epochs:
+            make_trained_run(run, model, policy, args.resolution, args.batch_size, args.train_epochs)
+        else:
+            make_run(run, model, policy, resolution=args.resolution)
+    t0 = time.perf_counter()
+    error = None
+    out = work / f"{tag}-{fmt}"
+    try:
+        export(run, fmt, out, steps=args.steps, batch_size=args.batch_size)
+    except ExportError as exc:  # a failed check: the manifest still holds every check
+        error = str(exc)
+    manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
+    validation = manifest.get("validation", {})
+    return {"model": model, "policy": policy, "format": fmt, "ok": error is None and bool(validation.get("ok")),
+            "checks": validation.get("checks", []), "layers": validation.get("layers"), "error": error,
+            "seconds": time.perf_counter() - t0}
+
+
+def cell_text(check: dict | None) -> str:
+    if check is None:
+        return "·"
+    margin = check["max_diff"] / check["tolerance"] if check["tolerance"] else float("inf")
+    mark = "[green]✓[/]" if check["ok"] else "[red]✗[/]"
+    return f"{mark} {margin:.2f}"
+
+
+def table(results: list[dict], title: str) -> Table:
+    t = Table(title=title)
+    for col in ("model", "policy", "format", *CHECKS, "worst", "s"):
+        t.add_column(col, justify="left" if col in ("model", "policy", "format") else "right")
+    t.add_column("where it departs (failed exports)", overflow="fold")
+    for r in results:
+        by_kind = {k: next((c for c in r["checks"] if c["name"].startswith(prefix)), None) for k, prefix in CHECKS.items()}
+        margins = [c["max_diff"] / c["tolerance"] for c in r["checks"] if c["tolerance"]]
+        worst = f"{'[green]✓[/]' if r['ok'] else '[red]✗[/]'} {max(margins):.2f}" if margins else "[red]✗[/]"
+        note = (r["layers"] or {}).get("summary", "") or ("" if r["ok"] else (r["error"] or "")[:300])
+        t.add_row(r["model"], r["policy"], r["format"], *(cell_text(by_kind[k]) for k in CHECKS), worst,
+                  f"{r['seconds']:.0f}", note)
+    return t
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", action="append", help=f"comma-separated (default: {','.join(MODELS)})")
+    ap.add_argument("--policies", action="append", help=f"comma-separated (default: {','.join(POLICIES)})")
+    ap.add_argument("--formats", action="append", help=f"comma-separated (default: {','.join(FORMATS)})")
+    ap.add_argument("--resolution", type=int, default=224)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=3, help="teacher-forced validation steps per export")
+    ap.add_argument("--train-epochs", type=int, default=0, help="train the runs first (default: random weights)")
+    ap.add_argument("--json", help="write every cell's checks here")
+    args = ap.parse_args(argv)
+    models, policies, formats = (_split(args.models, MODELS), _split(args.policies, POLICIES),
+                                 _split(args.formats, FORMATS))
+    for name, chosen, known in (("model", models, MODELS), ("policy", policies, POLICIES), ("format", formats, FORMATS)):
+        unknown = [c for c in chosen if c not in known and not (name == "policy" and ":" in c)]
+        if unknown:
+            ap.error(f"unknown {name} {', '.join(unknown)}; choose from {', '.join(known)}")
+    console = Console(width=220)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="edgetl-parity-") as tmp:
+        for model in models:
+            for policy in policies:
+                for fmt in formats:
+                    results.append(run_cell(Path(tmp), model, policy, fmt, args))
+                    r = results[-1]
+                    console.print(f"{model} {policy} {fmt}: {'ok' if r['ok'] else 'FAILED'} ({r['seconds']:.0f}s)")
+    weights = f"trained {args.train_epochs} epoch(s)" if args.train_epochs else "random weights"
+    console.print(table(results, f"parity, batch {args.batch_size}, {args.resolution}x{args.resolution}, {weights}: "
+                                 f"margin = error / tolerance per check"))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"batch_size": args.batch_size, "resolution": args.resolution,
+                                               "steps": args.steps, "train_epochs": args.train_epochs,
+                                               "cells": results}, indent=2))
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
