@@ -5,6 +5,9 @@ import subprocess
 import sys
 
 import torch
+import torchvision
+from torch import nn
+from torchvision.ops.misc import Conv2dNormActivation
 
 from edgetl import OptimizerSpec, Run, apply_policy, calibrate_batchnorm, create_model
 
@@ -63,3 +66,13 @@ def reference_shard(art, tmp_path):
     shard = tmp_path / "shard.npz"
     np.savez(shard, images=data["images"].reshape(-1, *data["images"].shape[2:]), labels=data["labels"].reshape(-1))
     return shard
+
+
+def tiny_mobilenet(width: int = 16) -> nn.Module:
+    """A MobileNetV2 whose features are its stem (3x3, stride 2) and one depthwise 3x3: 112 x 112 maps."""
+    torch.manual_seed(0)
+    net = torchvision.models.MobileNetV2(num_classes=5)
+    net.features = nn.Sequential(Conv2dNormActivation(3, width, stride=2, activation_layer=nn.ReLU6),
+                                 Conv2dNormActivation(width, width, groups=width, activation_layer=nn.ReLU6))
+    net.classifier = nn.Sequential(nn.Dropout(0.0), nn.Linear(width, 5))
+    return net.train()

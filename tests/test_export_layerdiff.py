@@ -10,16 +10,12 @@ import copy
 
 import numpy as np
 import pytest
-import torch
-import torchvision
-from torch import nn
-from torchvision.ops.misc import Conv2dNormActivation
 
 from edgetl.exporters import export
 from edgetl.exporters.reference import torch_step
 from edgetl.exporters.validation import GRAD_FACTOR, grad_error
 
-from .exportutil import make_run
+from .exportutil import make_run, tiny_mobilenet
 
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
@@ -28,16 +24,6 @@ from edgetl.exporters.tflite_graph import Lowering, TrainingModule  # noqa: E402
 from edgetl.optim import OptimizerSpec  # noqa: E402
 
 BATCH, RES = 8, 224
-
-
-def tiny_mobilenet(width: int = 16) -> nn.Module:
-    """A MobileNetV2 whose features are its stem (3x3, stride 2) and one depthwise 3x3: 112 x 112 maps."""
-    torch.manual_seed(0)
-    net = torchvision.models.MobileNetV2(num_classes=5)
-    net.features = nn.Sequential(Conv2dNormActivation(3, width, stride=2, activation_layer=nn.ReLU6),
-                                 Conv2dNormActivation(width, width, groups=width, activation_layer=nn.ReLU6))
-    net.classifier = nn.Sequential(nn.Dropout(0.0), nn.Linear(width, 5))
-    return net.train()
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from ..errors import EdgeTLError
 from ..optim import OptimizerSpec
 from ..run import Run
 from .manifest import MANIFEST, manifest_fields, validated_manifest
-from .reference import write_reference
+from .reference import training_copy, write_reference
 from .validation import Validation, validate_with_runner
 
 
@@ -84,10 +84,27 @@ class Exporter(ABC):
         """The optimizer the exported graph runs: the run's, at ``lr`` when given."""
         return run.optimizer.replace(lr=lr) if lr is not None else run.optimizer
 
+    def probe(self, model, batch_size: int, resolution: int):
+        """``model`` lowered as this format lowers it, run by its runtime with every layer tapped
+        (:class:`.layerdiff.Probe`); None when the format has none."""
+        return None
+
     def layer_report(self, run: Run, images, labels) -> dict | None:
         """Where the export departs from PyTorch, layer by layer, on one batch (``{"summary": ...}``), for a
-        failed validation's message; None when the format cannot tell."""
-        return None
+        failed validation's message; None when the format cannot tell. Best effort: it explains a failure, so
+        its own failure is reported instead of raised."""
+        from .layerdiff import available_memory, compare, memory_estimate
+
+        try:
+            model = training_copy(run.model)
+            need, free = memory_estimate(model, images.shape[0], run.resolution), available_memory()
+            if free is not None and need > free:  # running out of memory would lose the failed checks' message too
+                return {"summary": f"the layer-by-layer comparison was skipped: it needs about {need / 2**30:.1f} GiB "
+                                   f"and {free / 2**30:.1f} GiB are available"}
+            probe = self.probe(model, images.shape[0], run.resolution)
+            return compare(model, images, labels, probe).as_dict() if probe is not None else None
+        except Exception as exc:  # noqa: BLE001 (e.g. memory: the comparison holds every layer's output three times)
+            return {"summary": f"the layer-by-layer comparison did not run: {type(exc).__name__}: {exc}"}
 
     def _validate(self, run: Run, out: Path, images, labels, logits, steps: int, spec: OptimizerSpec) -> Validation:
         validation = validate_with_runner(self.runner, str(out), run, images, labels, logits, steps, spec)

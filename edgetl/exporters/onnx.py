@@ -28,7 +28,7 @@ from ..run import Run
 from ..runtime import ort_runner
 from .base import Exporter, ExportError, quiet_stderr
 from .manifest import copy_runner
-from .onnx_graph import OPSET, batch_stat_norms, export_graph, hardswish_threshold, register_gradients
+from .onnx_graph import OPSET, batch_stat_norms, export_graph, hardswish_threshold, register_gradients, set_hardswish_threshold
 
 ARTIFACTS = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
 
@@ -61,6 +61,11 @@ class OnnxExporter(Exporter):
             spec = spec.replace(momentum=0.0, weight_decay=0.0)
         return spec
 
+    def probe(self, model, batch_size, resolution):
+        from .layerdiff import OnnxProbe
+
+        return OnnxProbe(model, batch_size, resolution)
+
     def lower(self, run, out, spec, batch_size, log):
         onnx, onnxruntime, artifacts, onnxblock = _backend()
         trainable = [n for n, p in run.model.named_parameters() if p.requires_grad]
@@ -74,7 +79,7 @@ class OnnxExporter(Exporter):
             raise ExportError(f"trainable parameters missing from the exported graph: {', '.join(missing[:5])}")
         frozen = sorted(initializers - set(trainable))
         threshold = hardswish_threshold(run.model)
-        register_gradients(threshold)
+        register_gradients()
         optimizer = (onnxblock.optim.AdamW(betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
                      if spec.name == "adamw" else onnxblock.optim.SGD())
         for name in ARTIFACTS:  # a re-export replaces the set as a whole
@@ -86,11 +91,13 @@ class OnnxExporter(Exporter):
                                          loss=artifacts.LossType.CrossEntropyLoss, optimizer=optimizer,
                                          artifact_directory=str(out), loss_input_names=["logits"],
                                          additional_output_names=stat_outputs)
+        if threshold:  # the registered gradient's is 0.0
+            _edit(out / ort_runner.TRAINING_MODEL, lambda model: set_hardswish_threshold(model, threshold))
         buffers = dict(run.model.named_buffers())
         np.savez(out / ort_runner.RUNNING_STATS, **{f"{n['name']}.{k}": buffers[f"{n['name']}.{k}"].numpy()
                                                      for n in norms for k in ("running_mean", "running_var")})
         if spec.name == "adamw":
-            _pytorch_adamw(out / "optimizer_model.onnx")
+            _edit(out / "optimizer_model.onnx", _pytorch_adamw)
         onnx.save(inference, str(out / ort_runner.INFERENCE_MODEL))
         copy_runner(ort_runner, out)
         log(f"exported {len(trainable)} trainable and {len(frozen)} frozen tensors in {time.perf_counter() - t0:.1f}s")
@@ -103,20 +110,25 @@ class OnnxExporter(Exporter):
             "versions": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "opset": OPSET}}
 
 
-def _pytorch_adamw(path: Path) -> None:
+def _edit(path: Path, change) -> None:
+    """Load a generated ONNX model, ``change(model)`` it in place, and save it back."""
+    import onnx
+
+    model = onnx.load(str(path))
+    change(model)
+    onnx.save(model, str(path))
+
+
+def _pytorch_adamw(model) -> None:
     """Make the generated AdamW follow PyTorch's AdamW, as training on the laptop does.
 
     onnxblock writes ``adam_mode=1`` (Hugging Face's AdamW: epsilon added before the bias correction, about
     30x larger in effect at step 1, and weight decay after the update); ``adam_mode=0`` is PyTorch's.
     """
-    import onnx
-
-    model = onnx.load(str(path))
     nodes = [n for n in model.graph.node if n.op_type == "AdamWOptimizer"]
     if not nodes:
-        raise ExportError(f"{path.name} has no AdamWOptimizer node; onnxruntime-training changed its optimizer graph")
+        raise ExportError("the optimizer model has no AdamWOptimizer node; onnxruntime-training changed its optimizer graph")
     for node in nodes:
         for attr in node.attribute:
             if attr.name == "adam_mode":
                 attr.i = 0
-    onnx.save(model, str(path))

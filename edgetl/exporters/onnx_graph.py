@@ -2,7 +2,8 @@
 
     training = export_graph(run.model, resolution, training=True)    # onnx.ModelProto
     inference = export_graph(run.model, resolution, training=False)
-    register_gradients(hardswish_threshold=0.0)                      # before generate_artifacts
+    register_gradients()                                             # before generate_artifacts
+    set_hardswish_threshold(training_proto, threshold)               # after it
 
 The pitfalls of this stack (DESIGN.md section 5), each handled here:
 
@@ -31,6 +32,7 @@ import copy
 import io
 import json
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -224,11 +226,20 @@ def _const(name: str, value: float):
 _TO_FLOAT = {"to": {"value": 1, "dtype": "int"}}
 
 
-def register_gradients(hardswish_threshold: float = 0.0) -> None:
-    """Gradients for Clip and HardSigmoid (exact, as PyTorch's) and HardSwish (MobileTL's sign approximation).
+_registered = False
 
-    Process-wide; call before each ``generate_artifacts`` so the threshold is the run's.
+
+def register_gradients() -> None:
+    """Gradients for Clip and HardSigmoid (exact, as PyTorch's) and HardSwish (MobileTL's sign approximation),
+    before ``generate_artifacts``.
+
+    ONNX Runtime's registry is process-wide and keeps the *first* definition of an op, so this registers once,
+    and the run's Hard-Swish threshold is written into each generated training model afterwards
+    (:func:`set_hardswish_threshold`): a second export with another threshold in the same process gets its own.
     """
+    global _registered
+    if _registered:
+        return
     from onnxruntime.capi import _pybind_state as C
 
     # torch's Hardsigmoid: alpha = 1/6, beta = 1/2, so the slope 1/6 holds on (-3, 3)
@@ -246,10 +257,25 @@ def register_gradients(hardswish_threshold: float = 0.0) -> None:
         ("Mul", ["GO(0)", "insidef"], ["GI(0)"]),
     ]))
     C.register_gradient_definition("::HardSwish", _gradient([
-        _const("threshold", float(hardswish_threshold)),
+        _const("threshold", 0.0),  # set per model by set_hardswish_threshold
         ("Greater", ["I(0)", "threshold"], ["mask"]), ("Cast", ["mask"], ["maskf"], _TO_FLOAT),
         ("Mul", ["GO(0)", "maskf"], ["GI(0)"]),
     ]))
+    _registered = True
+
+
+def set_hardswish_threshold(proto, threshold: float) -> int:
+    """Write ``threshold`` into every HardSwish gradient of a generated training model (its ``threshold``
+    constants); returns how many there were."""
+    from onnx import numpy_helper
+
+    count = 0
+    for init in proto.graph.initializer:
+        if init.name.endswith("HardSwish_Grad/threshold"):
+            value = numpy_helper.to_array(init)
+            init.CopyFrom(numpy_helper.from_array(np.full_like(value, threshold), init.name))
+            count += 1
+    return count
 
 
 def hardswish_threshold(model: nn.Module) -> float:

@@ -127,17 +127,7 @@ class TfliteExporter(Exporter):
             "activation_masks": "MobileTL masks are stored as one byte per element (TFLite has no bit type)",
             "versions": {"tensorflow": tf.__version__, "ai_edge_litert": metadata.version("ai-edge-litert")}}
 
-    def layer_report(self, run, images, labels) -> dict:
-        """The layer-by-layer comparison (:mod:`.layerdiff`) of the run's model lowered to TFLite, on one batch.
-        Best effort: it explains a failure, so its own failure is reported instead of raised."""
-        from .layerdiff import TfliteProbe, available_memory, compare, memory_estimate
+    def probe(self, model, batch_size, resolution):
+        from .layerdiff import TfliteProbe
 
-        try:
-            model = training_copy(run.model)
-            need, free = memory_estimate(model, images.shape[0], run.resolution), available_memory()
-            if free is not None and need > free:  # running out of memory would lose the failed checks' message too
-                return {"summary": f"the layer-by-layer comparison was skipped: it needs about {need / 2**30:.1f} GiB "
-                                   f"and {free / 2**30:.1f} GiB are available"}
-            return compare(model, images, labels, TfliteProbe(model, images.shape[0], run.resolution)).as_dict()
-        except Exception as exc:  # noqa: BLE001 (e.g. memory: the comparison holds every layer's output three times)
-            return {"summary": f"the layer-by-layer comparison did not run: {type(exc).__name__}: {exc}"}
+        return TfliteProbe(model, batch_size, resolution)
