@@ -421,12 +421,13 @@ def fleet_shard(data, n, iid, resolution, count, seed, out):
 @click.option("--address", default=None, help="HOST:PORT devices reach the SuperLink by (default: 127.0.0.1).")
 @click.option("--port", type=int, default=None)
 @click.option("--insecure", is_flag=True, help="No TLS: for loopback tests only.")
+@click.option("--auth", is_flag=True, help="SuperNode authentication: only the keys edgetl makes for these devices join.")
 @click.option("--resume", is_flag=True, help="Continue a stopped fleet run from its last saved round.")
 @click.option("--seed", type=int, default=0)
 @click.option("--out", default="runs/fleet", show_default=True)
 @friendly_errors
 def fleet_run(artifacts, device_uris, devices_file, data, device_data, rounds, local_steps, min_devices, fraction, strategy,
-              mu, server_lr, source_run, eval_data, round_timeout, host, address, port, insecure, resume, seed, out):
+              mu, server_lr, source_run, eval_data, round_timeout, host, address, port, insecure, auth, resume, seed, out):
     """Fine-tune ARTIFACTS across devices: a SuperLink here, a SuperNode on each device, FedAvg by default."""
     from .fleet import run_fleet
     from .ui import FleetTable
@@ -439,7 +440,7 @@ def fleet_run(artifacts, device_uris, devices_file, data, device_data, rounds, l
         result = run_fleet(artifacts, uris, out, data=data, device_data=device_data, rounds=rounds,
                            local_steps=local_steps, min_devices=min_devices, fraction=fraction, strategy=strategy,
                            strategy_options=options, run=source_run, eval_data=eval_data, round_timeout=round_timeout,
-                           host=host, address=address, port=port, insecure=insecure, resume=resume, seed=seed,
+                           host=host, address=address, port=port, insecure=insecure, auth=auth, resume=resume, seed=seed,
                            events=events)
     message = result.report["message"]
     console.print(f"global model: {result.out} (fleet.json, fleet.png); {message['bytes_per_device_per_direction']:,} "

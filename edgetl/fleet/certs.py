@@ -78,3 +78,28 @@ class FleetCerts:
         device.makedirs(remote_dir)
         device.push_file(self.ca, f"{remote_dir}/ca.pem.part")
         device.rename(f"{remote_dir}/ca.pem.part", f"{remote_dir}/ca.pem")
+
+
+def make_node_key(root, name: str) -> tuple[Path, Path]:
+    """An EC P-256 key pair for one SuperNode (OpenSSH format, as flwr reads it): ``(private, public)`` paths."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    private, public = root / f"{name}.key", root / f"{name}.pub"
+    if not private.exists():
+        key = ec.generate_private_key(ec.SECP256R1())
+        FleetCerts._write(private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                                     serialization.NoEncryption()), private=True)
+        FleetCerts._write(public, key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                                serialization.PublicFormat.OpenSSH))
+    return private, public
+
+
+def push_private_key(device, private: Path, remote_dir: str) -> str:
+    remote = f"{remote_dir}/node.key"
+    device.makedirs(remote_dir)
+    device.push_file(private, remote + ".part")
+    device.check(f"chmod 600 '{remote}.part' && mv -f '{remote}.part' '{remote}'", what="installing the SuperNode key")
+    return remote

@@ -82,7 +82,8 @@ class Fleet:
                  rounds: int = 10, local_steps: int = 20, min_devices: int | None = None, fraction: float = 1.0,
                  strategy: str = "fedavg", strategy_options: dict | None = None, run: str | None = None,
                  eval_data: str | None = None, eval_size: int | None = 500, seed: int = 0, lr: float | None = None,
-                 round_timeout: float = 600, resume: bool = False, insecure: bool = False, host: str = "127.0.0.1",
+                 round_timeout: float = 600, join_timeout: float = 120,
+                 resume: bool = False, insecure: bool = False, host: str = "127.0.0.1",
                  address: str | None = None, port: int | None = None, auth: bool = False,
                  keep_client_arrays: bool = False, events: FleetEvents | None = None):
         self.artifacts, self.out = Path(artifacts), Path(out)
@@ -105,16 +106,16 @@ class Fleet:
             raise FleetError(f"the run the artifacts came from ({self.source_run}) is not here; pass --run RUN_DIR "
                              f"(the server evaluates and saves the global model with it)")
         self.devices, self.data, self.device_data = list(devices), data, device_data
+        self.shards = _shards(data, len(self.devices))
         self.min_devices = min_devices or len(devices)
         if not 1 <= self.min_devices <= len(devices):
             raise FleetError(f"--min-devices is from 1 to the {len(devices)} devices given, not {self.min_devices}")
         self.options = dict(rounds=rounds, local_steps=local_steps, fraction=fraction, strategy=strategy,
                             strategy_options=strategy_options or {}, eval_size=eval_size, seed=seed, lr=lr,
-                            round_timeout=round_timeout, keep_client_arrays=keep_client_arrays)
+                            round_timeout=round_timeout, join_timeout=join_timeout, keep_client_arrays=keep_client_arrays)
         self.eval_data = eval_data
-        if auth:
-            raise FleetError("SuperNode authentication is not available in this version of edgetl fleet yet; run "
-                             "without --auth (TLS still protects the traffic)")
+        if auth and insecure:
+            raise FleetError("SuperNode authentication needs TLS: drop --insecure to use --auth")
         self.resume, self.insecure, self.host, self.auth = resume, insecure, host, auth
         self.port, self.address = port or free_port(), address
         self.events = events or FleetEvents()
@@ -147,9 +148,9 @@ class Fleet:
 
     def _start_nodes(self, address: str, certs) -> None:
         from ..devices import connect
-        from ..devices.bundle import make_bundle, push_bundle
+        from ..devices.bundle import push_bundle
 
-        for i, (uri, shard) in enumerate(zip(self.devices, _shards(self.data, len(self.devices))), start=1):
+        for i, (uri, shard) in enumerate(zip(self.devices, self.shards), start=1):
             device = connect(uri)
             self._connections.append(device)
             info = device.probe()
@@ -157,7 +158,7 @@ class Fleet:
             python = info.python_bin
             if not python or device.run(f"{python} -c 'import flwr'", timeout=120).returncode != 0:
                 raise FleetError(f"{uri} has no flwr in {python or 'any Python'}: run `edgetl devices setup {uri} --fleet`")
-            bundle = make_bundle(self.artifacts, shard)
+            bundle = self.bundle_for(i, uri, shard)
             try:
                 self.events.message(f"pushing {bundle.size / 2**20:.1f} MiB to {uri}")
                 remote = push_bundle(device, bundle, free_bytes=info.free_bytes)
@@ -172,10 +173,30 @@ class Fleet:
             if certs is not None:
                 certs_dir = f"{device.workdir}/fleet-certs"
                 certs.push_ca(device, certs_dir)
-            key = None
+            key = self._node_key(device, i, certs_dir) if self.auth else None
             port = free_port()
-            self.nodes.append(SuperNode(device, python, address, config, port, f"{device.workdir}/fleet", certs_dir, key))
+            node = SuperNode(device, python, address, config, port, f"{device.workdir}/fleet", certs_dir, key)
+            node.label = config["label"]
+            self.nodes.append(node)
             self.events.message(f"SuperNode {i} started on {uri}")
+
+    def bundle_for(self, index: int, uri: str, shard: str | None):
+        """What device ``index`` gets: the fleet's artifacts, the runner files and its shard."""
+        from ..devices.bundle import make_bundle
+
+        return make_bundle(self.artifacts, shard)
+
+    def _node_key(self, device, index: int, certs_dir: str) -> str:
+        """The device's own key, registered with the SuperLink: only registered keys join the fleet."""
+        from .certs import make_node_key, push_private_key
+
+        private, public = make_node_key(self.work / "keys", f"node-{index}")
+        done = subprocess.run([str(Path(sys.executable).parent / "flwr"), "supernode", "register", str(public), "fleet"],
+                              capture_output=True, text=True, env=self._env, timeout=120)
+        if done.returncode != 0 and "already" not in (done.stdout + done.stderr):
+            raise FleetError(f"the SuperLink did not register the key of device {index}: "
+                             f"{(done.stdout + done.stderr).strip().splitlines()[-1:]}")
+        return push_private_key(device, private, certs_dir)
 
     def _write_app(self, config_path: Path) -> Path:
         app = self.work / "app"
@@ -221,7 +242,7 @@ class Fleet:
                   **self.options}
         config_path = self.work / "config.json"
         config_path.write_text(json.dumps(config, indent=2))
-        env = self._flwr_home(certs)
+        env = self._env = self._flwr_home(certs)
         offset = (self.work / ROUNDS).stat().st_size if (self.work / ROUNDS).exists() else 0
         records, refused = [], []
         try:
@@ -254,7 +275,7 @@ class Fleet:
         finally:
             self.stop()
         all_records = [json.loads(line) for line in (self.work / ROUNDS).read_text().splitlines() if line.strip()]
-        report = write_report(self.out, all_records, config, self.manifest)
+        report = write_report(self.out, all_records, config, self.manifest, refused)
         return FleetResult(self.out, [r for r in all_records if r.get("event") == "round"], refused, report)
 
     def _follow(self, offset: int, records: list, refused: list) -> int:
@@ -268,7 +289,10 @@ class Fleet:
         for line in complete.splitlines():
             record = json.loads(line)
             if record.get("event") == "handshake":
-                for r in record["refused"]:
+                seen = set(record["labels"].values())
+                missing = [{"node": None, "label": n.label, "reason": f"its SuperNode did not join the fleet: "
+                            f"{(n.log_tail(3).splitlines() or ['no log'])[-1]}"} for n in self.nodes if n.label not in seen]
+                for r in record["refused"] + missing:
                     refused.append(r)
                     self.events.refused(r)
             elif record.get("event") in ("round", "start"):

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..io import atomic_write_json
 
 
-def write_report(out, records: list[dict], config: dict, manifest: dict) -> dict:
+def write_report(out, records: list[dict], config: dict, manifest: dict, refused: list[dict] | None = None) -> dict:
     out = Path(out)
     rounds = [r for r in records if r.get("event") == "round"]
     start = next((r for r in records if r.get("event") == "start"), None)
@@ -28,7 +28,7 @@ def write_report(out, records: list[dict], config: dict, manifest: dict) -> dict
         "message": {"tensors": len(travelling), "bytes_per_device_per_direction": per_device,
                     "whole_model_bytes": whole, "ratio_to_whole_model": per_device / whole if whole else None},
         "initial_eval": start, "rounds": rounds, "lost": lost,
-        "refused": [r for h in handshakes for r in h["refused"]],
+        "refused": refused if refused is not None else [r for h in handshakes for r in h["refused"]],
         "final_eval_acc": rounds[-1].get("eval_acc") if rounds else None,
     }
     atomic_write_json(report, out / "fleet.json")
