@@ -255,8 +255,9 @@ def _python_source(uri, info) -> str:
               help="install from the wheels in DIR, pushed from here (the device needs no index); an empty DIR is "
                    "filled for the device first")
 @click.option("--force", is_flag=True, help="rebuild the environment even if it is set up")
+@click.option("--fleet", is_flag=True, help="also install Flower (flwr), for `edgetl fleet run`")
 @friendly_errors
-def devices_setup(uri, runtime, python, wheels, force):
+def devices_setup(uri, runtime, python, wheels, force, fleet):
     """Make a Python environment on a device with the training runtime, check it, and record it for deploy."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
@@ -277,13 +278,14 @@ def devices_setup(uri, runtime, python, wheels, force):
         # indented lines are the device's pip talking: dimmed under edgetl's own lines
         record = setup_device(uri, runtime, python, wheels, force, on_event=lambda line: err.print(
             line, style="dim" if line.startswith(" ") else None, markup=False, highlight=False, soft_wrap=True),
-            on_progress=on_progress)
+            on_progress=on_progress, fleet=fleet)
     finally:
         if task is not None:
             bar.stop()
     if not record.get("already"):
         runtimes = ", ".join(f"{k} {v}" for k, v in record["runtimes"].items())
-        console.print(f"[green]ready[/]: {uri} trains with {runtimes} in {record['env']}", soft_wrap=True)
+        fleet_note = f", Flower {record['fleet']}" if record.get("fleet") else ""
+        console.print(f"[green]ready[/]: {uri} trains with {runtimes}{fleet_note} in {record['env']}", soft_wrap=True)
 
 
 @devices.command("wheels")
@@ -293,8 +295,9 @@ def devices_setup(uri, runtime, python, wheels, force):
 @click.option("--glibc", default="2.36", show_default=True, help="the device's glibc (Bookworm: 2.36)")
 @click.option("--runtime", default="tflite", show_default=True, type=click.Choice(["tflite", "onnx"]))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="directory for the wheels")
+@click.option("--fleet", is_flag=True, help="Flower's wheels too (devices setup --fleet)")
 @friendly_errors
-def devices_wheels(platform_, python, glibc, runtime, out):
+def devices_wheels(platform_, python, glibc, runtime, out, fleet):
     """Download here the wheels a device without internet needs (then: devices setup DEVICE --wheels DIR)."""
     from .devices.setup import download_wheels
 
@@ -303,7 +306,7 @@ def devices_wheels(platform_, python, glibc, runtime, out):
     machine = {"amd64": "x86_64", "arm64": "aarch64" if system == "Linux" else "arm64"}.get(machine, machine)
     err = Console(stderr=True)
     paths = download_wheels(out, system, machine, python, glibc, [runtime],
-                            on_event=lambda line: err.print(line, style="dim", markup=False, highlight=False))
+                            on_event=lambda line: err.print(line, style="dim", markup=False, highlight=False), fleet=fleet)
     console.print(f"[green]{len(paths)} wheels[/] in {out}: `edgetl devices setup DEVICE --wheels {out}`")
 
 

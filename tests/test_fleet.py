@@ -227,3 +227,27 @@ def test_resume_after_the_server_is_killed_continues_from_the_last_round(fleet_e
     assert [r["round"] for r in result.rounds] == [1, 2, 3]
     assert not any(r.get("event") == "start" for r in events.rounds)
     assert set(after_one) == set(travelling(json.loads((art / "manifest.json").read_text())))
+
+
+class OneStrangerKey(Fleet):
+    """Device 2 starts its SuperNode with a key of its own that the SuperLink never registered."""
+
+    def _node_key(self, device, index, certs_dir):
+        if index != 2:
+            return super()._node_key(device, index, certs_dir)
+        from edgetl.fleet.certs import push_private_key
+
+        private, _ = make_node_key(self.work / "strangers", "stranger")
+        return push_private_key(device, private, certs_dir)
+
+
+@pytest.mark.slow
+def test_with_authentication_a_key_the_fleet_did_not_register_is_refused(fleet_export, tmp_path):
+    run, art, shards = fleet_export
+    fleet = OneStrangerKey(art, [local(tmp_path, f"d{i}") for i in range(3)], tmp_path / "fleet", data=str(shards),
+                           rounds=1, local_steps=2, min_devices=2, eval_size=50, auth=True, join_timeout=30,
+                           events=Recorder())
+    result = fleet.run()
+    assert len(result.refused) == 1 and result.refused[0]["label"].endswith("d1")
+    assert "did not join" in result.refused[0]["reason"] and "Failed to activate SuperNode" in result.refused[0]["reason"]
+    assert len(result.rounds) == 1 and len(result.rounds[0]["answered"]) == 2

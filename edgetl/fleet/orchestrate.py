@@ -290,8 +290,9 @@ class Fleet:
             record = json.loads(line)
             if record.get("event") == "handshake":
                 seen = set(record["labels"].values())
-                missing = [{"node": None, "label": n.label, "reason": f"its SuperNode did not join the fleet: "
-                            f"{(n.log_tail(3).splitlines() or ['no log'])[-1]}"} for n in self.nodes if n.label not in seen]
+                missing = [{"node": None, "label": n.label, "reason": f"its SuperNode did not join the fleet (a key the "
+                            f"fleet did not register, or the SuperLink unreachable): {n.why_not_joined()}"}
+                           for n in self.nodes if n.label not in seen]
                 for r in record["refused"] + missing:
                     refused.append(r)
                     self.events.refused(r)

@@ -13,6 +13,7 @@ a device whose SuperNode was killed already is stopped without complaint.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -110,6 +111,14 @@ class SuperNode:
 
     def log_tail(self, lines: int = 5) -> str:
         return self.device.run(f"tail -n {lines} {shlex.quote(self.log)} 2>/dev/null; true", timeout=30).stdout.strip()
+
+    def why_not_joined(self) -> str:
+        """The SuperNode's own words on why it is not in the fleet (its log's last error), or its last line."""
+        text = self.device.run(f"cat {shlex.quote(self.log)} 2>/dev/null; true", timeout=30).stdout
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in text.splitlines()]
+        lines = [line for line in lines if line]
+        said = [line for line in lines if "[code:" in line or line.startswith("ERROR") or "Failed" in line]
+        return (said or lines or ["it wrote no log"])[-1]
 
     def kill(self, sig: str = "KILL") -> None:
         """Signal the SuperNode's whole session (its SuperExec and ClientApps with it)."""
