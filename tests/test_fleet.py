@@ -210,7 +210,7 @@ def test_resume_after_the_server_is_killed_continues_from_the_last_round(fleet_e
 
     def on_round(record):
         if record.get("round") == 1:
-            holder["fleet"].link.stop(grace=0)  # the SuperLink and its ServerApp die after round 1 was saved
+            holder["fleet"].link.kill()  # the SuperLink and its ServerApp die after round 1 was saved
 
     fleet = Fleet(art, devices, out, data=str(shards), rounds=3, local_steps=2, eval_size=50, insecure=True,
                   events=Recorder(on_round))

@@ -65,22 +65,23 @@ class SuperLink:
                 time.sleep(0.2)
         raise FleetProcessError(f"the SuperLink did not listen on port {self.port} within {timeout:.0f}s; see {self.log}")
 
+    def kill(self) -> None:
+        """SIGKILL the SuperLink's process group (its ServerApp with it), as a crash would."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+
     def stop(self, grace: float = 5) -> None:
+        """TERM the process group, KILL what is left after ``grace`` seconds (a ServerApp outliving it too)."""
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(timeout=grace)
             except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(timeout=grace)
-        else:  # the SuperLink is gone; its ServerApp may not be
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
                 pass
+        self.kill()
 
 
 class SuperNode:
