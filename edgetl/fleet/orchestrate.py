@@ -236,6 +236,7 @@ class Fleet:
 
             certs = FleetCerts.ensure(self.work / "certs", self.host, self.address)
         config = {"work": str(self.work), "out": str(self.out), "source_run": str(self.source_run),
+                  "artifacts": str(self.artifacts.resolve()), "data": self.data, "device_data": self.device_data,
                   "eval_data": self._eval_data(), "devices": len(self.devices), "min_devices": self.min_devices,
                   "manifest_sha256": hashlib.sha256(self.raw_manifest).hexdigest(), "resume": self.resume,
                   "travelling": __import__("edgetl.fleet.params", fromlist=["travelling"]).travelling(self.manifest),
