@@ -47,6 +47,18 @@ def local(tmp_path, name):
     return f"local://{tmp_path / name}?python={PY}"
 
 
+def leftovers(ports) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            words = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(f"127.0.0.1:{port}" in words or f"--port {port}" in words for port in ports):
+            found.append(words)
+    return found
+
+
 class Recorder(FleetEvents):
     def __init__(self, on_round=None):
         self.rounds, self.refusals, self.messages, self.on_round = [], [], [], on_round
@@ -173,7 +185,10 @@ def test_a_device_killed_mid_round_does_not_stop_the_fleet(fleet_export, tmp_pat
     assert all("skipped" not in r for r in result.rounds)
     report = json.loads((tmp_path / "fleet" / "fleet.json").read_text())
     assert report["lost"][0]["round"] == 2 and len(report["lost"][0]["lost"]) == 1
-    assert all(not n.alive() for n in fleet.nodes)  # every SuperNode is stopped, the killed one included
+    # every process started is gone, the killed SuperNode's included: nothing serves the SuperLink's or a
+    # SuperNode's port any more (Flower's SuperExecs run in sessions of their own)
+    assert all(not n.alive() for n in fleet.nodes)
+    assert leftovers([fleet.port, *(n.port for n in fleet.nodes)]) == []
 
 
 class OtherArtifacts(Fleet):

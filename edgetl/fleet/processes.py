@@ -23,6 +23,36 @@ from pathlib import Path
 
 from ..devices.base import Device, DeviceError
 
+#: a shell function printing a process and all its descendants (from /proc: Linux and Android alike). Flower's
+#: SuperExec makes a session of its own, so signalling a process group does not reach it or its apps.
+TREE = ("tree() { echo $1; for c in $(awk -v p=$1 '$4==p{print $1}' /proc/[0-9]*/stat 2>/dev/null); "
+        "do tree $c; done; }")
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid``'s children, grandchildren... on this machine (from /proc), deepest last."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
 
 class FleetProcessError(DeviceError):
     """A SuperLink or SuperNode that would not start."""
@@ -66,21 +96,26 @@ class SuperLink:
         raise FleetProcessError(f"the SuperLink did not listen on port {self.port} within {timeout:.0f}s; see {self.log}")
 
     def kill(self) -> None:
-        """SIGKILL the SuperLink's process group (its ServerApp with it), as a crash would."""
+        """SIGKILL the SuperLink and every process under it (its SuperExec and ServerApp), as a crash would."""
+        tree = descendants(self.proc.pid)
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        _signal_all(tree, signal.SIGKILL)
         self.proc.wait(timeout=30)
 
     def stop(self, grace: float = 5) -> None:
-        """TERM the process group, KILL what is left after ``grace`` seconds (a ServerApp outliving it too)."""
+        """TERM the SuperLink and everything under it, KILL what is left after ``grace`` seconds."""
+        tree = descendants(self.proc.pid)  # read first: a SuperExec whose parent died is no longer under it
         if self.proc.poll() is None:
+            _signal_all(tree, signal.SIGTERM)
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(timeout=grace)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
+        _signal_all(tree, signal.SIGKILL)
         self.kill()
 
 
@@ -122,15 +157,26 @@ class SuperNode:
         return (said or lines or ["it wrote no log"])[-1]
 
     def kill(self, sig: str = "KILL") -> None:
-        """Signal the SuperNode's whole session (its SuperExec and ClientApps with it)."""
-        self.device.run(f"kill -{sig} -- -{self.pid} 2>/dev/null; kill -{sig} {self.pid} 2>/dev/null; true", timeout=30)
+        """Signal the SuperNode and every process under it (its SuperExec and ClientApps, in sessions of their own)."""
+        self.device.run(f"{TREE}; pids=$(tree {self.pid}); kill -{sig} -- -{self.pid} 2>/dev/null; "
+                        f"kill -{sig} $pids 2>/dev/null; true", timeout=30)
+
+    def tree_alive(self) -> list[int]:
+        """The SuperNode's process and its descendants still running (empty once stopped)."""
+        out = self.device.run(f"{TREE}; kill -0 {self.pid} 2>/dev/null && tree {self.pid}; true", timeout=30).stdout
+        return [int(w) for w in out.split() if w.isdigit()]
 
     def stop(self, grace: float = 5) -> None:
+        """TERM the SuperNode's processes (read first: its SuperExec outlives it otherwise), KILL what is left."""
         try:
-            self.kill("TERM")
+            pids = " ".join(map(str, self.tree_alive()))
+            if not pids:
+                return
+            self.device.run(f"kill -TERM -- -{self.pid} 2>/dev/null; kill -TERM {pids} 2>/dev/null; true", timeout=30)
             deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and self.alive():
+            while time.monotonic() < deadline and self.device.run(
+                    f"for p in {pids}; do kill -0 $p 2>/dev/null && exit 0; done; exit 1", timeout=30).returncode == 0:
                 time.sleep(0.2)
-            self.kill("KILL")
+            self.device.run(f"kill -KILL {pids} 2>/dev/null; true", timeout=30)
         except DeviceError:
             pass  # the device went away: nothing of ours is left to stop there that we can reach
