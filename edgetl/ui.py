@@ -166,7 +166,7 @@ class FleetTable:
     HEADER = f"{'round':>5}  {'answered':>8}  {'loss':>7}  {'eval acc':>8}  {'sent':>9}  {'received':>9}  {'seconds':>7}  note"
 
     def __init__(self, console: Console):
-        self.console, self.devices = console, 0
+        self.console, self.devices, self.header = console, 0, False
 
     def __enter__(self):
         return self
@@ -185,8 +185,10 @@ class FleetTable:
         self.console.print(f"refused {record.get('label') or record['node']}: {record['reason']}", style="red", markup=False)
 
     def round(self, r: dict) -> None:
-        if r.get("event") == "start":
+        if not self.header:  # a resumed run has no round 0 to open the table
             self.console.print(self.HEADER, style="bold")
+            self.header = True
+        if r.get("event") == "start":
             self.console.print(f"{0:>5}  {'':>8}  {'':>7}  {100 * r['eval_acc']:>7.1f}%", markup=False)
             return
         loss = f"{r['train_loss']:.3f}" if r.get("train_loss") is not None else "-"
