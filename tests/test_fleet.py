@@ -267,3 +267,27 @@ def test_with_authentication_a_key_the_fleet_did_not_register_is_refused(fleet_e
     assert len(result.refused) == 1 and result.refused[0]["label"].endswith("d1")
     assert "did not join" in result.refused[0]["reason"] and "Failed to activate SuperNode" in result.refused[0]["reason"]
     assert len(result.rounds) == 1 and len(result.rounds[0]["answered"]) == 2
+
+
+@pytest.mark.slow
+def test_the_fleet_learns_about_as_well_as_centralised_training_on_the_union(fleet_export, tmp_path):
+    """Accuracy rises over rounds and ends within 5 points of the same runner trained on the union of the shards
+    for the same total number of steps (bench/fleet_central.py's comparison)."""
+    import importlib.util
+
+    run, art, _ = fleet_export
+    shards = tmp_path / "shards"
+    make_shards("patterns", 3, shards, resolution=32, count=240, seed=1)
+    result = run_fleet(art, [local(tmp_path, f"d{i}") for i in range(3)], tmp_path / "fleet", data=str(shards),
+                       rounds=4, local_steps=10, eval_size=300, insecure=True)
+    report = json.loads((tmp_path / "fleet" / "fleet.json").read_text())
+    start, final = report["initial_eval"]["eval_acc"], report["final_eval_acc"]
+    spec = importlib.util.spec_from_file_location("fleet_central", Path(__file__).parents[1] / "bench" / "fleet_central.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    config = json.loads((tmp_path / "fleet" / ".fleet" / "config.json").read_text())
+    central = bench.central(config, shards, art)
+    print(f"fleet: {start:.3f} -> {final:.3f} after {len(result.rounds)} rounds; centralised: {central['eval_acc']:.3f} "
+          f"after {central['steps']} steps")
+    assert final > start + 0.03
+    assert abs(final - central["eval_acc"]) <= 0.05
