@@ -50,7 +50,8 @@ import json, os, platform, sys, sysconfig
 from importlib import metadata
 from importlib.util import find_spec
 dists = {}
-for d in ("ai-edge-litert", "tflite-runtime", "onnxruntime-training-cpu", "onnxruntime-training", "numpy", "pillow"):
+for d in ("ai-edge-litert", "tflite-runtime", "onnxruntime-training-cpu", "onnxruntime-training", "numpy", "pillow",
+          "flwr"):
     try:
         dists[d] = metadata.version(d)
     except Exception:
@@ -311,7 +312,7 @@ class _Setup:
         except (SetupError, KeyError):
             return False
         have, modules = facts["dists"], facts["modules"]  # installed as pinned, and still importable
-        if record.get("fleet") and "flwr" not in have:
+        if record.get("fleet") and have.get("flwr") != record["fleet"]:
             return False
         return "numpy" in have and "numpy" in modules and all(
             RUNTIMES[n].module in modules and any(have.get(d) == RUNTIMES[n].version for d in RUNTIMES[n].dists)
