@@ -255,8 +255,9 @@ def _python_source(uri, info) -> str:
               help="install from the wheels in DIR, pushed from here (the device needs no index); an empty DIR is "
                    "filled for the device first")
 @click.option("--force", is_flag=True, help="rebuild the environment even if it is set up")
+@click.option("--fleet", is_flag=True, help="also install Flower (flwr), for `edgetl fleet run`")
 @friendly_errors
-def devices_setup(uri, runtime, python, wheels, force):
+def devices_setup(uri, runtime, python, wheels, force, fleet):
     """Make a Python environment on a device with the training runtime, check it, and record it for deploy."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
@@ -277,13 +278,14 @@ def devices_setup(uri, runtime, python, wheels, force):
         # indented lines are the device's pip talking: dimmed under edgetl's own lines
         record = setup_device(uri, runtime, python, wheels, force, on_event=lambda line: err.print(
             line, style="dim" if line.startswith(" ") else None, markup=False, highlight=False, soft_wrap=True),
-            on_progress=on_progress)
+            on_progress=on_progress, fleet=fleet)
     finally:
         if task is not None:
             bar.stop()
     if not record.get("already"):
         runtimes = ", ".join(f"{k} {v}" for k, v in record["runtimes"].items())
-        console.print(f"[green]ready[/]: {uri} trains with {runtimes} in {record['env']}", soft_wrap=True)
+        fleet_note = f", Flower {record['fleet']}" if record.get("fleet") else ""
+        console.print(f"[green]ready[/]: {uri} trains with {runtimes}{fleet_note} in {record['env']}", soft_wrap=True)
 
 
 @devices.command("wheels")
@@ -293,8 +295,9 @@ def devices_setup(uri, runtime, python, wheels, force):
 @click.option("--glibc", default="2.36", show_default=True, help="the device's glibc (Bookworm: 2.36)")
 @click.option("--runtime", default="tflite", show_default=True, type=click.Choice(["tflite", "onnx"]))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="directory for the wheels")
+@click.option("--fleet", is_flag=True, help="Flower's wheels too (devices setup --fleet)")
 @friendly_errors
-def devices_wheels(platform_, python, glibc, runtime, out):
+def devices_wheels(platform_, python, glibc, runtime, out, fleet):
     """Download here the wheels a device without internet needs (then: devices setup DEVICE --wheels DIR)."""
     from .devices.setup import download_wheels
 
@@ -303,7 +306,7 @@ def devices_wheels(platform_, python, glibc, runtime, out):
     machine = {"amd64": "x86_64", "arm64": "aarch64" if system == "Linux" else "arm64"}.get(machine, machine)
     err = Console(stderr=True)
     paths = download_wheels(out, system, machine, python, glibc, [runtime],
-                            on_event=lambda line: err.print(line, style="dim", markup=False, highlight=False))
+                            on_event=lambda line: err.print(line, style="dim", markup=False, highlight=False), fleet=fleet)
     console.print(f"[green]{len(paths)} wheels[/] in {out}: `edgetl devices setup DEVICE --wheels {out}`")
 
 
@@ -376,6 +379,75 @@ def policies():
         spec = f"{name}:K" if "k" in cls.__dataclass_fields__ else name
         table.add_row(spec, cls.summary)
     console.print(table)
+
+
+@main.group()
+def fleet():
+    """Federated fine-tuning across many devices, on Flower."""
+
+
+@fleet.command("shard")
+@click.argument("data")
+@click.option("--devices", "n", type=int, required=True, help="How many shards (one per device).")
+@click.option("--iid/--by-class", default=True, help="Deal images at random, or grouped by class (non-IID).")
+@click.option("--resolution", type=int, required=True, help="The model's input size (the export's).")
+@click.option("--count", type=int, default=None, help="Images in all (default: every image; patterns: 64).")
+@click.option("--seed", type=int, default=0)
+@click.option("--out", default="shards", show_default=True)
+@friendly_errors
+def fleet_shard(data, n, iid, resolution, count, seed, out):
+    """Split DATA (an ImageFolder or patterns) into one .npz shard per device."""
+    from .fleet import make_shards
+
+    for path in make_shards(data, n, out, resolution, by_class=not iid, count=count, seed=seed):
+        console.print(str(path))
+
+
+@fleet.command("run")
+@click.argument("artifacts", type=click.Path(exists=True, file_okay=False))
+@click.option("--device", "device_uris", multiple=True, help="A device URI (repeatable).")
+@click.option("--devices", "devices_file", type=click.Path(exists=True, dir_okay=False),
+              help="A file of device URIs, one a line.")
+@click.option("--data", default=None, help="Shards pushed from here: a directory of .npz, one per device.")
+@click.option("--device-data", default=None, help="An ImageFolder on each device (never leaves it).")
+@click.option("--rounds", type=int, default=10, show_default=True)
+@click.option("--local-steps", type=int, default=20, show_default=True)
+@click.option("--min-devices", type=int, default=None, help="Devices that must answer for a round to count (default: all).")
+@click.option("--fraction", type=float, default=1.0, show_default=True, help="Fraction of devices sampled per round.")
+@click.option("--strategy", type=click.Choice(["fedavg", "fedadam", "fedprox"]), default="fedavg", show_default=True)
+@click.option("--mu", type=float, default=0.01, show_default=True, help="FedProx's proximal weight.")
+@click.option("--server-lr", type=float, default=0.01, show_default=True, help="FedAdam's server learning rate.")
+@click.option("--run", "source_run", default=None, help="The run the artifacts came from (default: the manifest's).")
+@click.option("--eval-data", default=None, help="Held-out data for server evaluation (default: the run's data).")
+@click.option("--round-timeout", type=float, default=600, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Where the SuperLink listens (0.0.0.0: all).")
+@click.option("--address", default=None, help="HOST:PORT devices reach the SuperLink by (default: 127.0.0.1).")
+@click.option("--port", type=int, default=None)
+@click.option("--insecure", is_flag=True, help="No TLS: for loopback tests only.")
+@click.option("--auth", is_flag=True, help="SuperNode authentication: only the keys edgetl makes for these devices join.")
+@click.option("--resume", is_flag=True, help="Continue a stopped fleet run from its last saved round.")
+@click.option("--seed", type=int, default=0)
+@click.option("--out", default="runs/fleet", show_default=True)
+@friendly_errors
+def fleet_run(artifacts, device_uris, devices_file, data, device_data, rounds, local_steps, min_devices, fraction, strategy,
+              mu, server_lr, source_run, eval_data, round_timeout, host, address, port, insecure, auth, resume, seed, out):
+    """Fine-tune ARTIFACTS across devices: a SuperLink here, a SuperNode on each device, FedAvg by default."""
+    from .fleet import run_fleet
+    from .ui import FleetTable
+
+    uris = list(device_uris)
+    if devices_file:
+        uris += [line.strip() for line in open(devices_file) if line.strip() and not line.startswith("#")]
+    options = {"mu": mu} if strategy == "fedprox" else {"eta": server_lr} if strategy == "fedadam" else {}
+    with FleetTable(console) as events:
+        result = run_fleet(artifacts, uris, out, data=data, device_data=device_data, rounds=rounds,
+                           local_steps=local_steps, min_devices=min_devices, fraction=fraction, strategy=strategy,
+                           strategy_options=options, run=source_run, eval_data=eval_data, round_timeout=round_timeout,
+                           host=host, address=address, port=port, insecure=insecure, auth=auth, resume=resume, seed=seed,
+                           events=events)
+    message = result.report["message"]
+    console.print(f"global model: {result.out} (fleet.json, fleet.png); {message['bytes_per_device_per_direction']:,} "
+                  f"bytes per device per direction, {100 * message['ratio_to_whole_model']:.1f}% of the whole model")
 
 
 if __name__ == "__main__":

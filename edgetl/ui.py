@@ -158,3 +158,46 @@ def print_deploy_report(report: dict, console: Console | None = None) -> None:
                        ("results", report["out"])]:
         table.add_row(key, value)
     console.print(table)
+
+
+class FleetTable:
+    """The live per-round table of ``edgetl fleet run``: one row per round as it ends (a FleetEvents)."""
+
+    HEADER = f"{'round':>5}  {'answered':>8}  {'loss':>7}  {'eval acc':>8}  {'sent':>9}  {'received':>9}  {'seconds':>7}  note"
+
+    def __init__(self, console: Console):
+        self.console, self.devices, self.header = console, 0, False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def message(self, text: str) -> None:
+        self.console.print(text, style="yellow" if text.startswith("WARNING") else None, markup=False)
+
+    def device(self, uri: str, info) -> None:
+        self.devices += 1
+        self.console.print(f"{uri.split('?')[0]}: {info.arch} {info.os}, Python {info.python}", markup=False)
+
+    def refused(self, record: dict) -> None:
+        self.console.print(f"refused {record.get('label') or record['node']}: {record['reason']}", style="red", markup=False)
+
+    def round(self, r: dict) -> None:
+        if not self.header:  # a resumed run has no round 0 to open the table
+            self.console.print(self.HEADER, style="bold")
+            self.header = True
+        if r.get("event") == "start":
+            self.console.print(f"{0:>5}  {'':>8}  {'':>7}  {100 * r['eval_acc']:>7.1f}%", markup=False)
+            return
+        loss = f"{r['train_loss']:.3f}" if r.get("train_loss") is not None else "-"
+        acc = f"{100 * r['eval_acc']:.1f}%" if r.get("eval_acc") is not None else "-"
+        note = r.get("skipped") or (f"lost {len(r['lost'])} device(s)" if r.get("lost") else "")
+        self.console.print(f"{r['round']:>5}  {len(r.get('answered', [])):>3}/{len(r.get('sampled', [])):<4}  {loss:>7}  "
+                           f"{acc:>8}  {mib(r.get('bytes_sent', 0)):>9}  {mib(r.get('bytes_received', 0)):>9}  "
+                           f"{r.get('seconds', 0):>7.1f}  {note}", markup=False)
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB"

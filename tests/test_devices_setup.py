@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from edgetl.cli import main
 from edgetl.devices import connect
 from edgetl.devices.deploy import deploy
-from edgetl.devices.runtimes import COMMON, RUNTIMES, platform_tags, setup_command, unsupported
+from edgetl.devices.runtimes import COMMON, FLEET, RUNTIMES, platform_tags, setup_command, unsupported
 from edgetl.devices.setup import setup_device
 
 from .devicefixtures import SYSTEM_PYTHON, DroppingProxy, require
@@ -63,6 +63,7 @@ def test_pins_agree_with_pyproject_and_runners():
     assert RUNTIMES["ai-edge-litert"].requirement in extras["tflite"]
     assert any(r.split(";")[0].strip() == RUNTIMES["onnxruntime-training"].requirement for r in extras["onnx"])
     assert set(COMMON) <= set(project["dependencies"])
+    assert extras["fleet"] == [FLEET]
     runners = ROOT / "edgetl" / "runtime"
     for name, runner in (("ai-edge-litert", "tflite_runner.py"), ("onnxruntime-training", "ort_runner.py")):
         text = (runners / runner).read_text()
@@ -274,3 +275,33 @@ def test_wheels_for_a_raspberry_pi(tmp_path):
     assert all("x86_64" not in n for n in names)
     fails_with(["devices", "wheels", "--platform", "aarch64", "--runtime", "onnx", "--out", tmp_path / "o"],
                "no Linux aarch64 wheel")
+
+
+@pytest.mark.slow
+def test_pi_setup_for_a_fleet_then_it_trains_in_one(pi, tflite_artifacts, tmp_path):
+    """--fleet: Flower's wheels (downloaded here for the device's Python) pushed with the runtime's; the device's
+    index unreachable. Then the Pi-like device, with nothing but that environment, is a SuperNode in a fleet."""
+    from edgetl.devices.setup import download_wheels
+    from edgetl.fleet import make_shards, run_fleet
+
+    art, _ = tflite_artifacts
+    facts = subprocess.run([SYSTEM_PYTHON, "-c", "import platform, sys; print(platform.machine(), "
+                            "sys.version.split()[0], platform.libc_ver()[1])"], capture_output=True, text=True)
+    machine, version, glibc = facts.stdout.split()
+    wheels = tmp_path / "wheels"
+    try:
+        download_wheels(wheels, "Linux", machine, version, glibc, ["ai-edge-litert"], fleet=True)
+    except Exception as exc:
+        require(False, f"cannot download Flower's wheels for the device here (pip's index unreachable?): {exc}")
+    pi.offline_pip()
+    code, out = cli("devices", "setup", pi.uri(), "--wheels", wheels, "--fleet")
+    assert code == 0 and "checked: flwr 1.42.0 imports" in out and "Flower 1.42.0" in out, out
+    record = json.loads((pi.home / ".cache" / "edgetl" / "env.json").read_text())
+    assert record["fleet"] == "1.42.0" and FLEET in record["requirements"]
+    code, out = cli("devices", "setup", pi.uri(), "--fleet")
+    assert code == 0 and "already set up" in out, out
+    manifest = json.loads((Path(art) / "manifest.json").read_text())
+    make_shards("patterns", 2, tmp_path / "shards", resolution=manifest["input"]["shape"][-1], count=32)
+    result = run_fleet(art, [pi.uri(), f"local://{tmp_path / 'laptop'}?python={sys.executable}"], tmp_path / "fleet",
+                       data=str(tmp_path / "shards"), rounds=1, local_steps=2, eval_size=50, eval_data="patterns")
+    assert len(result.rounds) == 1 and len(result.rounds[0]["answered"]) == 2 and not result.refused

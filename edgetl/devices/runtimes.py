@@ -65,8 +65,12 @@ def by_option(option: str) -> Runtime:
     raise KeyError(option)
 
 
-def requirements(names) -> list[str]:
-    return [RUNTIMES[n].requirement for n in names] + list(COMMON)
+#: what `edgetl devices setup --fleet` adds: Flower, whose SuperNode and ClientApp run the device's side of a fleet
+FLEET = "flwr==1.42.0"
+
+
+def requirements(names, fleet: bool = False) -> list[str]:
+    return [RUNTIMES[n].requirement for n in names] + list(COMMON) + ([FLEET] if fleet else [])
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:

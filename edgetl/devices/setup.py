@@ -50,7 +50,8 @@ import json, os, platform, sys, sysconfig
 from importlib import metadata
 from importlib.util import find_spec
 dists = {}
-for d in ("ai-edge-litert", "tflite-runtime", "onnxruntime-training-cpu", "onnxruntime-training", "numpy", "pillow"):
+for d in ("ai-edge-litert", "tflite-runtime", "onnxruntime-training-cpu", "onnxruntime-training", "numpy", "pillow",
+          "flwr"):
     try:
         dists[d] = metadata.version(d)
     except Exception:
@@ -87,27 +88,30 @@ class CheckFailed(SetupError):
 def setup_device(device: str | Device, runtime: str = "auto", python: str | None = None,
                  wheels: str | Path | None = None, force: bool = False,
                  on_event: Callable[[str], None] | None = None,
-                 on_progress: Callable[[int, int], None] | None = None, timeout: float = 1800) -> dict:
+                 on_progress: Callable[[int, int], None] | None = None, timeout: float = 1800,
+                 fleet: bool = False) -> dict:
     """Give ``device`` a checked environment for ``runtime`` (auto, tflite, onnx); returns the record.
 
     ``python``: the device's interpreter to build from (default: the URI's ``?python=``, else ``python3`` on the
     login PATH). ``wheels``: a local directory of wheels to install from with ``--no-index`` (filled for the
-    device first when it holds none). The record has ``already: True`` when nothing needed doing.
+    device first when it holds none). ``fleet``: Flower too (``edgetl fleet`` runs a SuperNode there); an
+    environment set up for a fleet stays one. The record has ``already: True`` when nothing needed doing.
     """
     if isinstance(device, str):
         with connect(device) as dev:
-            return _Setup(dev, on_event, on_progress, timeout).run(runtime, python, wheels, force)
-    return _Setup(device, on_event, on_progress, timeout).run(runtime, python, wheels, force)
+            return _Setup(dev, on_event, on_progress, timeout).run(runtime, python, wheels, force, fleet)
+    return _Setup(device, on_event, on_progress, timeout).run(runtime, python, wheels, force, fleet)
 
 
 class _Setup:
     def __init__(self, device: Device, on_event, on_progress, timeout: float):
         self.device, self.uri, self.timeout = device, device.uri, timeout
+        self.fleet = False
         self.say = on_event or (lambda line: None)
         self.on_progress = on_progress
 
     # -- the steps ---------------------------------------------------------------------------------------
-    def run(self, runtime: str, python: str | None, wheels, force: bool) -> dict:
+    def run(self, runtime: str, python: str | None, wheels, force: bool, fleet: bool = False) -> dict:
         info = self.device.probe()  # also refuses a ?python= that is missing or not Python 3
         if info.android and not info.termux:
             raise SetupError(f"{self.uri} is an Android device: Android has no Python wheels of ai-edge-litert or "
@@ -128,7 +132,8 @@ class _Setup:
         base = self._interp(shell_path(given) if given else "$(command -v python3 || command -v python)", named)
         healthy = record is not None and self._healthy(record)
         names = self._runtimes(runtime, base, record if healthy else None)
-        if healthy and not force and set(names) <= set(record["runtimes"]) and \
+        self.fleet = fleet or bool(healthy and record.get("fleet"))
+        if healthy and not force and set(names) <= set(record["runtimes"]) and (not fleet or record.get("fleet")) and \
                 (not python or base["executable"] == record.get("base_python")):
             self.say(f"{self.uri} is already set up: {record['python']} with "
                      f"{', '.join(f'{n} {v}' for n, v in record['runtimes'].items())} (--force rebuilds)")
@@ -141,7 +146,7 @@ class _Setup:
 
         remote_wheels, bundle_dir = None, None
         if wheels is not None:
-            remote_wheels, bundle_dir = self._push_wheels(Path(wheels), base, names)
+            remote_wheels, bundle_dir = self._push_wheels(Path(wheels), base, names, self.fleet)
         self._remove_unrecorded(root, record)
         env = f"{root}/envs/{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         self._make_venv(base, env)
@@ -198,7 +203,7 @@ class _Setup:
                          f"{result.tail(5)}")
 
     def _install(self, env: str, names: list[str], remote_wheels: str | None, wheels, base: dict) -> None:
-        reqs = requirements(names)
+        reqs = requirements(names, self.fleet)
         source = f"--no-index --find-links {shlex.quote(remote_wheels)} " if remote_wheels else ""
         self.say(f"installing {', '.join(reqs)} with the device's pip"
                  f"{' from the pushed wheels' if remote_wheels else ''}")
@@ -253,6 +258,15 @@ class _Setup:
                               f"nothing was recorded: run setup again with --force")
         for name, r in report["runtimes"].items():
             self.say(f"checked: {name} {r['version']} trains (loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f})")
+        if self.fleet:
+            flwr = self.device.run(f"{shlex.quote(env)}/bin/python -c 'import flwr.clientapp, flwr.supernode.cli; "
+                                   f"print(flwr.__version__)' && test -x {shlex.quote(env)}/bin/flower-supernode",
+                                   timeout=300)
+            if flwr.returncode != 0:
+                raise CheckFailed(f"Flower does not import in the new environment on {self.uri} ({flwr.tail(3)}); "
+                                  f"nothing was recorded: run setup again with --force")
+            report["fleet"] = flwr.stdout.strip().splitlines()[-1]
+            self.say(f"checked: flwr {report['fleet']} imports; flower-supernode is there")
         return report
 
     def _record(self, root: str, env: str, base: dict, names: list[str], check: dict, source: str) -> dict:
@@ -261,7 +275,8 @@ class _Setup:
                   "schema": SCHEMA, "env": env, "base_python": base["executable"], "python_version": base["version"],
                   "platform": _platform(base),
                   "runtimes": {n: check["runtimes"][n]["version"] for n in names},
-                  "packages": facts["dists"], "requirements": requirements(names), "source": source,
+                  "packages": facts["dists"], "requirements": requirements(names, self.fleet), "source": source,
+                  "fleet": check.get("fleet"),
                   "check": {n: {"losses": r["losses"]} for n, r in check["runtimes"].items()},
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         with tempfile.TemporaryDirectory(prefix="edgetl-record-") as tmp:
@@ -297,6 +312,8 @@ class _Setup:
         except (SetupError, KeyError):
             return False
         have, modules = facts["dists"], facts["modules"]  # installed as pinned, and still importable
+        if record.get("fleet") and have.get("flwr") != record["fleet"]:
+            return False
         return "numpy" in have and "numpy" in modules and all(
             RUNTIMES[n].module in modules and any(have.get(d) == RUNTIMES[n].version for d in RUNTIMES[n].dists)
             for n in record.get("runtimes", {}) if n in RUNTIMES)
@@ -317,11 +334,11 @@ class _Setup:
             self.say(f"removing {len(stale)} unfinished environment(s) of an interrupted setup")
             self.device.check("rm -rf " + " ".join(shlex.quote(p) for p in stale), what="removing old environments")
 
-    def _push_wheels(self, wheels: Path, base: dict, names: list[str]) -> tuple[str, str]:
+    def _push_wheels(self, wheels: Path, base: dict, names: list[str], fleet: bool = False) -> tuple[str, str]:
         if not wheels.is_dir() or not any(wheels.glob("*.whl")):
             self.say(f"{wheels} holds no wheels: downloading them here for {_platform(base)}")
             download_wheels(wheels, base["system"], base["machine"], base["version"], base["libc"].partition(" ")[2],
-                            names, self.say)
+                            names, self.say, fleet)
         with tempfile.TemporaryDirectory(prefix="edgetl-wheels-") as tmp:
             bundle = wheel_bundle(wheels, Path(tmp))
             total, done = bundle.size, [0]
@@ -372,7 +389,8 @@ def wheel_bundle(wheels: Path, staging: Path) -> Bundle:
 
 
 def download_wheels(out: str | Path, system: str, machine: str, python: str, glibc: str = "",
-                    runtimes=("ai-edge-litert",), on_event: Callable[[str], None] | None = None) -> list[Path]:
+                    runtimes=("ai-edge-litert",), on_event: Callable[[str], None] | None = None,
+                    fleet: bool = False) -> list[Path]:
     """Download (here) the wheels a device needs for ``runtimes``: ``pip download --platform ... --only-binary``."""
     say = on_event or (lambda line: None)
     names = [by_option(r).name if r not in RUNTIMES else r for r in runtimes]
@@ -387,8 +405,8 @@ def download_wheels(out: str | Path, system: str, machine: str, python: str, gli
                "--only-binary=:all:", "--implementation", "cp", "--python-version", _minor(python), "--dest", str(out)]
     for tag in platform_tags(system, machine, glibc):
         command += ["--platform", tag]
-    say(f"pip download {' '.join(requirements(names))} for {_platform(base)} into {out}")
-    proc = subprocess.Popen([*command, *requirements(names)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    say(f"pip download {' '.join(requirements(names, fleet))} for {_platform(base)} into {out}")
+    proc = subprocess.Popen([*command, *requirements(names, fleet)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     lines = []
     for line in proc.stdout:

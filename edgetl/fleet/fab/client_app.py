@@ -1,0 +1,104 @@
+"""The fleet's ClientApp: trains the global tensors on this device's data with edgetl's runner, in-process.
+
+Runs in the SuperNode's ``flwr-clientapp`` process with flwr, numpy and the runtime only (no torch, no edgetl).
+The node's settings (``flower-supernode --node-config``) name the bundle edgetl pushed (``bundle``: artifacts,
+manifest, runner files) and the data: ``data`` (a shard in the bundle) or ``device-data`` (an ImageFolder here,
+which never leaves the device).
+
+- ``query``: what this device holds (the manifest's sha256, the runtime and its version), so the server can
+  refuse a device whose artifacts or runtime differ from the fleet's before any round.
+- ``train``: set the travelling tensors from the message, run ``local-steps`` steps, answer with the trained
+  tensors (the same names: trainable parameters and running statistics), ``num-examples`` and the loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import sys
+import time
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+app = ClientApp()
+RUNNERS = {"ai-edge-litert": "tflite_runner", "onnxruntime-training": "ort_runner"}
+RUNTIME_DISTS = {"ai-edge-litert": ("ai-edge-litert", "tflite-runtime"),
+                 "onnxruntime-training": ("onnxruntime-training-cpu", "onnxruntime-training")}
+
+
+def _bundle(context: Context):
+    root = os.path.expanduser(str(context.node_config["bundle"]))
+    with open(os.path.join(root, "manifest.json"), "rb") as f:
+        raw = f.read()
+    manifest = json.loads(raw)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    sys.dont_write_bytecode = True  # the bundle directory holds exactly the files that were verified
+    runner = importlib.import_module(RUNNERS[manifest["runtime"]])
+    return root, manifest, hashlib.sha256(raw).hexdigest(), runner
+
+
+def _runtime_version(runtime: str) -> str:
+    from importlib import metadata
+
+    for dist in RUNTIME_DISTS.get(runtime, ()):
+        try:
+            return f"{dist}=={metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return "missing"
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    try:
+        _, manifest, sha, _ = _bundle(context)
+        facts = {"manifest-sha256": sha, "runtime": manifest["runtime"],
+                 "runtime-version": _runtime_version(manifest["runtime"]), "label": str(context.node_config.get("label", ""))}
+    except Exception as exc:  # the server refuses this device with the reason
+        facts = {"error": f"{type(exc).__name__}: {exc}", "label": str(context.node_config.get("label", ""))}
+    return Message(content=RecordDict({"facts": ConfigRecord(facts)}), reply_to=msg)
+
+
+def _set(trainer, arrays: dict) -> None:
+    if hasattr(trainer, "set_state"):  # TFLite: every variable goes in through one signature call
+        trainer.set_state({**trainer.state(), **arrays})
+        return
+    trainer.set_params({k: v for k, v in arrays.items() if k in trainer.trainable})
+    trainer.running.update({k: v.astype(np.float32) for k, v in arrays.items() if k in trainer.running})
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    t0 = time.perf_counter()
+    root, manifest, sha, runner = _bundle(context)
+    config = msg.content["config"]
+    if config.get("manifest-sha256") not in (None, sha):
+        raise RuntimeError("this device holds other artifacts than the fleet's; it was refused at start")
+    received = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+    trainer = runner.Trainer(root, lr=float(config["lr"]) if config.get("lr") else None)
+    _set(trainer, received)
+    data = importlib.import_module("runner_data")
+    shard = context.node_config.get("data")
+    train_split, _, _ = data.open_data(manifest, data=os.path.join(root, str(shard)) if shard else None,
+                                       device_data=context.node_config.get("device-data") or None)
+    mu, lr = float(config.get("proximal-mu", 0.0)), trainer.lr
+    progress = None
+    if mu > 0:  # FedProx: the proximal term's gradient mu * (w - w_global), applied after each of the runner's steps
+        anchor = {k: received[k] for k in manifest["trainable"]}
+
+        def progress(_step, _total, _loss):
+            params = trainer.params()
+            trainer.set_params({k: params[k] - lr * mu * (params[k] - anchor[k]) for k in anchor})
+
+    seed = int(config.get("seed", 0)) * 1_000_003 + int(config.get("server-round", 0))
+    state = runner.common.fit(trainer, train_split, steps=int(config["local-steps"]), seed=seed, progress=progress)
+    trained = trainer.trained()
+    out = ArrayRecord({k: Array(np.ascontiguousarray(trained[k], dtype=np.float32)) for k in received})
+    metrics = MetricRecord({"num-examples": len(train_split), "train-loss": float(np.mean(state["losses"])),
+                            "steps": int(state["steps"]), "seconds": time.perf_counter() - t0})
+    return Message(content=RecordDict({"arrays": out, "metrics": metrics}), reply_to=msg)

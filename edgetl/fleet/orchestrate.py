@@ -1,0 +1,321 @@
+"""``edgetl fleet run``: push the bundle to every device, start the SuperLink and the SuperNodes, submit the app,
+follow the rounds, stop everything, write the report.
+
+    result = run_fleet("artifacts/tflite", ["ssh://pi@cam-1", "ssh://pi@cam-2"], out="runs/fleet",
+                       data="shards/", rounds=20, local_steps=50, events=MyEvents())
+    result.rounds        # the per-round records (also in runs/fleet/fleet.json)
+
+``events`` gets ``message(text)``, ``device(uri, info)``, ``refused(record)`` and ``round(record)`` as they happen
+(the CLI draws its live table from them); library code draws nothing. Whatever happens, every process started
+is stopped at the end, a SuperNode already killed included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import EdgeTLError
+from ..exporters.manifest import MANIFEST
+from .processes import SuperLink, SuperNode
+from .server import DONE, ROUNDS, STATE
+
+FAB_DIR = Path(__file__).resolve().parent / "fab"
+EDGETL_ROOT = Path(__file__).resolve().parents[2]
+STRATEGIES = ("fedavg", "fedadam", "fedprox")
+
+
+class FleetError(EdgeTLError):
+    """A fleet run that cannot start or did not finish."""
+
+
+class FleetEvents:
+    def message(self, text: str) -> None: ...
+
+    def device(self, uri: str, info) -> None: ...
+
+    def refused(self, record: dict) -> None: ...
+
+    def round(self, record: dict) -> None: ...
+
+
+@dataclass
+class FleetResult:
+    out: Path
+    rounds: list[dict] = field(default_factory=list)
+    refused: list[dict] = field(default_factory=list)
+    report: dict = field(default_factory=dict)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _shards(data: str | None, n: int) -> list[str | None]:
+    """One shard per device: ``data`` a directory of ``.npz`` shards (sorted), or one file for all, or none."""
+    if data is None:
+        return [None] * n
+    path = Path(data)
+    if path.is_dir():
+        files = sorted(path.glob("*.npz"))
+        if len(files) < n:
+            raise FleetError(f"{data} holds {len(files)} shard(s) (*.npz) for {n} devices: make one per device with "
+                             f"`edgetl fleet shard DATA --devices {n} --out {data}`")
+        return [str(f) for f in files[:n]]
+    return [str(path)] * n
+
+
+class Fleet:
+    """One fleet run; :func:`run_fleet` is the usual way in. ``nodes`` are the SuperNodes started (tests stop one)."""
+
+    def __init__(self, artifacts, devices: list[str], out, data: str | None = None, device_data: str | None = None,
+                 rounds: int = 10, local_steps: int = 20, min_devices: int | None = None, fraction: float = 1.0,
+                 strategy: str = "fedavg", strategy_options: dict | None = None, run: str | None = None,
+                 eval_data: str | None = None, eval_size: int | None = 500, seed: int = 0, lr: float | None = None,
+                 round_timeout: float = 600, join_timeout: float = 120,
+                 resume: bool = False, insecure: bool = False, host: str = "127.0.0.1",
+                 address: str | None = None, port: int | None = None, auth: bool = False,
+                 keep_client_arrays: bool = False, events: FleetEvents | None = None):
+        self.artifacts, self.out = Path(artifacts), Path(out)
+        self.work = self.out / ".fleet"
+        if not (self.artifacts / MANIFEST).is_file():
+            raise FleetError(f"{artifacts} holds no {MANIFEST}; pass a directory written by `edgetl export`")
+        if not devices:
+            raise FleetError("no devices: pass --device URI (repeatable) or --devices FILE")
+        if strategy not in STRATEGIES:
+            raise FleetError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+        if data is not None and device_data is not None:
+            raise FleetError("pass --data (shards pushed from here) or --device-data (images on each device), not both")
+        if data is None and device_data is None:
+            raise FleetError("no data: pass --data SHARDS (one .npz per device, `edgetl fleet shard` makes them) or "
+                             "--device-data PATH (an ImageFolder on each device)")
+        self.raw_manifest = (self.artifacts / MANIFEST).read_bytes()
+        self.manifest = json.loads(self.raw_manifest)
+        self.source_run = run or self.manifest.get("source_run")
+        if not self.source_run or not Path(self.source_run).exists():
+            raise FleetError(f"the run the artifacts came from ({self.source_run}) is not here; pass --run RUN_DIR "
+                             f"(the server evaluates and saves the global model with it)")
+        self.devices, self.data, self.device_data = list(devices), data, device_data
+        self.shards = _shards(data, len(self.devices))
+        self.min_devices = min_devices or len(devices)
+        if not 1 <= self.min_devices <= len(devices):
+            raise FleetError(f"--min-devices is from 1 to the {len(devices)} devices given, not {self.min_devices}")
+        self.options = dict(rounds=rounds, local_steps=local_steps, fraction=fraction, strategy=strategy,
+                            strategy_options=strategy_options or {}, eval_size=eval_size, seed=seed, lr=lr,
+                            round_timeout=round_timeout, join_timeout=join_timeout, keep_client_arrays=keep_client_arrays)
+        self.eval_data = eval_data
+        if auth and insecure:
+            raise FleetError("SuperNode authentication needs TLS: drop --insecure to use --auth")
+        self.resume, self.insecure, self.host, self.auth = resume, insecure, host, auth
+        self.port, self.address = port or free_port(), address
+        self.events = events or FleetEvents()
+        self.nodes: list[SuperNode] = []
+        self.link: SuperLink | None = None
+        self._connections = []
+
+    # -- steps ---------------------------------------------------------------------------------------------
+    def _prepare_work(self) -> None:
+        if self.resume:
+            if not (self.work / STATE).exists():
+                raise FleetError(f"nothing to resume in {self.out}: no fleet round was saved there; start without --resume")
+            for name in (DONE,):
+                (self.work / name).unlink(missing_ok=True)
+        else:
+            if (self.work / STATE).exists():
+                raise FleetError(f"{self.out} already holds a fleet run: pass --resume to continue it, or another --out")
+            self.work.mkdir(parents=True, exist_ok=True)
+
+    def _eval_data(self) -> str:
+        if self.eval_data:
+            return self.eval_data
+        from ..run import Run
+
+        data = Run.load(self.source_run).data
+        if not data:
+            raise FleetError(f"the run {self.source_run} does not say what data it trained on; pass --eval-data DATA "
+                             f"(an ImageFolder, or patterns) for the server's held-out evaluation")
+        return data
+
+    def _start_nodes(self, address: str, certs) -> None:
+        from ..devices import connect
+        from ..devices.bundle import push_bundle
+
+        for i, (uri, shard) in enumerate(zip(self.devices, self.shards), start=1):
+            device = connect(uri)
+            self._connections.append(device)
+            info = device.probe()
+            self.events.device(uri, info)
+            python = info.python_bin
+            if not python or device.run(f"{python} -c 'import flwr'", timeout=120).returncode != 0:
+                raise FleetError(f"{uri} has no flwr in {python or 'any Python'}: run `edgetl devices setup {uri} --fleet`")
+            bundle = self.bundle_for(i, uri, shard)
+            try:
+                self.events.message(f"pushing {bundle.size / 2**20:.1f} MiB to {uri}")
+                remote = push_bundle(device, bundle, free_bytes=info.free_bytes)
+            finally:
+                shutil.rmtree(bundle.root, ignore_errors=True)
+            config = {"bundle": remote, "label": uri.split("?")[0]}
+            if bundle.shard:
+                config["data"] = bundle.shard
+            if self.device_data:
+                config["device-data"] = self.device_data
+            certs_dir = None
+            if certs is not None:
+                certs_dir = f"{device.workdir}/fleet-certs"
+                certs.push_ca(device, certs_dir)
+            key = self._node_key(device, i, certs_dir) if self.auth else None
+            port = free_port()
+            node = SuperNode(device, python, address, config, port, f"{device.workdir}/fleet", certs_dir, key)
+            node.label = config["label"]
+            self.nodes.append(node)
+            self.events.message(f"SuperNode {i} started on {uri}")
+
+    def bundle_for(self, index: int, uri: str, shard: str | None):
+        """What device ``index`` gets: the fleet's artifacts, the runner files and its shard."""
+        from ..devices.bundle import make_bundle
+
+        return make_bundle(self.artifacts, shard)
+
+    def _node_key(self, device, index: int, certs_dir: str) -> str:
+        """The device's own key, registered with the SuperLink: only registered keys join the fleet."""
+        from .certs import make_node_key, push_private_key
+
+        private, public = make_node_key(self.work / "keys", f"node-{index}")
+        done = subprocess.run([str(Path(sys.executable).parent / "flwr"), "supernode", "register", str(public), "fleet"],
+                              capture_output=True, text=True, env=self._env, timeout=120)
+        if done.returncode != 0 and "already" not in (done.stdout + done.stderr):
+            raise FleetError(f"the SuperLink did not register the key of device {index}: "
+                             f"{(done.stdout + done.stderr).strip().splitlines()[-1:]}")
+        return push_private_key(device, private, certs_dir)
+
+    def _write_app(self, config_path: Path) -> Path:
+        app = self.work / "app"
+        shutil.rmtree(app, ignore_errors=True)
+        shutil.copytree(FAB_DIR, app / "edgetl_fleet_app", ignore=shutil.ignore_patterns("__pycache__"))
+        (app / "pyproject.toml").write_text(
+            '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n\n'
+            '[project]\nname = "edgetl-fleet"\nversion = "1.0.0"\ndescription = "edgetl fleet fine-tuning"\n'
+            'license = "Apache-2.0"\ndependencies = []\n\n'
+            '[tool.flwr.app]\npublisher = "edgetl"\n\n'
+            '[tool.flwr.app.components]\nserverapp = "edgetl_fleet_app.server_app:app"\n'
+            'clientapp = "edgetl_fleet_app.client_app:app"\n\n'
+            f'[tool.flwr.app.config]\nfleet-config = {json.dumps(str(config_path))}\n')
+        return app
+
+    def _flwr_home(self, certs) -> dict:
+        home = self.work / "flwr-home"
+        home.mkdir(parents=True, exist_ok=True)
+        tls = f'root-certificates = "{certs.ca}"\n' if certs else "insecure = true\n"
+        (home / "config.toml").write_text(f'[superlink]\ndefault = "fleet"\n\n[superlink.fleet]\n'
+                                          f'address = "127.0.0.1:{self.port}"\n{tls}')
+        path = os.pathsep.join(p for p in (str(EDGETL_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        # the SuperLink starts flower-superexec and flwr-serverapp by name: this environment's come first
+        bins = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        return {**os.environ, "FLWR_HOME": str(home), "PYTHONPATH": path, "PATH": bins}
+
+    def run(self) -> FleetResult:
+        from .report import write_report
+
+        self._prepare_work()
+        certs = None
+        if self.insecure:
+            self.events.message("WARNING: --insecure: no TLS and no SuperNode authentication; anyone on the network "
+                                "can read the model and join. Use it on loopback for tests only.")
+        else:
+            from .certs import FleetCerts
+
+            certs = FleetCerts.ensure(self.work / "certs", self.host, self.address)
+        config = {"work": str(self.work), "out": str(self.out), "source_run": str(self.source_run),
+                  "artifacts": str(self.artifacts.resolve()), "data": self.data, "device_data": self.device_data,
+                  "eval_data": self._eval_data(), "devices": len(self.devices), "min_devices": self.min_devices,
+                  "manifest_sha256": hashlib.sha256(self.raw_manifest).hexdigest(), "resume": self.resume,
+                  "travelling": __import__("edgetl.fleet.params", fromlist=["travelling"]).travelling(self.manifest),
+                  **self.options}
+        config_path = self.work / "config.json"
+        config_path.write_text(json.dumps(config, indent=2))
+        env = self._env = self._flwr_home(certs)
+        offset = (self.work / ROUNDS).stat().st_size if (self.work / ROUNDS).exists() else 0
+        records, refused = [], []
+        try:
+            self.link = SuperLink(self.work, self.port, self.host, certs, self.auth, env)
+            self.link.wait_ready()
+            address = self.address or f"127.0.0.1:{self.port}"
+            self._start_nodes(address, certs)
+            app = self._write_app(config_path)
+            flwr = str(Path(sys.executable).parent / "flwr")
+            log = open(self.work / "serverapp.log", "ab")
+            proc = subprocess.Popen([flwr, "run", str(app), "fleet", "--stream"], stdout=log, stderr=subprocess.STDOUT,
+                                    env=env, cwd=self.work, start_new_session=True)
+            try:
+                while True:
+                    offset = self._follow(offset, records, refused)
+                    if (self.work / DONE).exists():
+                        break
+                    if proc.poll() is not None:
+                        time.sleep(1)
+                        offset = self._follow(offset, records, refused)
+                        if (self.work / DONE).exists():
+                            break
+                        raise FleetError(f"the fleet's ServerApp stopped before the last round: "
+                                         f"{self._tail(self.work / 'serverapp.log')}; see {self.work / 'serverapp.log'}")
+                    time.sleep(0.3)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, 15)
+                    proc.wait(timeout=10)
+        finally:
+            self.stop()
+        all_records = [json.loads(line) for line in (self.work / ROUNDS).read_text().splitlines() if line.strip()]
+        report = write_report(self.out, all_records, config, self.manifest, refused)
+        return FleetResult(self.out, [r for r in all_records if r.get("event") == "round"], refused, report)
+
+    def _follow(self, offset: int, records: list, refused: list) -> int:
+        path = self.work / ROUNDS
+        if not path.exists():
+            return offset
+        with open(path) as f:
+            f.seek(offset)
+            chunk = f.read()
+        complete = chunk[:chunk.rfind("\n") + 1]
+        for line in complete.splitlines():
+            record = json.loads(line)
+            if record.get("event") == "handshake":
+                seen = set(record["labels"].values())
+                missing = [{"node": None, "label": n.label, "reason": f"its SuperNode did not join the fleet (a key the "
+                            f"fleet did not register, or the SuperLink unreachable): {n.why_not_joined()}"}
+                           for n in self.nodes if n.label not in seen]
+                for r in record["refused"] + missing:
+                    refused.append(r)
+                    self.events.refused(r)
+            elif record.get("event") in ("round", "start"):
+                records.append(record)
+                self.events.round(record)
+        return offset + len(complete.encode())
+
+    @staticmethod
+    def _tail(path: Path) -> str:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        errors = [line for line in lines if "Error" in line or "error" in line]
+        return (errors or lines or ["no output"])[-1].strip()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        if self.link is not None:
+            self.link.stop()
+        for device in self._connections:
+            device.close()
+
+
+def run_fleet(artifacts, devices: list[str], out, **options) -> FleetResult:
+    return Fleet(artifacts, devices, out, **options).run()

@@ -1,0 +1,293 @@
+"""edgetl fleet: real Flower processes on loopback (a SuperLink, SuperNodes on local:// devices and one behind the
+sshd fixture), TLS with the fleet's own certificates, an ONNX Runtime export of V3-Small at 32 px.
+
+A fleet round costs tens of seconds here (every round starts a ClientApp process per device, which loads the
+runtime), so the end-to-end tests are marked slow; shards, the travelling tensors and the certificates are
+checked in the default stage.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgetl.exporters import export
+from edgetl.fleet import Fleet, FleetError, FleetEvents, make_shards, run_fleet, travelling
+from edgetl.fleet.certs import FleetCerts, make_node_key
+from edgetl.run import Run
+
+from .exportutil import make_run
+
+flwr = pytest.importorskip("flwr")
+pytest.importorskip("onnxruntime.training")
+PY = sys.executable
+
+
+@pytest.fixture(scope="module")
+def fleet_export(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fleet")
+    run = make_run(root / "run", "mobilenet_v3_small", "mobiletl:3", resolution=32, optimizer="sgd", lr=0.05)
+    art = root / "art"
+    export(run, "onnx", art, steps=2, batch_size=8)
+    shards = root / "shards"
+    make_shards("patterns", 3, shards, resolution=32, by_class=True, count=120, seed=0)
+    for name, keep in (("device-2.npz", 16), ("device-3.npz", 28)):  # unequal shards: the weights matter
+        with np.load(shards / name) as z:
+            images, labels = z["images"][:keep], z["labels"][:keep]
+        np.savez(shards / name, images=images, labels=labels)
+    return run, art, shards
+
+
+def local(tmp_path, name):
+    return f"local://{tmp_path / name}?python={PY}"
+
+
+def leftovers(ports) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            words = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(f"127.0.0.1:{port}" in words or f"--port {port}" in words for port in ports):
+            found.append(words)
+    return found
+
+
+class Recorder(FleetEvents):
+    def __init__(self, on_round=None):
+        self.rounds, self.refusals, self.messages, self.on_round = [], [], [], on_round
+
+    def message(self, text):
+        self.messages.append(text)
+
+    def refused(self, record):
+        self.refusals.append(record)
+
+    def round(self, record):
+        self.rounds.append(record)
+        if self.on_round:
+            self.on_round(record)
+
+
+# -- default stage ------------------------------------------------------------------------------------------
+
+def test_shards_split_by_class_and_iid(tmp_path):
+    by_class = make_shards("patterns", 3, tmp_path / "c", resolution=32, by_class=True, count=60)
+    iid = make_shards("patterns", 3, tmp_path / "i", resolution=32, count=60)
+    labels = [np.load(p)["labels"] for p in by_class]
+    assert sum(map(len, labels)) == 60 and all(np.load(p)["images"].dtype == np.uint8 for p in by_class)
+    # by class: each shard holds few classes; iid: every shard holds (nearly) all five
+    assert max(len(np.unique(x)) for x in labels) <= 3
+    assert min(len(np.unique(np.load(p)["labels"])) for p in iid) >= 4
+    meta = json.loads((tmp_path / "c" / "shards.json").read_text())
+    assert meta["split"] == "by-class" and [s["images"] for s in meta["shards"]] == [20, 20, 20]
+    with pytest.raises(Exception, match="fewer than 100 devices"):
+        make_shards("patterns", 100, tmp_path / "x", resolution=32, count=10)
+
+
+def test_travelling_tensors_are_the_trainable_ones_and_trained_statistics(fleet_export):
+    run, art, _ = fleet_export
+    manifest = json.loads((art / "manifest.json").read_text())
+    names = travelling(manifest)
+    state = Run.load(run).model.state_dict()
+    trainable = {n for n, p in Run.load(run).model.named_parameters() if p.requires_grad}
+    assert set(manifest["trainable"]) == trainable and trainable <= set(names)
+    stats = [n for n in names if n not in trainable]
+    assert stats and all(n.endswith(("running_mean", "running_var")) for n in stats)
+    assert all(n in state for n in names) and len(names) < len(state)
+
+
+def test_certificates_verify_the_superlink_name(tmp_path):
+    certs = FleetCerts.ensure(tmp_path, host="0.0.0.0", address="10.1.2.3:9092")
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    context.load_cert_chain(certs.cert, certs.key)  # the key matches the certificate
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(certs.cert.read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "10.1.2.3"}
+    assert oct(certs.key.stat().st_mode & 0o777) == "0o600"
+    private, public = make_node_key(tmp_path / "keys", "node-1")
+    assert public.read_text().startswith("ecdsa-sha2-nistp256 ") and oct(private.stat().st_mode & 0o777) == "0o600"
+
+
+def test_fleet_refuses_bad_settings_in_one_line(fleet_export, tmp_path):
+    run, art, shards = fleet_export
+    with pytest.raises(FleetError, match="no data"):
+        Fleet(art, [local(tmp_path, "a")], tmp_path / "o")
+    with pytest.raises(FleetError, match="holds 3 shard"):
+        Fleet(art, [local(tmp_path, str(i)) for i in range(4)], tmp_path / "o", data=str(shards))
+    with pytest.raises(FleetError, match="--min-devices"):
+        Fleet(art, [local(tmp_path, "a")], tmp_path / "o", data=str(shards), min_devices=2)
+    with pytest.raises(FleetError, match="authentication needs TLS"):
+        Fleet(art, [local(tmp_path, "a")], tmp_path / "o", data=str(shards), insecure=True, auth=True)
+
+
+# -- slow stage: whole fleet runs ------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_fedavg_is_the_example_weighted_mean_and_frozen_tensors_stay(fleet_export, sshd, tmp_path):
+    run, art, shards = fleet_export
+    devices = [sshd.uri(tmp_path / "pi", tmp_path / "known_hosts"), local(tmp_path, "d2"), local(tmp_path, "d3")]
+    events = Recorder()
+    out = tmp_path / "fleet"
+    result = run_fleet(art, devices, out, data=str(shards), rounds=2, local_steps=3, eval_size=100, round_timeout=300,
+                       keep_client_arrays=True, events=events)  # TLS: the fleet's own certificates
+    assert not any("--insecure" in m for m in events.messages)
+    assert [r["round"] for r in result.rounds] == [1, 2] and all(len(r["answered"]) == 3 for r in result.rounds)
+    last = result.rounds[-1]
+    assert sorted(last["examples"].values()) == [16, 28, 40]
+    clients = np.load(out / ".fleet" / "clients-2.npz")
+    with np.load(out / ".fleet" / "global.npz") as z:
+        global_ = {k: z[k] for k in z.files}
+    total = sum(last["examples"].values())
+    for name, value in global_.items():
+        mean = sum(last["examples"][node] * clients[f"{node}/{name}"].astype(np.float64)
+                   for node in last["examples"]) / total
+        assert np.max(np.abs(value - mean)) <= 1e-6, name
+    # the run directory holds the global model: travelling tensors from the fleet, everything else bit-identical
+    before, after = Run.load(run).model.state_dict(), Run.load(out).model.state_dict()
+    names = set(global_)
+    for key, tensor in after.items():
+        if key in names:
+            assert np.array_equal(tensor.numpy(), global_[key]), key
+        else:
+            assert torch.equal(tensor, before[key]), key
+    assert any(not torch.equal(after[k], before[k]) for k in names)
+    report = json.loads((out / "fleet.json").read_text())
+    assert report["message"]["bytes_per_device_per_direction"] == last["bytes_per_device"]
+    assert last["bytes_sent"] == 3 * last["bytes_per_device"] == last["bytes_received"]
+    assert 0 < report["message"]["ratio_to_whole_model"] < 1 and (out / "fleet.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_a_device_killed_mid_round_does_not_stop_the_fleet(fleet_export, tmp_path):
+    run, art, shards = fleet_export
+    devices = [local(tmp_path, f"d{i}") for i in range(3)]
+    holder = {}
+
+    def on_round(record):
+        if record.get("round") == 1:  # round 2 is being sent out: the third device dies in it
+            holder["fleet"].nodes[2].kill()
+
+    fleet = Fleet(art, devices, tmp_path / "fleet", data=str(shards), rounds=3, local_steps=2, min_devices=2,
+                  eval_size=50, round_timeout=60, insecure=True, events=Recorder(on_round))
+    holder["fleet"] = fleet
+    result = fleet.run()
+    assert [r["round"] for r in result.rounds] == [1, 2, 3]
+    assert len(result.rounds[0]["answered"]) == 3 and len(result.rounds[1]["answered"]) == 2
+    assert all("skipped" not in r for r in result.rounds)
+    report = json.loads((tmp_path / "fleet" / "fleet.json").read_text())
+    assert report["lost"][0]["round"] == 2 and len(report["lost"][0]["lost"]) == 1
+    # every process started is gone, the killed SuperNode's included: nothing serves the SuperLink's or a
+    # SuperNode's port any more (Flower's SuperExecs run in sessions of their own)
+    assert all(not n.alive() for n in fleet.nodes)
+    assert leftovers([fleet.port, *(n.port for n in fleet.nodes)]) == []
+
+
+class OtherArtifacts(Fleet):
+    """Device 3 holds another export of the same model (other batch size): its manifest differs."""
+
+    other = None
+
+    def bundle_for(self, index, uri, shard):
+        from edgetl.devices.bundle import make_bundle
+
+        return make_bundle(self.other if index == 3 else self.artifacts, shard)
+
+
+@pytest.mark.slow
+def test_wrong_artifacts_are_refused_at_start_with_the_reason(fleet_export, tmp_path):
+    run, art, shards = fleet_export
+    other = tmp_path / "other"
+    export(run, "onnx", other, steps=2, batch_size=4)
+    fleet = OtherArtifacts(art, [local(tmp_path, f"d{i}") for i in range(3)], tmp_path / "fleet", data=str(shards),
+                           rounds=1, local_steps=2, min_devices=2, eval_size=50, insecure=True, events=Recorder())
+    fleet.other = other
+    result = fleet.run()
+    assert len(result.refused) == 1 and "artifacts differ" in result.refused[0]["reason"]
+    assert result.refused[0]["label"].endswith("d2") and len(result.rounds[0]["answered"]) == 2
+    assert json.loads((tmp_path / "fleet" / "fleet.json").read_text())["refused"][0]["reason"] == result.refused[0]["reason"]
+
+
+@pytest.mark.slow
+def test_resume_after_the_server_is_killed_continues_from_the_last_round(fleet_export, tmp_path):
+    run, art, shards = fleet_export
+    devices = [local(tmp_path, f"d{i}") for i in range(2)]
+    out = tmp_path / "fleet"
+    holder = {}
+
+    def on_round(record):
+        if record.get("round") == 1:
+            holder["fleet"].link.kill()  # the SuperLink and its ServerApp die after round 1 was saved
+
+    fleet = Fleet(art, devices, out, data=str(shards), rounds=3, local_steps=2, eval_size=50, insecure=True,
+                  events=Recorder(on_round))
+    holder["fleet"] = fleet
+    with pytest.raises(FleetError, match="stopped before the last round"):
+        fleet.run()
+    assert json.loads((out / ".fleet" / "state.json").read_text())["round"] == 1
+    with np.load(out / ".fleet" / "global.npz") as z:
+        after_one = {k: z[k] for k in z.files}
+    events = Recorder()
+    result = run_fleet(art, devices, out, data=str(shards), rounds=3, local_steps=2, eval_size=50, insecure=True,
+                       resume=True, events=events)
+    assert [r["round"] for r in events.rounds] == [2, 3]  # no round 0 evaluation again, no round 1 again
+    assert [r["round"] for r in result.rounds] == [1, 2, 3]
+    assert not any(r.get("event") == "start" for r in events.rounds)
+    assert set(after_one) == set(travelling(json.loads((art / "manifest.json").read_text())))
+
+
+class OneStrangerKey(Fleet):
+    """Device 2 starts its SuperNode with a key of its own that the SuperLink never registered."""
+
+    def _node_key(self, device, index, certs_dir):
+        if index != 2:
+            return super()._node_key(device, index, certs_dir)
+        from edgetl.fleet.certs import push_private_key
+
+        private, _ = make_node_key(self.work / "strangers", "stranger")
+        return push_private_key(device, private, certs_dir)
+
+
+@pytest.mark.slow
+def test_with_authentication_a_key_the_fleet_did_not_register_is_refused(fleet_export, tmp_path):
+    run, art, shards = fleet_export
+    fleet = OneStrangerKey(art, [local(tmp_path, f"d{i}") for i in range(3)], tmp_path / "fleet", data=str(shards),
+                           rounds=1, local_steps=2, min_devices=2, eval_size=50, auth=True, join_timeout=30,
+                           events=Recorder())
+    result = fleet.run()
+    assert len(result.refused) == 1 and result.refused[0]["label"].endswith("d1")
+    assert "did not join" in result.refused[0]["reason"] and "Failed to activate SuperNode" in result.refused[0]["reason"]
+    assert len(result.rounds) == 1 and len(result.rounds[0]["answered"]) == 2
+
+
+@pytest.mark.slow
+def test_the_fleet_learns_about_as_well_as_centralised_training_on_the_union(fleet_export, tmp_path):
+    """Accuracy rises over rounds and ends within 5 points of the same runner trained on the union of the shards
+    for the same total number of steps (bench/fleet_central.py's comparison)."""
+    import importlib.util
+
+    run, art, _ = fleet_export
+    shards = tmp_path / "shards"
+    make_shards("patterns", 3, shards, resolution=32, count=240, seed=1)
+    result = run_fleet(art, [local(tmp_path, f"d{i}") for i in range(3)], tmp_path / "fleet", data=str(shards),
+                       rounds=4, local_steps=10, eval_size=300, insecure=True)
+    report = json.loads((tmp_path / "fleet" / "fleet.json").read_text())
+    start, final = report["initial_eval"]["eval_acc"], report["final_eval_acc"]
+    spec = importlib.util.spec_from_file_location("fleet_central", Path(__file__).parents[1] / "bench" / "fleet_central.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    config = json.loads((tmp_path / "fleet" / ".fleet" / "config.json").read_text())
+    central = bench.central(config, shards, art)
+    print(f"fleet: {start:.3f} -> {final:.3f} after {len(result.rounds)} rounds; centralised: {central['eval_acc']:.3f} "
+          f"after {central['steps']} steps")
+    assert final > start + 0.03
+    assert abs(final - central["eval_acc"]) <= 0.05
