@@ -74,11 +74,11 @@ class Trainer:
         if self.split:
             self.prefix = interpreter_class()(model_path=os.path.join(artifacts, self.split["prefix"]),
                                               num_threads=threads or os.cpu_count())
-            self._prefix = self.prefix.get_signature_runner("prefix")
             # one input shape for the prefix's life: allocated once, here
             detail = self.prefix.get_input_details()[0]
             self.prefix.resize_tensor_input(detail["index"], [self.prefix_batch, *manifest["input"]["shape"][1:]])
             self.prefix.allocate_tensors()
+            self._prefix = self.prefix.get_signature_runner("prefix")
         if checkpoint:
             with np.load(checkpoint) as saved:
                 self.set_state({v["name"]: saved[v["name"]] for v in self.variables})
