@@ -87,6 +87,11 @@ class Trainer:
         self.state = api.CheckpointState.load_checkpoint(checkpoint or os.path.join(artifacts, CHECKPOINT))
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default, one per physical core
+        # no arena and no memory pattern: ONNX Runtime's CPU arena grows by doubling and keeps what it took, so a
+        # training step on MobileNetV2 (batch 8, 224 px) peaked at 417 MB instead of 227 MB, and kept growing for
+        # two steps; freed buffers go back to the allocator instead (same numbers, one step ~10 % slower)
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
         self.module = api.Module(os.path.join(artifacts, TRAINING_MODEL), self.state, os.path.join(artifacts, EVAL_MODEL),
                                  session_options=options)
         self.optimizer = api.Optimizer(os.path.join(artifacts, OPTIMIZER_MODEL), self.module)
