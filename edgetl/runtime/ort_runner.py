@@ -16,6 +16,10 @@ package is present. ``--resume OUT/checkpoint`` continues from a previous run.
 This file, ``runner_common.py`` and ``runner_data.py`` are copied to devices as they are: they import nothing from edgetl,
 and never torch (``onnxruntime.training``'s package init does, through an optional module; see
 ``training_api``).
+
+An export with a frozen prefix (``manifest["split"]``) trains only the region after it: ``prefix.onnx`` computes
+its input, ``--prefix-batch`` images at a time, and ``--cache-features`` keeps those features for later epochs
+(``runner_prefix.py``). ``--baseline`` loads everything a step uses, prints ``{"baseline_rss_bytes": N}`` and exits.
 """
 
 from __future__ import annotations

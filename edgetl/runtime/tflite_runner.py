@@ -17,6 +17,10 @@ The model's signatures do the work (``train``, ``gradients``, ``infer``, ``get_w
 ``set_weights``); weights go in and out through them, so no TensorFlow Save/Restore op is needed. This
 file, ``runner_common.py`` and ``runner_data.py`` are copied to devices as they are: no TensorFlow, no
 torch, no edgetl.
+
+An export with a frozen prefix (``manifest["split"]``) trains only the region after it: ``prefix.tflite`` computes
+its input, ``--prefix-batch`` images at a time, and ``--cache-features`` keeps those features for later epochs
+(``runner_prefix.py``). ``--baseline`` loads everything a step uses, prints ``{"baseline_rss_bytes": N}`` and exits.
 """
 
 from __future__ import annotations
