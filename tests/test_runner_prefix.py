@@ -90,8 +90,8 @@ def test_streamed_step_equals_the_unstreamed_step(v3_export):
 
 
 def test_auto_prefix_batch_rule():
-    split = {"prefix_sample_bytes": 1000, "region_sample_bytes": 300}
-    assert prefix.prefix_batch("auto", 8, split) == 2  # 300 * 8 // 1000
+    split = {"prefix_sample_bytes": 100, "region_sample_bytes": 300}
+    assert prefix.prefix_batch("auto", 8, split) == 3  # 3 images of the prefix cost what one costs the region
     assert prefix.prefix_batch("auto", 8, {"prefix_sample_bytes": 10, "region_sample_bytes": 300}) == 8
     assert prefix.prefix_batch("auto", 8, {"prefix_sample_bytes": 10**6, "region_sample_bytes": 1}) == 1
     assert prefix.prefix_batch("3", 8, split) == 3 and prefix.prefix_batch("auto", 8, None) is None

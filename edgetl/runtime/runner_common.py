@@ -341,7 +341,7 @@ def main(argv, runtime: str, make_trainer, infer, save_outputs) -> int:
     ap.add_argument("--verify", action="store_true", help="repeat the export's parity check and exit")
     ap.add_argument("--prefix-batch", default="auto",
                     help="micro-batch of the frozen prefix (1..batch), or auto: the largest whose working set stays "
-                         "within the trained region's own")
+                         "within what one image costs the trained region")
     ap.add_argument("--cache-features", action="store_true",
                     help="compute the frozen prefix's features once (first epoch) and reuse them (needs --augment none)")
     ap.add_argument("--cache-dtype", choices=("float32", "float16"), default="float32")
