@@ -13,6 +13,7 @@ median step time without the cache, and the median step time of the cached epoch
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import subprocess
 import sys
@@ -27,6 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from exportutil import blocked_env, make_run  # noqa: E402
 
 from edgetl.exporters import export  # noqa: E402
+from edgetl.exporters.manifest import copy_runner  # noqa: E402
 
 RUNNERS = {"onnx": "ort_runner.py", "tflite": "tflite_runner.py"}
 
@@ -63,6 +65,13 @@ def measure(art: Path, fmt: str, work: Path, batch: int, images: int, prefix_bat
     return row
 
 
+def show(row: dict) -> None:
+    mib = 2**20
+    print(f"{row['format']:8} {row['policy']:11} {row['peak_rss_bytes'] / mib:9.1f} {row['baseline_rss_bytes'] / mib:9.1f} "
+          f"{row['step_seconds']:7.3f} {row.get('cached_step_seconds', float('nan')):9.3f} "
+          f"{row['prefix_batch'] or '-':>5} {row.get('cached_peak_rss_bytes', 0) / mib:11.1f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="mobilenet_v2")
@@ -73,13 +82,24 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=24, help="images per epoch (a few steps)")
     ap.add_argument("--prefix-batch", default="auto")
     ap.add_argument("--validate", action="store_true")
+    ap.add_argument("--artifacts", action="append", help="measure this export (its runner files replaced by the "
+                                                         "current ones) instead of exporting")
     ap.add_argument("--json")
     args = ap.parse_args()
     report = []
-    mib = 2**20
     print(f"{'format':8} {'policy':11} {'peak MiB':>9} {'base MiB':>9} {'step s':>7} {'cached s':>9} {'micro':>5} "
           f"{'cached peak':>11}", flush=True)
-    for policy in args.policy or ["ft:5", "mobiletl:5"]:
+    for art in map(Path, args.artifacts or []):
+        manifest = json.loads((art / "manifest.json").read_text())
+        fmt = manifest["format"]
+        copy_runner(importlib.import_module(f"edgetl.runtime.{RUNNERS[fmt][:-3]}"), art)
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "w").mkdir()
+            row = {"format": fmt, "policy": manifest["policy"], **measure(art, fmt, Path(tmp) / "w", args.batch_size,
+                                                                          args.images, args.prefix_batch)}
+        report.append(row)
+        show(row)
+    for policy in [] if args.artifacts else args.policy or ["ft:5", "mobiletl:5"]:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             run = make_run(work / "run", args.model, policy, resolution=args.resolution)
@@ -90,9 +110,7 @@ def main() -> None:
                 row = {"format": fmt, "policy": policy, **measure(art, fmt, work / f"w-{fmt}", args.batch_size,
                                                                    args.images, args.prefix_batch)}
                 report.append(row)
-                print(f"{fmt:8} {policy:11} {row['peak_rss_bytes'] / mib:9.1f} {row['baseline_rss_bytes'] / mib:9.1f} "
-                      f"{row['step_seconds']:7.3f} {row.get('cached_step_seconds', float('nan')):9.3f} "
-                      f"{row['prefix_batch'] or '-':>5} {row.get('cached_peak_rss_bytes', 0) / mib:11.1f}", flush=True)
+                show(row)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
 
