@@ -205,8 +205,10 @@ def test_float16_cache_stays_close(v3_export, tmp_path):
     plain, half = metrics(tmp_path / "plain"), metrics(tmp_path / "half")
     assert half["cache"]["dtype"] == "float16" and half["cache"]["bytes"] * 2 == 12 * 4 * int(
         np.prod(json.loads((v3_export.art / "manifest.json").read_text())["split"]["feature_shape"]))
-    diff = np.abs(np.array(half["losses"]) - np.array(plain["losses"]))
-    assert 0 < diff.max() < 1e-2  # rounding features to float16 moves the loss, slightly
+    diff = np.abs(np.array(half["losses"]) - np.array(plain["losses"])) / np.abs(plain["losses"])
+    # rounding features to float16 moves the first loss at rounding level (measured 2e-6 relative); AdamW's
+    # steps then carry the two runs apart slowly (measured at most 0.8 % of the loss over 9 steps)
+    assert 0 < diff[0] < 1e-4 and diff.max() < 0.03
 
 
 def test_baseline_loads_and_exits(v3_export, tmp_path):
