@@ -53,6 +53,7 @@ def measure(art: Path, fmt: str, work: Path, batch: int, images: int, prefix_bat
     runner(art, fmt, work, *common, "--out", str(work / "plain"))
     plain = json.loads((work / "plain" / "metrics.json").read_text())
     row = {"baseline_rss_bytes": base["baseline_rss_bytes"], "peak_rss_bytes": plain["peak_rss_bytes"],
+           "train_peak_rss_bytes": plain["train_peak_rss_bytes"],
            "step_seconds": float(np.median(plain["step_seconds"][1:])), "prefix_batch": plain["prefix_batch"],
            "losses": plain["losses"]}
     if manifest.get("split"):
@@ -67,7 +68,8 @@ def measure(art: Path, fmt: str, work: Path, batch: int, images: int, prefix_bat
 
 def show(row: dict) -> None:
     mib = 2**20
-    print(f"{row['format']:8} {row['policy']:11} {row['peak_rss_bytes'] / mib:9.1f} {row['baseline_rss_bytes'] / mib:9.1f} "
+    print(f"{row['format']:8} {row['policy']:11} {row['peak_rss_bytes'] / mib:9.1f} {row['train_peak_rss_bytes'] / mib:9.1f} "
+          f"{row['baseline_rss_bytes'] / mib:9.1f} "
           f"{row['step_seconds']:7.3f} {row.get('cached_step_seconds', float('nan')):9.3f} "
           f"{row['prefix_batch'] or '-':>5} {row.get('cached_peak_rss_bytes', 0) / mib:11.1f}", flush=True)
 
@@ -87,8 +89,8 @@ def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
     report = []
-    print(f"{'format':8} {'policy':11} {'peak MiB':>9} {'base MiB':>9} {'step s':>7} {'cached s':>9} {'micro':>5} "
-          f"{'cached peak':>11}", flush=True)
+    print(f"{'format':8} {'policy':11} {'peak MiB':>9} {'train MiB':>9} {'base MiB':>9} {'step s':>7} {'cached s':>9} "
+          f"{'micro':>5} {'cached peak':>11}", flush=True)
     for art in map(Path, args.artifacts or []):
         manifest = json.loads((art / "manifest.json").read_text())
         fmt = manifest["format"]

@@ -430,12 +430,14 @@ def _run(args, runtime: str, make_trainer, infer, save_outputs) -> int:
             raise
         if cache is not None:
             cache.discard()  # a cache never sealed (a --steps run that ended inside the first epoch) is not kept
+        train_peak = peak_rss_bytes()  # before the outputs: reading every variable back costs memory of its own
         trained, extra = save_outputs(trainer, args.artifacts, args.out)
         write_bytes(os.path.join(args.out, "params.npz"), lambda f: np.savez(f, **trained))
         skipped, named = data.unreadable(train, val)
         metrics = {"steps": state["steps"], "epochs": state["history"], "lr": trainer.lr, "losses": state["losses"],
                    "step_seconds": state["step_seconds"], "median_step_seconds": float(np.median(state["step_seconds"])),
-                   "peak_rss_bytes": peak_rss_bytes(), "runtime": runtime, "machine": platform.machine(),
+                   "peak_rss_bytes": peak_rss_bytes(), "train_peak_rss_bytes": train_peak, "runtime": runtime,
+                   "machine": platform.machine(),
                    "data": {**info, "skipped_unreadable": skipped, "unreadable": named},
                    "prefix_batch": getattr(trainer, "prefix_batch", None),
                    "cache": cache.describe() if cache is not None else None,
