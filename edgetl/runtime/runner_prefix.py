@@ -46,7 +46,7 @@ def auto_prefix_batch(batch: int, split: dict) -> int:
 
     Why one image and not the batch: a TFLite interpreter keeps its arena for its life, so the prefix's
     working set adds to the training step's peak instead of taking turns with it (measured on MobileNetV2,
-    mobiletl:5, batch 8, 224 px: peak 179 MiB at micro-batch 1, 214 MiB at 7), while the prefix's convolutions
+    mobiletl:5, batch 8, 224 px: peak 179 MiB at micro-batch 1, 219 MiB at 7), while the prefix's convolutions
     on 112 x 112 maps run as fast one image at a time (0.67 s for 8 images at 1, 0.79 s at 8, one thread).
     """
     per_image, region = split.get("prefix_sample_bytes"), split.get("region_sample_bytes")
