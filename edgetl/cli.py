@@ -16,7 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .errors import EdgeTLError
+from .errors import ConfigError, EdgeTLError
 from .exporters import EXPORTERS
 from .job import TrainConfig, trainer_from_config
 from .models import MODELS
@@ -66,6 +66,16 @@ def _command_line(ctx: click.Context) -> list[str]:
     return words
 
 
+def parse_prefix_batch(value: str | None) -> int | str | None:
+    """``--prefix-batch``: None, "auto" or a whole number (checked against the batch by the trainer)."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"--prefix-batch must be 'auto' or a whole number, got {value!r}") from None
+
+
 @main.command()
 @click.option("--model", default=_DEFAULTS.model, show_default=True, type=click.Choice(list(MODELS)))
 @click.option("--policy", default=_DEFAULTS.policy, show_default=True, help="full, last, bn+last, bias, ft:K, mobiletl:K")
@@ -84,6 +94,15 @@ def _command_line(ctx: click.Context) -> list[str]:
 @click.option("--out", default=None, help="run directory [default: runs/<model>-<policy>-<time>; runs/last links it]")
 @click.option("--resume", is_flag=True, help="continue the interrupted run in --out")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
+@click.option("--augment", default=_DEFAULTS.augment, show_default=True, type=click.Choice(["standard", "none"]),
+              help="training transform: random crop and flip, or none (fixed inputs, needed by --cache-features)")
+@click.option("--prefix-batch", default=None, metavar="N|auto",
+              help="run the frozen prefix N samples at a time (auto: the largest within the trained region's peak)")
+@click.option("--cache-features", is_flag=True, help="store the frozen prefix's outputs in epoch 1, reuse them after")
+@click.option("--cache-dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16"]))
+@click.option("--cache-dir", default=None, help="where a disk cache goes [default: the run directory]")
+@click.option("--cache-budget-mb", default=_DEFAULTS.cache_budget_mb, show_default=True, type=float,
+              help="a larger cache goes to a memory-mapped file on disk")
 @click.pass_context
 @friendly_errors
 def train(ctx, resume, no_progress, **options):
@@ -96,6 +115,7 @@ def train(ctx, resume, no_progress, **options):
             raise click.UsageError(
                 f"--resume takes the run's own settings; drop {', '.join('--' + g.replace('_', '-') for g in given)}"
             )
+    options["prefix_batch"] = parse_prefix_batch(options["prefix_batch"])
     bar = ProgressBar(Console(stderr=True), enabled=not no_progress)
     result = trainer_from_config(TrainConfig(**options), resume, [bar], _command_line(ctx)).fit()
     last = result.history[-1]
