@@ -158,13 +158,18 @@ def profile(model, policies, batch_size, resolution, optimizer, num_classes, mea
 
 
 def _print_fit(model, policies, limit, batch_size, resolution, optimizer, num_classes):
-    fit = fit_policies(model, limit, batch_size, resolution, optimizer, policies, num_classes)
-    table = Table(title=f"{model}, batch {batch_size}, {resolution}x{resolution}: budget {mib(limit)} MiB")
+    whole = fit_policies(model, limit, batch_size, resolution, optimizer, policies, num_classes)
+    fit = fit_policies(model, limit, batch_size, resolution, optimizer, policies, num_classes, prefix_batch="auto")
+    table = Table(title=f"{model}, batch {batch_size}, {resolution}x{resolution}: budget {mib(limit)} MiB "
+                        f"(prefix streamed at the chosen --prefix-batch)")
     table.add_column("policy")
+    table.add_column("unstreamed MiB", justify="right")
+    table.add_column("prefix batch", justify="right")
     table.add_column("predicted MiB", justify="right")
     table.add_column("fits")
     for spec in policies:
-        table.add_row(spec, mib(fit.predicted[spec]), "[green]yes[/]" if fit.fits(spec) else "[red]no[/]")
+        table.add_row(spec, mib(whole.predicted[spec]), str(fit.prefix_batch[spec] or "-"), mib(fit.predicted[spec]),
+                      "[green]yes[/]" if fit.fits(spec) else "[red]no[/]")
     console.print(table)
     if fit.largest_k is None:
         console.print(f"no mobiletl:K fits at batch {batch_size}; lower --batch-size or --resolution")
@@ -172,7 +177,7 @@ def _print_fit(model, policies, limit, batch_size, resolution, optimizer, num_cl
         console.print(f"largest K that fits: [bold]mobiletl:{fit.largest_k}[/] "
                       f"({mib(fit.predicted[f'mobiletl:{fit.largest_k}'])} MiB)")
     for spec in policies:
-        n = largest_batch(model, spec, limit, resolution, optimizer, num_classes=num_classes)
+        n = largest_batch(model, spec, limit, resolution, optimizer, num_classes=num_classes, prefix_batch="auto")
         console.print(f"largest batch size for {spec}: [bold]{n}[/]" if n else f"{spec} does not fit even at batch 1")
 
 

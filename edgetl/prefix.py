@@ -67,9 +67,9 @@ def chunk_sizes(n: int, micro_batch: int) -> list[int]:
     """Sizes of the micro-batches of a batch of ``n``: as even as possible, none above ``micro_batch``, none of 1.
 
     A single sample takes another oneDNN convolution path whose last bits differ from the batched one, so a
-    micro-batch of 1 would change numbers; the smallest micro-batch is therefore 2 (when ``n`` >= 2).
+    micro-batch of 1 would change numbers: the smallest micro-batch is 2, and 3 where ``n`` is odd.
     """
-    k = -(-n // max(micro_batch, 2)) if n >= 2 else 1
+    k = max(1, min(-(-n // micro_batch), n // 2))
     return [n // k + (i < n % k) for i in range(k)]
 
 

@@ -279,11 +279,13 @@ class Trainer:
     def _open_cache(self) -> FeatureCache:
         if self.cache is None:
             prefix = prefix_modules(self.model)
-            shape = tuple(run_prefix(prefix, self.train_data[0][0][None]).shape[1:])
             data = f"{self.config.get('data', '')}|{data_identity(self.train_data)}"
             key = cache_key(prefix, str(policy_of(self.model)), data, self.resolution or 0, self.cache_dtype)
-            self.cache = FeatureCache.open_or_create(len(self.train_data), shape, self.cache_dtype, key, self.cache_dir,
-                                                     int(self.cache_budget_mb * 2**20))
+            self.cache = FeatureCache.open(self.cache_dir, key) if self.cache_dir else None  # a finished one
+            if self.cache is None:
+                shape = tuple(run_prefix(prefix, self.train_data[0][0][None]).shape[1:])
+                self.cache = FeatureCache.open_or_create(len(self.train_data), shape, self.cache_dtype, key,
+                                                         self.cache_dir, int(self.cache_budget_mb * 2**20))
         return self.cache
 
     def _batches(self, gen: torch.Generator):
