@@ -360,6 +360,11 @@ def devices_clean(uri, keep_results):
 @click.option("--augment", type=click.Choice(["none", "flip"]), default="none", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int, help="shuffling, the validation split, augmentation")
 @click.option("--shard-size", default=None, type=int, help="most images per split packed from --data [default: all]")
+@click.option("--prefix-batch", default="auto", show_default=True,
+              help="micro-batch of the frozen prefix on the device (1..batch), or auto")
+@click.option("--cache-features", is_flag=True,
+              help="compute the frozen prefix's features in the first epoch and reuse them (needs --augment none)")
+@click.option("--cache-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
 @click.option("--out", default=None, help="where results land [default: deploy/<time>]")
 @click.option("--batch-size", default=None, type=int, help="[default: the export's fixed batch (tflite), else 8]")
 @click.option("--lr", default=None, type=float, help="learning rate [default: the export's]")
@@ -367,8 +372,8 @@ def devices_clean(uri, keep_results):
 @click.option("--force", is_flag=True, help="deploy even if the predicted memory exceeds the device's")
 @click.option("--timeout", default=3600, show_default=True, type=float, help="seconds for the training run")
 @friendly_errors
-def deploy(artifacts, device_uri, steps, epochs, data, device_data, val_split, augment, seed, shard_size, out, batch_size,
-           lr, verify, force, timeout):
+def deploy(artifacts, device_uri, steps, epochs, data, device_data, val_split, augment, seed, shard_size, prefix_batch,
+           cache_features, cache_dtype, out, batch_size, lr, verify, force, timeout):
     """Push an export to a device, train there, and bring back metrics and weights."""
     from .devices.deploy import deploy as run_deploy
     from .ui import DeployProgress, print_deploy_report
@@ -377,7 +382,8 @@ def deploy(artifacts, device_uri, steps, epochs, data, device_data, val_split, a
     with DeployProgress(err) as events:
         report = run_deploy(artifacts, device_uri, steps=steps, data=data, out=out, batch_size=batch_size, lr=lr,
                             verify=verify, force=force, timeout=timeout, events=events, device_data=device_data,
-                            epochs=epochs, val_split=val_split, augment=augment, seed=seed, shard_size=shard_size)
+                            epochs=epochs, val_split=val_split, augment=augment, seed=seed, shard_size=shard_size,
+                            prefix_batch=prefix_batch, cache_features=cache_features, cache_dtype=cache_dtype)
     print_deploy_report(report, err)
 
 

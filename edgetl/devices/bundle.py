@@ -34,7 +34,7 @@ from .base import Device, DeviceError, DiskFull, file_sha256
 BUNDLE_JSON = "bundle.json"
 SHARD, SHARD_DIR = "shard.npz", "shard"
 RUNTIME_DIR = Path(__file__).resolve().parents[1] / "runtime"
-RUNTIME_FILES = ("runner_common.py", "runner_data.py")  # what every runner imports
+RUNTIME_FILES = ("runner_common.py", "runner_data.py", "runner_prefix.py")  # what every runner imports
 RUNNERS = {"onnxruntime-training": "ort_runner.py", "ai-edge-litert": "tflite_runner.py"}
 
 

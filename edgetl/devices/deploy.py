@@ -99,15 +99,21 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
            out: str | Path | None = None, batch_size: int | None = None, lr: float | None = None, verify: bool = False,
            force: bool = False, timeout: float = 3600, events: DeployEvents | None = None,
            device_data: str | None = None, epochs: int | None = None, val_split: float | None = None,
-           augment: str = "none", seed: int = 0, shard_size: int | None = None) -> dict:
+           augment: str = "none", seed: int = 0, shard_size: int | None = None, prefix_batch: int | str | None = None,
+           cache_features: bool = False, cache_dtype: str = "float32") -> dict:
     """Train ``artifacts`` on the device for ``epochs`` epochs or ``steps`` steps (default 50 steps), on
     ``data`` pushed from the laptop or ``device_data`` on the device (``val_split`` of a flat folder held out and
-    evaluated each epoch; ``augment`` none or flip; ``seed`` shuffles); returns the report."""
+    evaluated each epoch; ``augment`` none or flip; ``seed`` shuffles); ``prefix_batch`` (a number or auto) runs
+    the frozen prefix in micro-batches, ``cache_features`` computes its features once and reuses them in later
+    epochs (``cache_dtype`` float32 or float16); returns the report."""
     events = events or DeployEvents()
     if data is not None and device_data:
         raise DataError("give --data (images on this machine, pushed) or --device-data (images on the device), not both")
     if steps is not None and epochs is not None:
         raise DataError("give --epochs or --steps, not both")
+    if cache_features and augment != "none":
+        raise DataError(f"--cache-features needs fixed inputs, but --augment {augment} changes every image each epoch: "
+                        f"use --augment none with the cache, or drop --cache-features")
     steps = 50 if steps is None and epochs is None else steps
     bundle = make_bundle(artifacts, data, shard_size=shard_size, seed=seed, val_split=val_split)
     manifest = bundle.manifest
@@ -159,6 +165,8 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
         args += f" --device-data {shlex.quote(device_data)}" if device_data else ""
         args += f" --val-split {val_split}" if device_data and val_split else ""
         args += f" --lr {lr}" if lr is not None else ""
+        args += f" --prefix-batch {shlex.quote(str(prefix_batch))}" if prefix_batch not in (None, "auto") else ""
+        args += f" --cache-features --cache-dtype {cache_dtype}" if cache_features else ""
         # the same bundle and settings train in the same directory, so running the same deploy again after an
         # interruption continues from the device's last checkpoint
         run_dir = f"runs/{hashlib.sha256((bundle.id + args).encode()).hexdigest()[:12]}"
@@ -194,7 +202,8 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
               "model": manifest["model"], "policy": manifest["policy"], "format": manifest["format"],
               "steps": metrics["steps"], "batch_size": batch_size, "predicted_memory_bytes": need,
               "data": _data_report(metrics, bundle, device_data), "epochs": metrics.get("epochs", []),
-              "augment": augment, "seed": seed, "resumed_from_epoch": metrics.get("resumed_from_epoch"),
+              "augment": augment, "seed": seed, "prefix_batch": metrics.get("prefix_batch"),
+              "cache": metrics.get("cache"), "resumed_from_epoch": metrics.get("resumed_from_epoch"),
               "losses": metrics["losses"], "median_step_seconds": metrics["median_step_seconds"],
               "peak_rss_bytes": metrics["peak_rss_bytes"], "wall_seconds": time.perf_counter() - t0,
               "verify": verified, "files": sorted(p.name for p in partial.iterdir())}

@@ -25,8 +25,9 @@ from typing import Callable, ClassVar
 from ..errors import EdgeTLError
 from ..optim import OptimizerSpec
 from ..run import Run
-from .manifest import MANIFEST, manifest_fields, validated_manifest
+from .manifest import MANIFEST, manifest_fields, split_entry, validated_manifest
 from .reference import write_reference
+from .split import Split, plan
 from .validation import Validation, validate_with_runner
 
 
@@ -79,6 +80,7 @@ class Exporter(ABC):
     input_name: ClassVar[str]
     fixed_batch: ClassVar[bool] = False  # the training batch size is fixed at export
     runner: ClassVar  # the device runner module (edgetl.runtime.*)
+    prefix_file: ClassVar[str]  # the frozen prefix's inference model, when the policy leaves one
 
     def optimizer(self, run: Run, lr: float | None) -> OptimizerSpec:
         """The optimizer the exported graph runs: the run's, at ``lr`` when given."""
@@ -98,9 +100,12 @@ class Exporter(ABC):
         return validation
 
     @abstractmethod
-    def lower(self, run: Run, out: Path, spec: OptimizerSpec, batch_size: int,
-              log: Callable[[str], None]) -> tuple[list[str], dict]:
-        """Write the format's files and runner into ``out``; returns (trainable tensor names, manifest fields)."""
+    def lower(self, run: Run, out: Path, spec: OptimizerSpec, batch_size: int, log: Callable[[str], None],
+              split: Split | None = None) -> tuple[list[str], dict]:
+        """Write the format's files and runner into ``out``; returns (trainable tensor names, manifest fields).
+
+        With ``split``, the training model is the trained region (input: the prefix's features) and the
+        prefix is written as ``prefix_file``, an inference model; a full inference model is still written."""
 
     def export(self, run: Run, out: Path, validate: bool = True, steps: int = 3, batch_size: int = 4,
                lr: float | None = None, log: Callable[[str], None] | None = None, dataset=None) -> ExportResult:
@@ -108,7 +113,11 @@ class Exporter(ABC):
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         spec = self.optimizer(run, lr)
-        trainable, own = self.lower(run, out, spec, batch_size, log)
+        split = plan(run.model, run.resolution)
+        (out / self.prefix_file).unlink(missing_ok=True)  # a re-export without a prefix leaves none behind
+        trainable, own = self.lower(run, out, spec, batch_size, log, split)
+        if split is not None:
+            own = {**own, "split": split_entry(split, self.prefix_file)}
         images, labels, logits = write_reference(run, out, batch_size, steps, trainable, dataset)
         fields = {**manifest_fields(self, run, spec, trainable, batch_size if self.fixed_batch else None, batch_size,
                                     steps), **own}

@@ -21,7 +21,7 @@ from ..io import atomic_write_json, file_sha256
 from ..optim import OptimizerSpec
 from ..profile.analytic import profile_model
 from ..run import Run
-from ..runtime import runner_common, runner_data
+from ..runtime import runner_common, runner_data, runner_prefix
 from .validation import TOLERANCES, Validation
 
 MANIFEST = "manifest.json"
@@ -60,6 +60,20 @@ def manifest_fields(exporter, run: Run, spec: OptimizerSpec, trainable: list[str
         "notes": run.notes, "source_run": str(run.path) if run.path else None}
 
 
+def split_entry(split, prefix_file: str) -> dict:
+    """``manifest["split"]``: where the frozen prefix ends, its model file, and what the runner needs to stream
+    it (``split`` an :class:`.split.Split`); the one place this entry is made."""
+    return {"at": split.at, "index": split.index, "prefix": prefix_file, "feature_shape": list(split.feature_shape),
+            "prefix_sample_bytes": split.prefix_sample_bytes, "region_sample_bytes": split.region_sample_bytes,
+            "what": "the frozen prefix runs as its own inference model (any batch: micro-batches on the device); "
+                    "the training model is the region after it, its input the prefix's features at full batch"}
+
+
+def split_of(manifest: dict) -> dict | None:
+    """The split entry of a manifest (None: one training model from the input)."""
+    return manifest.get("split")
+
+
 def file_checksums(root: Path) -> dict[str, str]:
     """sha256 of every file under ``root`` except the manifest itself, by relative path."""
     return {str(p.relative_to(root)): file_sha256(p) for p in sorted(root.rglob("*"))
@@ -67,11 +81,12 @@ def file_checksums(root: Path) -> dict[str, str]:
 
 
 def copy_runner(runner_module, out: Path) -> str:
-    """Put a device runner and what it imports (``runner_common.py``, ``runner_data.py``) into ``out``; returns
+    """Put a device runner and what it imports (``runner_common.py``, ``runner_data.py``, ``runner_prefix.py``)
+    into ``out``; returns
     the runner's file name."""
     name = Path(runner_module.__file__).name
     shutil.copy(runner_module.__file__, out / name)
-    for module in (runner_common, runner_data):
+    for module in (runner_common, runner_data, runner_prefix):
         shutil.copy(module.__file__, out / Path(module.__file__).name)
     return name
 

@@ -29,6 +29,7 @@ from ..runtime import ort_runner
 from .base import Exporter, ExportError, quiet_stderr
 from .manifest import copy_runner
 from .onnx_graph import OPSET, batch_stat_norms, export_graph, hardswish_threshold, register_gradients
+from .split import prefix_module, region_module
 
 ARTIFACTS = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
 
@@ -50,6 +51,7 @@ class OnnxExporter(Exporter):
     runtime = "onnxruntime-training"
     input_name = "input"
     runner = ort_runner
+    prefix_file = "prefix.onnx"
 
     def optimizer(self, run: Run, lr: float | None) -> OptimizerSpec:
         spec = super().optimizer(run, lr)
@@ -61,13 +63,19 @@ class OnnxExporter(Exporter):
             spec = spec.replace(momentum=0.0, weight_decay=0.0)
         return spec
 
-    def lower(self, run, out, spec, batch_size, log):
+    def lower(self, run, out, spec, batch_size, log, split=None):
         onnx, onnxruntime, artifacts, onnxblock = _backend()
         trainable = [n for n, p in run.model.named_parameters() if p.requires_grad]
         t0 = time.perf_counter()
-        norms = batch_stat_norms(run.model, run.resolution)
-        training = export_graph(run.model, run.resolution, training=True, norms=norms)
+        # with a frozen prefix the training graph is the region after it; the inference model stays whole
+        trained = region_module(run.model, split) if split else run.model
+        shape = split.feature_shape if split else None
+        norms = batch_stat_norms(trained, run.resolution, shape)
+        training = export_graph(trained, run.resolution, training=True, norms=norms, input_shape=shape)
         inference = export_graph(run.model, run.resolution, training=False)
+        if split:
+            onnx.save(export_graph(prefix_module(run.model, split), run.resolution, training=False, output="features"),
+                      str(out / self.prefix_file))
         initializers = {i.name for i in training.graph.initializer}
         missing = [n for n in trainable if n not in initializers]
         if missing:

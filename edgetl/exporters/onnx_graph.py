@@ -86,15 +86,16 @@ class _WithBatchStats(nn.Module):
         return (logits, *self.stats)
 
 
-def batch_stat_norms(model: nn.Module, resolution: int) -> list[dict]:
-    """The fully trained norms in execution order: name, momentum, and elements per channel per image."""
+def batch_stat_norms(model: nn.Module, resolution: int, input_shape=None) -> list[dict]:
+    """The fully trained norms in execution order: name, momentum, and elements per channel per image
+    (``input_shape``: (C, H, W) of the input, default an image at ``resolution``)."""
     lowered = lower(model, training=True)
     found = []
     hooks = [m.register_forward_hook(lambda m, i, o, n=n: found.append(
         {"name": n, "momentum": m.momentum, "spatial": int(i[0].shape[2] * i[0].shape[3])}))
         for n, m in lowered.named_modules() if isinstance(m, _BatchStatNorm)]
     with torch.no_grad():
-        lowered(torch.zeros(2, 3, resolution, resolution))
+        lowered(torch.zeros(2, *(input_shape or (3, resolution, resolution))))
     for h in hooks:
         h.remove()
     return found
@@ -133,19 +134,24 @@ def lower(model: nn.Module, training: bool) -> nn.Module:
     return model.eval()
 
 
-def export_graph(model: nn.Module, resolution: int, training: bool, norms: list[dict] | None = None):
-    """The ONNX ModelProto of ``model`` (training or inference semantics), guarded against the pitfalls."""
+def export_graph(model: nn.Module, resolution: int, training: bool, norms: list[dict] | None = None,
+                 input_shape=None, output: str = OUTPUT):
+    """The ONNX ModelProto of ``model`` (training or inference semantics), guarded against the pitfalls.
+
+    ``input_shape``: (C, H, W) of the input (default an image at ``resolution``; the trained region of a split
+    export takes the prefix's features); the batch dimension is dynamic."""
     import onnx
 
+    input_shape = tuple(input_shape or (3, resolution, resolution))
     lowered = lower(model, training)
     if training and norms is None:
-        norms = batch_stat_norms(model, resolution)
+        norms = batch_stat_norms(model, resolution, input_shape)
     stats = [f"{s['name']}.batch_{k}" for s in norms for k in ("mean", "var")] if training else []
     f = io.BytesIO()
     with torch.no_grad() if not training else torch.enable_grad():
-        torch.onnx.export(_WithBatchStats(lowered) if training else lowered, torch.randn(2, 3, resolution, resolution),
-                          f, input_names=[INPUT], output_names=[OUTPUT, *stats],
-                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+        torch.onnx.export(_WithBatchStats(lowered) if training else lowered, torch.randn(2, *input_shape),
+                          f, input_names=[INPUT], output_names=[output, *stats],
+                          dynamic_axes={INPUT: {0: "batch"}, output: {0: "batch"}},
                           opset_version=OPSET, dynamo=False, training=torch.onnx.TrainingMode.PRESERVE,
                           do_constant_folding=False, export_params=True)
     proto = onnx.load_from_string(f.getvalue())

@@ -27,6 +27,7 @@ from ..runtime import tflite_runner
 from .base import Exporter, ExportError, quiet_stderr
 from .manifest import copy_runner
 from .reference import training_copy
+from .split import prefix_module, region_module
 
 
 def _backend():
@@ -100,13 +101,20 @@ class TfliteExporter(Exporter):
     input_name = "images"
     fixed_batch = True
     runner = tflite_runner
+    prefix_file = "prefix.tflite"
 
-    def lower(self, run, out, spec, batch_size, log):
+    def lower(self, run, out, spec, batch_size, log, split=None):
         tf = _backend()
-        from .tflite_graph import Lowering, TrainingModule
+        from .tflite_graph import Lowering, PrefixModule, TrainingModule
 
         t0 = time.perf_counter()
-        module = TrainingModule(Lowering(training_copy(run.model)), batch_size, run.resolution, spec)
+        if split:  # model.tflite trains the region after the frozen prefix, which prefix.tflite computes
+            module = TrainingModule(Lowering(region_module(training_copy(run.model), split)), batch_size,
+                                    run.resolution, spec, input_shape=split.feature_shape, input_name="features")
+            prefix = convert(PrefixModule(Lowering(prefix_module(run.model, split)), run.resolution), tf)
+            atomic_write_bytes(prefix, out / self.prefix_file)
+        else:
+            module = TrainingModule(Lowering(training_copy(run.model)), batch_size, run.resolution, spec)
         model = convert(module, tf)
         atomic_write_bytes(model, out / tflite_runner.MODEL)
         copy_runner(tflite_runner, out)

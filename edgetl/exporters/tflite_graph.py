@@ -39,6 +39,7 @@ from ..ops import MaskedActivation, MaskedHardswish, ShiftOnlyBatchNorm2d
 from ..optim import OptimizerSpec
 from ..surgery import FrozenPrefix
 from .base import ExportError
+from .split import Prefix
 from .tflite_ops import FORWARD, activation, affine, batch_norm, channel_scale, conv2d, cross_entropy, spatial_mean
 
 SIGNATURES = ("train", "gradients", "infer", "get_weights", "set_weights")
@@ -179,6 +180,15 @@ def _frozen_prefix(lw: Lowering, m, name, x, ctx):
     return x
 
 
+@lowers(Prefix)
+def _prefix(lw: Lowering, m, name, x, ctx):
+    was = ctx.frozen
+    ctx.frozen = True  # inference semantics, no gradient: the frozen prefix of a split export
+    x = lw.child(m, name, "features", x, ctx)
+    ctx.frozen = was
+    return tf.transpose(x, [0, 3, 1, 2])  # NCHW features, as the trained region (and PyTorch) takes them
+
+
 @lowers(mobilenetv2.MobileNetV2, mobilenetv3.MobileNetV3)
 def _mobilenet(lw: Lowering, m, name, x, ctx):
     x = lw.child(m, name, "features", x, ctx)
@@ -272,7 +282,10 @@ def _activation(lw: Lowering, m, name, x, ctx):
 class TrainingModule(tf.Module):
     """The variables and the signatures of the exported model (see the module docstring)."""
 
-    def __init__(self, lowering: Lowering, batch_size: int, resolution: int, optimizer: OptimizerSpec):
+    def __init__(self, lowering: Lowering, batch_size: int, resolution: int, optimizer: OptimizerSpec,
+                 input_shape=None, input_name: str = "images"):
+        """``input_shape`` (C, H, W) and ``input_name``: the trained region of a split export takes the prefix's
+        ``features``; default, images at ``resolution``."""
         super().__init__()
         self.lowering, self.spec = lowering, optimizer
         self.params = [v for v in lowering.variables.values() if v.kind == "param"]
@@ -285,7 +298,7 @@ class TrainingModule(tf.Module):
         self.state = [*lowering.variables.values(), *(v for vs in self.slots.values() for v in vs), self.step]
         self._vars = [v.var for v in self.state]  # tracked, so the saved model holds them
         self.keys = {v.name: f"p{i:03d}" for i, v in enumerate(self.state)}
-        images = tf.TensorSpec([batch_size, 3, resolution, resolution], tf.float32, name="images")
+        images = tf.TensorSpec([batch_size, *(input_shape or (3, resolution, resolution))], tf.float32, name=input_name)
         labels = tf.TensorSpec([batch_size], tf.int32, name="labels")
         lr = tf.TensorSpec([], tf.float32, name="lr")
         self.train = tf.function(self._train, input_signature=[images, labels, lr])
@@ -356,3 +369,20 @@ class TrainingModule(tf.Module):
         for v, value in zip(self.state, values):
             v.assign_torch(value)
         return {"ok": tf.constant(1.0)}
+
+
+class PrefixModule(tf.Module):
+    """The frozen prefix of a split export: one signature, ``prefix``: images (any batch) -> features."""
+
+    def __init__(self, lowering: Lowering, resolution: int):
+        super().__init__()
+        self.lowering = lowering
+        spec = tf.TensorSpec([None, 3, resolution, resolution], tf.float32, name="images")
+        self.prefix = tf.function(self._prefix, input_signature=[spec])
+
+    def signatures(self) -> dict:
+        return {"prefix": self.prefix.get_concrete_function()}
+
+    def _prefix(self, images):
+        features, _ = self.lowering.forward(images, training=False)
+        return {"features": features}

@@ -77,7 +77,7 @@ class Trainer:
     """ONNX Runtime on-device training of one artifact set."""
 
     def __init__(self, artifacts: str, lr: float | None = None, checkpoint: str | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, prefix_batch: int | str | None = "auto"):
         api = training_api()
         import onnxruntime
 
@@ -90,6 +90,16 @@ class Trainer:
         self.module = api.Module(os.path.join(artifacts, TRAINING_MODEL), self.state, os.path.join(artifacts, EVAL_MODEL),
                                  session_options=options)
         self.optimizer = api.Optimizer(os.path.join(artifacts, OPTIMIZER_MODEL), self.module)
+        # an export with a frozen prefix: the training model is the region after it, fed the features that
+        # the prefix's inference session computes, micro-batch by micro-batch
+        self.split = manifest.get("split")
+        self.batch_size = None  # any batch
+        self.prefix_batch = None
+        self.prefix_value = prefix_batch
+        if self.split:
+            self.prefix = onnxruntime.InferenceSession(os.path.join(artifacts, self.split["prefix"]), options,
+                                                       providers=["CPUExecutionProvider"])
+            self.prefix_input = self.prefix.get_inputs()[0].name
         self.lr = lr if lr is not None else manifest["optimizer"]["lr"]
         self.optimizer.set_learning_rate(self.lr)
         # running statistics of the fully trained norms, updated from each training forward's batch statistics
@@ -103,10 +113,22 @@ class Trainer:
             with np.load(beside) as saved:
                 self.running.update({k: saved[k].astype(np.float32) for k in self.running if k in saved})
 
-    def _forward(self, images: np.ndarray, labels: np.ndarray) -> float:
+    def allocate(self) -> None:
+        """Every session the training step uses is loaded in ``__init__`` (``--baseline``)."""
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """The frozen prefix's output for ``images``, ``prefix_batch`` at a time (the images without a prefix)."""
+        if not self.split:
+            return np.ascontiguousarray(images, dtype=np.float32)
+        micro = common.prefix.prefix_batch(self.prefix_value, len(images), self.split)
+        self.prefix_batch = micro
+        return common.prefix.stream(lambda x: self.prefix.run(None, {self.prefix_input: x})[0], images, micro)
+
+    def _forward(self, images: np.ndarray, labels: np.ndarray, features: bool = False) -> float:
         """A training-mode forward and backward: returns the loss, updates the running statistics."""
+        x = np.ascontiguousarray(images, dtype=np.float32) if features else self.features(images)
         self.module.train()
-        outputs = self.module(np.ascontiguousarray(images, dtype=np.float32), np.ascontiguousarray(labels, dtype=np.int64))
+        outputs = self.module(x, np.ascontiguousarray(labels, dtype=np.int64))
         if not self.norms:
             return float(outputs if np.ndim(outputs) == 0 else outputs[0])
         loss, stats = outputs[0], outputs[1:]
@@ -120,6 +142,12 @@ class Trainer:
 
     def step(self, images: np.ndarray, labels: np.ndarray) -> float:
         loss = self._forward(images, labels)
+        self.optimizer_step()
+        return loss
+
+    def step_features(self, features: np.ndarray, labels: np.ndarray) -> float:
+        """One step from the prefix's features (a feature cache's): the trained region only."""
+        loss = self._forward(features, labels, features=True)
         self.optimizer_step()
         return loss
 
@@ -228,8 +256,10 @@ def save_outputs(trainer: Trainer, artifacts: str, out: str) -> tuple[dict, dict
 
 
 def main(argv=None) -> int:
-    return common.main(argv, "onnxruntime-training", lambda art, lr, args: Trainer(art, lr, args.resume, args.threads),
-                       infer, save_outputs)
+    def make_trainer(art, lr, args):
+        return Trainer(art, lr, args.resume, args.threads, args.prefix_batch)
+
+    return common.main(argv, "onnxruntime-training", make_trainer, infer, save_outputs)
 
 
 if __name__ == "__main__":

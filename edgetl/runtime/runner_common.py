@@ -28,8 +28,10 @@ import numpy as np
 
 if __package__:  # edgetl.runtime.runner_common
     from . import runner_data as data
+    from . import runner_prefix as prefix
 else:  # beside the runner on a device
     import runner_data as data
+    import runner_prefix as prefix
 
 REFERENCE, MANIFEST = "reference.npz", "manifest.json"
 PROGRESS, CHECKPOINTS = "progress.json", "checkpoints"
@@ -40,6 +42,9 @@ DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 class RunnerError(Exception):
     """A problem the runner explains in one line (bad data, wrong batch, missing runtime); the command line
     prints it and exits with status 2, a caller in Python catches it."""
+
+
+prefix.bind(RunnerError)
 
 
 def peak_rss_bytes() -> int:
@@ -136,12 +141,15 @@ def new_state() -> dict:
 
 
 def fit(trainer, train, val=None, epochs: int | None = None, steps: int | None = None, batch_size: int = 8,
-        seed: int = 0, augment: str = "none", state: dict | None = None, on_epoch=None, progress=None) -> dict:
+        seed: int = 0, augment: str = "none", state: dict | None = None, on_epoch=None, progress=None,
+        cache=None) -> dict:
     """Train on the ``train`` split for ``epochs`` epochs or ``steps`` steps (whichever is given), evaluating
     ``val`` after every epoch. Epoch ``e`` visits the images in the order ``default_rng([seed, e])`` draws (and
     flips with ``default_rng([seed, e, 1])``), so a run resumed from ``state`` at an epoch boundary trains
     exactly as an uninterrupted one. ``on_epoch(state, last)`` follows every epoch (checkpoints);
-    ``progress(step, total, loss)`` every step. Returns ``state``."""
+    ``progress(step, total, loss)`` every step. With ``cache`` (a :class:`runner_prefix.FeatureCache`; fixed
+    inputs only) the prefix's features of each image are computed once and read back in later epochs.
+    Returns ``state``."""
     if epochs is None and steps is None:
         raise ValueError("fit needs epochs or steps")
     fixed = getattr(trainer, "batch_size", None)
@@ -161,15 +169,31 @@ def fit(trainer, train, val=None, epochs: int | None = None, steps: int | None =
         order = np.random.default_rng([seed, epoch]).permutation(len(train))
         flip = np.random.default_rng([seed, epoch, 1]) if augment == "flip" else None
         t0, losses = time.perf_counter(), []
-        for x, y, _ in data.batches(train, order, size, flip=flip):
+        if cache is not None:
+            feed = prefix.cached_batches(train, order, size, cache, trainer.features)
+            step = trainer.step_features
+        else:
+            feed = ((x, y) for x, y, _ in data.batches(train, order, size, flip=flip))
+            step = trainer.step
+        stopped = False
+        while True:
             t = time.perf_counter()
-            losses.append(trainer.step(x, y))
+            try:
+                x, y = next(feed)
+            except StopIteration:
+                break
+            if cache is None:  # a step's time is its compute; with the cache, the prefix runs (or is read) in feed
+                t = time.perf_counter()
+            losses.append(step(x, y))
             state["step_seconds"].append(time.perf_counter() - t)
             state["steps"] += 1
             if progress:
                 progress(state["steps"], total, losses[-1])
             if steps is not None and state["steps"] >= steps:
+                stopped = True
                 break
+        if cache is not None and not stopped:
+            cache.seal()  # the first whole epoch filled it
         if not losses:
             readable = len(train) - len(train.bad)
             if not readable:
@@ -279,7 +303,8 @@ def run_config(args, manifest_path: str) -> dict:
     """What must be the same for a run in ``--out`` to be continued."""
     with open(manifest_path, "rb") as f:
         manifest = hashlib.sha256(f.read()).hexdigest()
-    keys = ("data", "device_data", "val_split", "epochs", "steps", "batch_size", "lr", "seed", "augment", "resume")
+    keys = ("data", "device_data", "val_split", "epochs", "steps", "batch_size", "lr", "seed", "augment", "resume",
+            "cache_features", "cache_dtype")
     return {"manifest": manifest, **{k: getattr(args, k) for k in keys}}
 
 
@@ -314,6 +339,17 @@ def main(argv, runtime: str, make_trainer, infer, save_outputs) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads of the runtime")
     ap.add_argument("--out", default="trained", help="results; an unfinished run of the same settings there continues")
     ap.add_argument("--verify", action="store_true", help="repeat the export's parity check and exit")
+    ap.add_argument("--prefix-batch", default="auto",
+                    help="micro-batch of the frozen prefix (1..batch), or auto: the largest whose working set stays "
+                         "within the trained region's own")
+    ap.add_argument("--cache-features", action="store_true",
+                    help="compute the frozen prefix's features once (first epoch) and reuse them (needs --augment none)")
+    ap.add_argument("--cache-dtype", choices=("float32", "float16"), default="float32")
+    ap.add_argument("--cache-budget-mb", type=float, default=256.0,
+                    help="a larger cache goes to a memory-mapped file in --cache-dir")
+    ap.add_argument("--cache-dir", help="where a disk cache lives (default: --out)")
+    ap.add_argument("--baseline", action="store_true",
+                    help="load the runtime and every model the step uses, print {\"baseline_rss_bytes\": N}, exit")
     args = ap.parse_args(argv)
     try:
         return _run(args, runtime, make_trainer, infer, save_outputs)
@@ -324,6 +360,10 @@ def main(argv, runtime: str, make_trainer, infer, save_outputs) -> int:
 
 def _run(args, runtime: str, make_trainer, infer, save_outputs) -> int:
     manifest = load_manifest(args.artifacts)
+    if args.baseline:  # what the runtime and the loaded models cost before any step: the benchmark's baseline
+        make_trainer(args.artifacts, None, args).allocate()
+        print(json.dumps({"baseline_rss_bytes": peak_rss_bytes()}), flush=True)
+        return 0
     if args.verify:
         checks = verify(args.artifacts, make_trainer(args.artifacts, None, args), infer)
         for c in checks:
@@ -335,6 +375,14 @@ def _run(args, runtime: str, make_trainer, infer, save_outputs) -> int:
     if args.data and args.device_data:
         raise RunnerError("give --data (a pushed shard) or --device-data (images on this device), not both")
     steps = 10 if args.epochs is None and args.steps is None else args.steps
+    if args.cache_features and args.augment != "none":
+        raise RunnerError(f"--cache-features needs fixed inputs, but --augment {args.augment} changes every image each "
+                          f"epoch: use --augment none with the cache, or drop --cache-features")
+    if args.cache_features and not manifest.get("split"):
+        raise RunnerError(f"--cache-features: this export ({manifest['policy']}) has no frozen prefix, so there are no "
+                          f"fixed features to cache: drop --cache-features (or export a policy such as mobiletl:K)")
+    # a bad --prefix-batch is refused before any data is read
+    prefix.prefix_batch(args.prefix_batch, manifest["input"]["shape"][0] or args.batch_size, manifest.get("split"))
     train, val, info = data.open_data(manifest, args.data or os.path.join(args.artifacts, REFERENCE),
                                       args.device_data, args.val_split, args.seed)
     print(f"data {info['source']} train {info['train_images']} val {info['val_images']}", flush=True)
@@ -349,6 +397,14 @@ def _run(args, runtime: str, make_trainer, infer, save_outputs) -> int:
         print(f"resume epoch {state['epoch']} step {state['steps']}", flush=True)
     resumed = state["epoch"] if state else None
     trainer = make_trainer(args.artifacts, args.lr, args)
+    cache = None
+    if args.cache_features:
+        size = getattr(trainer, "batch_size", None) or max(1, min(args.batch_size, len(train)))
+        cache = prefix.FeatureCache.open(len(train), manifest["split"]["feature_shape"], args.cache_dtype,
+                                         int(args.cache_budget_mb * 2**20), args.cache_dir or args.out,
+                                         prefix.cache_key(manifest, train, args.cache_dtype),
+                                         log=lambda line: print(line, flush=True))
+        print(f"cache {cache.where} {cache.dtype} {cache.bytes} bytes for {len(train)} images, batch {size}", flush=True)
     saved = [time.monotonic(), resumed]  # when, and which epoch, the last checkpoint was written
 
     def progress(i, n, loss):
@@ -365,8 +421,15 @@ def _run(args, runtime: str, make_trainer, infer, save_outputs) -> int:
             saved[:] = [time.monotonic(), state["epoch"]]
 
     try:
-        state = fit(trainer, train, val, args.epochs, steps, args.batch_size, args.seed, args.augment,
-                    {k: state[k] for k in new_state()} if state else None, on_epoch, progress)
+        try:
+            state = fit(trainer, train, val, args.epochs, steps, args.batch_size, args.seed, args.augment,
+                        {k: state[k] for k in new_state()} if state else None, on_epoch, progress, cache)
+        except BaseException:
+            if cache is not None:
+                cache.discard()  # nothing half-built stays behind for a later run
+            raise
+        if cache is not None:
+            cache.discard()  # a cache never sealed (a --steps run that ended inside the first epoch) is not kept
         trained, extra = save_outputs(trainer, args.artifacts, args.out)
         write_bytes(os.path.join(args.out, "params.npz"), lambda f: np.savez(f, **trained))
         skipped, named = data.unreadable(train, val)
@@ -374,6 +437,8 @@ def _run(args, runtime: str, make_trainer, infer, save_outputs) -> int:
                    "step_seconds": state["step_seconds"], "median_step_seconds": float(np.median(state["step_seconds"])),
                    "peak_rss_bytes": peak_rss_bytes(), "runtime": runtime, "machine": platform.machine(),
                    "data": {**info, "skipped_unreadable": skipped, "unreadable": named},
+                   "prefix_batch": getattr(trainer, "prefix_batch", None),
+                   "cache": cache.describe() if cache is not None else None,
                    "resumed_from_epoch": resumed, "torch_imported": "torch" in sys.modules,
                    "tensorflow_imported": "tensorflow" in sys.modules, **extra}
         write_bytes(os.path.join(args.out, "metrics.json"), lambda f: f.write(json.dumps(metrics, indent=2).encode()))

@@ -56,7 +56,7 @@ class Trainer:
     """Training through the model's signatures; parameters by torchvision name, in PyTorch layout."""
 
     def __init__(self, artifacts: str, lr: float | None = None, checkpoint: str | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, prefix_batch: int | str | None = "auto"):
         manifest = common.load_manifest(artifacts)
         self.variables = manifest["variables"]  # [{name, key, kind, shape}]
         self.trainable = manifest["trainable"]
@@ -66,6 +66,19 @@ class Trainer:
         self.interpreter = interpreter_class()(model_path=os.path.join(artifacts, MODEL),
                                                num_threads=threads or os.cpu_count())
         self._runners = {}
+        # an export with a frozen prefix: ``model.tflite`` trains the region after it, on the features that
+        # ``prefix.tflite`` computes, micro-batch by micro-batch
+        self.split = manifest.get("split")
+        self.prefix_batch = common.prefix.prefix_batch(prefix_batch, self.batch_size, self.split)
+        self.input_key = "features" if self.split else "images"
+        if self.split:
+            self.prefix = interpreter_class()(model_path=os.path.join(artifacts, self.split["prefix"]),
+                                              num_threads=threads or os.cpu_count())
+            # one input shape for the prefix's life: allocated once, here
+            detail = self.prefix.get_input_details()[0]
+            self.prefix.resize_tensor_input(detail["index"], [self.prefix_batch, *manifest["input"]["shape"][1:]])
+            self.prefix.allocate_tensors()
+            self._prefix = self.prefix.get_signature_runner("prefix")
         if checkpoint:
             with np.load(checkpoint) as saved:
                 self.set_state({v["name"]: saved[v["name"]] for v in self.variables})
@@ -77,22 +90,40 @@ class Trainer:
             self._runners[signature] = self.interpreter.get_signature_runner(signature)
         return self._runners[signature](**inputs)
 
-    def _inputs(self, images: np.ndarray, labels: np.ndarray | None = None) -> dict:
+    def allocate(self) -> None:
+        """Every model and signature the training step uses, loaded and allocated (``--baseline``)."""
+        if "train" not in self._runners:
+            self._runners["train"] = self.interpreter.get_signature_runner("train")
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """The frozen prefix's output for ``images``, ``prefix_batch`` at a time (the images without a prefix)."""
+        if not self.split:
+            return np.ascontiguousarray(images, dtype=np.float32)
+        return common.prefix.stream(lambda x: self._prefix(images=x)["features"], images, self.prefix_batch)
+
+    def _inputs(self, images: np.ndarray, labels: np.ndarray | None = None, features: bool = False) -> dict:
         if images.shape[0] != self.batch_size:
             raise common.RunnerError(f"this TFLite model trains at batch {self.batch_size} (fixed at export), not "
                              f"{images.shape[0]}: export again with --batch-size {images.shape[0]}, or use batches "
                              f"of {self.batch_size}")
-        inputs = {"images": np.ascontiguousarray(images, dtype=np.float32)}
+        inputs = {self.input_key: np.ascontiguousarray(images, dtype=np.float32) if features else self.features(images)}
         if labels is not None:
             inputs["labels"] = np.ascontiguousarray(labels, dtype=np.int32)
         return inputs
 
     def step(self, images: np.ndarray, labels: np.ndarray) -> float:
+        return self._train(self._inputs(images, labels))
+
+    def step_features(self, features: np.ndarray, labels: np.ndarray) -> float:
+        """One step from the prefix's features (a feature cache's): the trained region only."""
+        return self._train(self._inputs(features, labels, features=True))
+
+    def _train(self, inputs: dict) -> float:
         # lr goes in with shape (1,), not as a scalar: a signature call resizes every input to its value's
         # shape, and ai-edge-litert 2.3.0's aarch64 build crashes resizing to a 0-d shape (it memsets -4
         # bytes), while x86-64's does not. The train graph broadcasts lr, so (1,) computes the same; the
         # 0-d optimizer.step reaches set_weights as (1,) too (np.ascontiguousarray gives ndim >= 1).
-        out = self.run("train", **self._inputs(images, labels), lr=np.full(1, self.lr, np.float32))
+        out = self.run("train", **inputs, lr=np.full(1, self.lr, np.float32))
         return float(out["loss"])
 
     def gradients(self, images: np.ndarray, labels: np.ndarray) -> tuple[float, dict]:
@@ -159,8 +190,10 @@ def save_outputs(trainer: Trainer, artifacts: str, out: str) -> tuple[dict, dict
 
 
 def main(argv=None) -> int:
-    return common.main(argv, "ai-edge-litert", lambda art, lr, args: Trainer(art, lr, args.resume, args.threads),
-                       infer, save_outputs)
+    def make_trainer(art, lr, args):
+        return Trainer(art, lr, args.resume, args.threads, args.prefix_batch)
+
+    return common.main(argv, "ai-edge-litert", make_trainer, infer, save_outputs)
 
 
 if __name__ == "__main__":
