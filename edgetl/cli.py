@@ -409,5 +409,47 @@ def policies():
     console.print(table)
 
 
+@main.command()
+@click.option("--model", default="mobilenet_v2", show_default=True, type=click.Choice(list(MODELS)))
+@click.option("--policy", "policies", multiple=True, help="repeatable [default: full, ft:5, mobiletl:5]")
+@click.option("--runtime", "runtimes", multiple=True, type=click.Choice(["pytorch", "onnx", "tflite"]),
+              help="repeatable [default: all three]")
+@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--resolution", default=224, show_default=True, type=int)
+@click.option("--rounds", default=3, show_default=True, type=int, help="interleaved rounds over every cell; medians")
+@click.option("--steps", default=3, show_default=True, type=int, help="steps per epoch (runners) and timed steps")
+@click.option("--epochs", default=2, show_default=True, type=int, help="runner epochs with the cache (>= 2)")
+@click.option("--prefix-batch", default="auto", show_default=True, metavar="N|auto|none")
+@click.option("--cache-dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16"]))
+@click.option("--threads", default=None, type=int, help="CPU threads of the runners [default: all]")
+@click.option("--device", "device_uri", default=None, help="run the runners on this device (ssh://, adb://, local://)")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the report as JSON")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="write a PNG (needs matplotlib: [plot])")
+@friendly_errors
+def benchmark(model, policies, runtimes, batch_size, resolution, rounds, steps, epochs, prefix_batch, cache_dtype,
+              threads, device_uri, json_path, plot_path):
+    """Peak RSS, runtime baseline, step time and cached step time per policy and runtime, side by side."""
+    from .benchmark import BenchmarkConfig, plot, run_benchmark, write_json
+    from .ui import print_benchmark
+
+    micro = None if prefix_batch == "none" else parse_prefix_batch(prefix_batch)
+    cfg = BenchmarkConfig(model=model, batch=batch_size, resolution=resolution, rounds=rounds, steps=steps,
+                          epochs=epochs, prefix_batch=micro, cache_dtype=cache_dtype, device=device_uri,
+                          threads=threads)
+    if policies:
+        cfg.policies = list(policies)
+    if runtimes:
+        cfg.runtimes = list(runtimes)
+    err = Console(stderr=True)
+    report = run_benchmark(cfg, log=lambda msg: err.print(f"[dim]{msg}[/]"))
+    print_benchmark(report, console)
+    if json_path:
+        write_json(report, json_path)
+        console.print(f"wrote {json_path}")
+    if plot_path:
+        plot(report, plot_path)
+        console.print(f"wrote {plot_path}")
+
+
 if __name__ == "__main__":
     main()

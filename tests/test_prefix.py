@@ -205,9 +205,9 @@ def test_unfinished_cache_is_not_trusted(tmp_path):
     assert not (tmp_path / NAME).exists()  # the stale one was removed
 
 
-def test_cli_errors_and_cached_run(tmp_path):
+def test_cli_errors_and_cached_run(image_folder, tmp_path):
     tiny = ["train", "--model", "mobilenet_v3_small", "--policy", "mobiletl:2", "--resolution", "32", "--batch-size",
-            "4", "--epochs", "2", "--weights", "none", "--no-progress"]
+            "4", "--epochs", "2", "--weights", "none", "--no-progress", "--data", str(image_folder)]
     r = CliRunner().invoke(main, [*tiny, "--prefix-batch", "0", "--out", str(tmp_path / "a")])
     assert r.exit_code == 2 and "error: --prefix-batch must be" in r.output
     r = CliRunner().invoke(main, [*tiny, "--cache-features", "--out", str(tmp_path / "b")])

@@ -168,7 +168,7 @@ def trace_layers(module: nn.Module, x: torch.Tensor) -> tuple[list[LayerProfile]
         layers.append(LayerProfile(mname, type(m).__name__, cost, owned,
                                    sum(p.numel() for p in own_params if p.requires_grad),
                                    sum(p.numel() for p in own_params if not p.requires_grad)))
-    return layers, transient[0], out
+    return layers, transient, out
 
 
 def profile_model(model: nn.Module, resolution: int, name: str = "") -> ModelProfile:
