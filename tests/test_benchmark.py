@@ -87,3 +87,16 @@ def test_benchmark_end_to_end(tmp_path):
         assert 0 < row["cached_step_seconds"] and 0 < row["step_seconds"] < 60
         assert row["analytic_bytes"] == expected.totals(4, "adamw", expected.auto_prefix_batch(4))["training_memory_bytes"]
     assert rows["onnx"]["baseline_rss_bytes"] < rows["pytorch"]["baseline_rss_bytes"]  # no torch in the runner
+
+
+@pytest.mark.slow
+def test_benchmark_on_a_device_through_deploy(tmp_path):
+    pytest.importorskip("onnxruntime.training")
+    from edgetl.benchmark import BenchmarkConfig, run_benchmark
+
+    cfg = BenchmarkConfig(model="mobilenet_v3_small", batch=4, resolution=32, policies=["mobiletl:2"], runtimes=["onnx"],
+                          rounds=1, steps=2, device=f"local://{tmp_path / 'device'}?python={sys.executable}")
+    row = run_benchmark(cfg, work=tmp_path)["rows"][0]
+    assert row["where"].startswith("local://") and row["runtime"] == "onnx"
+    assert 0 < row["baseline_rss_bytes"] < row["peak_rss_bytes"] and row["step_seconds"] > 0
+    assert row["cached_step_seconds"] > 0
