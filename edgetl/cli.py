@@ -16,7 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .errors import EdgeTLError
+from .errors import ConfigError, EdgeTLError
 from .exporters import EXPORTERS
 from .job import TrainConfig, trainer_from_config
 from .models import MODELS
@@ -66,6 +66,16 @@ def _command_line(ctx: click.Context) -> list[str]:
     return words
 
 
+def parse_prefix_batch(value: str | None) -> int | str | None:
+    """``--prefix-batch``: None, "auto" or a whole number (checked against the batch by the trainer)."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"--prefix-batch must be 'auto' or a whole number, got {value!r}") from None
+
+
 @main.command()
 @click.option("--model", default=_DEFAULTS.model, show_default=True, type=click.Choice(list(MODELS)))
 @click.option("--policy", default=_DEFAULTS.policy, show_default=True, help="full, last, bn+last, bias, ft:K, mobiletl:K")
@@ -84,6 +94,15 @@ def _command_line(ctx: click.Context) -> list[str]:
 @click.option("--out", default=None, help="run directory [default: runs/<model>-<policy>-<time>; runs/last links it]")
 @click.option("--resume", is_flag=True, help="continue the interrupted run in --out")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
+@click.option("--augment", default=_DEFAULTS.augment, show_default=True, type=click.Choice(["standard", "none"]),
+              help="training transform: random crop and flip, or none (fixed inputs, needed by --cache-features)")
+@click.option("--prefix-batch", default=None, metavar="N|auto",
+              help="run the frozen prefix N samples at a time (auto: the largest within the trained region's peak)")
+@click.option("--cache-features", is_flag=True, help="store the frozen prefix's outputs in epoch 1, reuse them after")
+@click.option("--cache-dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16"]))
+@click.option("--cache-dir", default=None, help="where a disk cache goes [default: the run directory]")
+@click.option("--cache-budget-mb", default=_DEFAULTS.cache_budget_mb, show_default=True, type=float,
+              help="a larger cache goes to a memory-mapped file on disk")
 @click.pass_context
 @friendly_errors
 def train(ctx, resume, no_progress, **options):
@@ -96,6 +115,7 @@ def train(ctx, resume, no_progress, **options):
             raise click.UsageError(
                 f"--resume takes the run's own settings; drop {', '.join('--' + g.replace('_', '-') for g in given)}"
             )
+    options["prefix_batch"] = parse_prefix_batch(options["prefix_batch"])
     bar = ProgressBar(Console(stderr=True), enabled=not no_progress)
     result = trainer_from_config(TrainConfig(**options), resume, [bar], _command_line(ctx)).fit()
     last = result.history[-1]
@@ -138,13 +158,18 @@ def profile(model, policies, batch_size, resolution, optimizer, num_classes, mea
 
 
 def _print_fit(model, policies, limit, batch_size, resolution, optimizer, num_classes):
-    fit = fit_policies(model, limit, batch_size, resolution, optimizer, policies, num_classes)
-    table = Table(title=f"{model}, batch {batch_size}, {resolution}x{resolution}: budget {mib(limit)} MiB")
+    whole = fit_policies(model, limit, batch_size, resolution, optimizer, policies, num_classes)
+    fit = fit_policies(model, limit, batch_size, resolution, optimizer, policies, num_classes, prefix_batch="auto")
+    table = Table(title=f"{model}, batch {batch_size}, {resolution}x{resolution}: budget {mib(limit)} MiB "
+                        f"(prefix streamed at the chosen --prefix-batch)")
     table.add_column("policy")
+    table.add_column("unstreamed MiB", justify="right")
+    table.add_column("prefix batch", justify="right")
     table.add_column("predicted MiB", justify="right")
     table.add_column("fits")
     for spec in policies:
-        table.add_row(spec, mib(fit.predicted[spec]), "[green]yes[/]" if fit.fits(spec) else "[red]no[/]")
+        table.add_row(spec, mib(whole.predicted[spec]), str(fit.prefix_batch[spec] or "-"), mib(fit.predicted[spec]),
+                      "[green]yes[/]" if fit.fits(spec) else "[red]no[/]")
     console.print(table)
     if fit.largest_k is None:
         console.print(f"no mobiletl:K fits at batch {batch_size}; lower --batch-size or --resolution")
@@ -152,7 +177,7 @@ def _print_fit(model, policies, limit, batch_size, resolution, optimizer, num_cl
         console.print(f"largest K that fits: [bold]mobiletl:{fit.largest_k}[/] "
                       f"({mib(fit.predicted[f'mobiletl:{fit.largest_k}'])} MiB)")
     for spec in policies:
-        n = largest_batch(model, spec, limit, resolution, optimizer, num_classes=num_classes)
+        n = largest_batch(model, spec, limit, resolution, optimizer, num_classes=num_classes, prefix_batch="auto")
         console.print(f"largest batch size for {spec}: [bold]{n}[/]" if n else f"{spec} does not fit even at batch 1")
 
 
@@ -454,6 +479,48 @@ def fleet_run(artifacts, device_uris, devices_file, data, device_data, rounds, l
     message = result.report["message"]
     console.print(f"global model: {result.out} (fleet.json, fleet.png); {message['bytes_per_device_per_direction']:,} "
                   f"bytes per device per direction, {100 * message['ratio_to_whole_model']:.1f}% of the whole model")
+
+
+@main.command()
+@click.option("--model", default="mobilenet_v2", show_default=True, type=click.Choice(list(MODELS)))
+@click.option("--policy", "policies", multiple=True, help="repeatable [default: full, ft:5, mobiletl:5]")
+@click.option("--runtime", "runtimes", multiple=True, type=click.Choice(["pytorch", "onnx", "tflite"]),
+              help="repeatable [default: all three]")
+@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--resolution", default=224, show_default=True, type=int)
+@click.option("--rounds", default=3, show_default=True, type=int, help="interleaved rounds over every cell; medians")
+@click.option("--steps", default=3, show_default=True, type=int, help="steps per epoch (runners) and timed steps")
+@click.option("--epochs", default=2, show_default=True, type=int, help="runner epochs with the cache (>= 2)")
+@click.option("--prefix-batch", default="auto", show_default=True, metavar="N|auto|none")
+@click.option("--cache-dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16"]))
+@click.option("--threads", default=None, type=int, help="CPU threads of the runners [default: all]")
+@click.option("--device", "device_uri", default=None, help="run the runners on this device (ssh://, adb://, local://)")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the report as JSON")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="write a PNG (needs matplotlib: [plot])")
+@friendly_errors
+def benchmark(model, policies, runtimes, batch_size, resolution, rounds, steps, epochs, prefix_batch, cache_dtype,
+              threads, device_uri, json_path, plot_path):
+    """Peak RSS, runtime baseline, step time and cached step time per policy and runtime, side by side."""
+    from .benchmark import BenchmarkConfig, plot, run_benchmark, write_json
+    from .ui import print_benchmark
+
+    micro = None if prefix_batch == "none" else parse_prefix_batch(prefix_batch)
+    cfg = BenchmarkConfig(model=model, batch=batch_size, resolution=resolution, rounds=rounds, steps=steps,
+                          epochs=epochs, prefix_batch=micro, cache_dtype=cache_dtype, device=device_uri,
+                          threads=threads)
+    if policies:
+        cfg.policies = list(policies)
+    if runtimes:
+        cfg.runtimes = list(runtimes)
+    err = Console(stderr=True)
+    report = run_benchmark(cfg, log=lambda msg: err.print(f"[dim]{msg}[/]"))
+    print_benchmark(report, console)
+    if json_path:
+        write_json(report, json_path)
+        console.print(f"wrote {json_path}")
+    if plot_path:
+        plot(report, plot_path)
+        console.print(f"wrote {plot_path}")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,17 @@ def train_transform(resolution: int) -> transforms.Compose:
     )
 
 
+#: the training transform per ``--augment`` choice; "none" trains on the inputs as evaluated (fixed, so cacheable)
+AUGMENT = {"standard": lambda resolution: train_transform(resolution), "none": lambda resolution: eval_transform(resolution)}
+
+
+def training_transform(resolution: int, augment: str = "standard"):
+    try:
+        return AUGMENT[augment](resolution)
+    except KeyError:
+        raise DataError(f"unknown --augment {augment!r}; choose one of: {', '.join(AUGMENT)}") from None
+
+
 def eval_transform(resolution: int) -> transforms.Compose:
     return transforms.Compose(
         [
@@ -152,10 +163,11 @@ def _image_folder(root: Path) -> ImageFolder:
 
 
 def load_datasets(data: str | os.PathLike, resolution: int, seed: int = 0, val_fraction: float = 0.1,
-                  builtin_size: int = 1500):
-    """``(train, val, class_names)`` with train/eval transforms at ``resolution``."""
+                  builtin_size: int = 1500, augment: str = "standard"):
+    """``(train, val, class_names)`` with train/eval transforms at ``resolution`` (``augment``: see ``AUGMENT``)."""
+    train_tf = training_transform(resolution, augment)
     if str(data) == BUILTIN:
-        train = Patterns(builtin_size, seed=seed, transform=train_transform(resolution))
+        train = Patterns(builtin_size, seed=seed, transform=train_tf)
         val = Patterns(max(builtin_size // 5, len(Patterns.classes)), seed=seed + 10_000, transform=eval_transform(resolution))
         return train, val, list(Patterns.classes)
     root = Path(data)
@@ -166,12 +178,12 @@ def load_datasets(data: str | os.PathLike, resolution: int, seed: int = 0, val_f
         train_base, val_base = _image_folder(root / "train"), _image_folder(split)
         if train_base.classes != val_base.classes:
             raise DataError(f"{root}/train and {split} have different class folders; give both the same classes")
-        return (_Transformed(train_base, train_transform(resolution)), _Transformed(val_base, eval_transform(resolution)),
+        return (_Transformed(train_base, train_tf), _Transformed(val_base, eval_transform(resolution)),
                 train_base.classes)
     base = _image_folder(root)
     order = torch.randperm(len(base), generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = max(1, int(len(base) * val_fraction))
-    return (_Transformed(Subset(base, order[n_val:]), train_transform(resolution)),
+    return (_Transformed(Subset(base, order[n_val:]), train_tf),
             _Transformed(Subset(base, order[:n_val]), eval_transform(resolution)), base.classes)
 
 

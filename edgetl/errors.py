@@ -22,3 +22,7 @@ class DataError(EdgeTLError):
 
 class ConfigError(EdgeTLError):
     """An option value that cannot work (unknown model, bad resolution, resume mismatch...)."""
+
+
+class CacheError(EdgeTLError):
+    """The prefix feature cache cannot be built or used (random inputs, no room, no memory, unwritable)."""

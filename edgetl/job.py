@@ -51,6 +51,14 @@ class TrainConfig:
     out: str | None = None
     workers: int = 0
     hardswish_threshold: float = 0.0
+    #: training transform: "standard" (random crop and flip) or "none" (fixed inputs; needed by cache_features)
+    augment: str = "standard"
+    #: stream the frozen prefix this many samples at a time ("auto": the largest within the trained region's peak)
+    prefix_batch: int | str | None = None
+    cache_features: bool = False
+    cache_dtype: str = "float32"
+    cache_dir: str | None = None
+    cache_budget_mb: float = 512
 
     def validate(self) -> None:
         if self.resolution < 32:
@@ -98,7 +106,7 @@ def trainer_from_config(config: TrainConfig, resume: bool = False, callbacks=(),
     c = config
     policy = c.policy_object()  # bad policy specs fail before any data is read
     torch.manual_seed(c.seed)
-    train_ds, val_ds, class_names = load_datasets(c.data, c.resolution, c.seed)
+    train_ds, val_ds, class_names = load_datasets(c.data, c.resolution, c.seed, augment=c.augment)
     model, random_init = _model(c, len(class_names), resume)
     if random_init:
         calibrate_batchnorm(model, DataLoader(train_ds, batch_size=c.batch_size, shuffle=True, drop_last=True,
@@ -107,7 +115,9 @@ def trainer_from_config(config: TrainConfig, resume: bool = False, callbacks=(),
     return Trainer(model, train_ds, val_ds, optimizer=c.optimizer_spec(), epochs=c.epochs, batch_size=c.batch_size,
                    seed=c.seed, workers=c.workers, callbacks=callbacks, out_dir=out, resume=resume,
                    class_names=class_names, resolution=c.resolution,
-                   config={**dataclasses.asdict(c), "out": str(out)}, command=command or sys.argv)
+                   config={**dataclasses.asdict(c), "out": str(out)}, command=command or sys.argv,
+                   prefix_batch=c.prefix_batch, cache_features=c.cache_features, cache_dtype=c.cache_dtype,
+                   cache_dir=c.cache_dir, cache_budget_mb=c.cache_budget_mb)
 
 
 def train(callbacks=(), resume: bool = False, command: list[str] | None = None, **settings) -> TrainResult:

@@ -21,10 +21,17 @@ from torch import nn
 from .errors import PolicyError
 from .models import inverted_residual_blocks
 from .policies import Policy, parse_policy
+from .prefix import run_prefix
 
 
 class FrozenPrefix(nn.Sequential):
-    """``features`` whose first ``split`` modules run without autograd, in inference mode."""
+    """``features`` whose first ``split`` modules run without autograd, in inference mode.
+
+    ``micro_batch`` streams them that many samples at a time (:mod:`edgetl.prefix`); while ``given`` is set
+    (:func:`edgetl.prefix.features_given`), the input already is their output and they are skipped."""
+
+    micro_batch: int | None = None
+    given: bool = False
 
     def __init__(self, split: int, modules: nn.Sequential):
         super().__init__(*modules)
@@ -33,9 +40,8 @@ class FrozenPrefix(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         modules = list(self)
-        with torch.no_grad():
-            for m in modules[: self.split]:
-                x = m(x)
+        if not self.given:
+            x = run_prefix(modules[: self.split], x, self.micro_batch)
         for m in modules[self.split :]:
             x = m(x)
         return x

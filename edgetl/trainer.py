@@ -28,10 +28,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import ConfigError
+from .cache import FeatureCache, cache_key, check_dtype, data_identity, random_transform
+from .errors import CacheError, ConfigError
 from .models import num_classes_of
 from .optim import OptimizerSpec
 from .policies import Full
+from .prefix import features_given, prefix_modules, resolve_prefix_batch, run_prefix, set_prefix_batch, split_of
 from .run import (
     CHECKPOINT,
     link_last,
@@ -118,7 +120,9 @@ class Trainer:
                  optimizer: OptimizerSpec | str = "adamw", epochs: int = 10, batch_size: int = 32, seed: int = 0,
                  workers: int = 0, schedule: str = "cosine", callbacks: list | tuple = (),
                  out_dir: str | Path | None = None, resume: bool = False, class_names: list[str] | None = None,
-                 resolution: int | None = None, config: dict | None = None, command: list[str] | None = None):
+                 resolution: int | None = None, config: dict | None = None, command: list[str] | None = None,
+                 prefix_batch: int | str | None = None, cache_features: bool = False, cache_dtype: str = "float32",
+                 cache_dir: str | Path | None = None, cache_budget_mb: float = 512):
         for name, value in (("epochs", epochs), ("batch_size", batch_size)):
             if value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -148,6 +152,14 @@ class Trainer:
         self.loss_fn = nn.CrossEntropyLoss()
         self.history: list[dict] = []
         self.resolution = resolution or _input_size(train_data)
+        # the frozen prefix: streamed in micro-batches, and its outputs optionally cached (edgetl.prefix, .cache)
+        self.prefix_batch = resolve_prefix_batch(model, prefix_batch, batch_size, self.resolution)
+        set_prefix_batch(model, self.prefix_batch)
+        self.cache_features, self.cache_dtype, self.cache_budget_mb = cache_features, cache_dtype, cache_budget_mb
+        self.cache_dir = Path(cache_dir) if cache_dir else self.out
+        self.cache: FeatureCache | None = None
+        if cache_features:
+            self._check_cacheable()
         self.start_epoch = 0
         if resume:
             self._resume()
@@ -179,9 +191,13 @@ class Trainer:
         return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, generator=generator,
                           num_workers=self.workers, drop_last=shuffle)
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
-        """One optimizer step; returns (loss, number correct)."""
-        logits = self.model(images)
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, features: bool = False) -> tuple[float, int]:
+        """One optimizer step; returns (loss, number correct). ``features``: ``images`` are the prefix's outputs."""
+        if features:
+            with features_given(self.model):
+                logits = self.model(images)
+        else:
+            logits = self.model(images)
         loss = self.loss_fn(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -204,6 +220,14 @@ class Trainer:
         return total_loss / max(n, 1), correct / max(n, 1)
 
     def fit(self) -> TrainResult:
+        try:
+            return self._fit()
+        except BaseException:
+            if self.cache is not None:  # a cache the run did not finish is never left for a later run to trust
+                self.cache.discard()
+            raise
+
+    def _fit(self) -> TrainResult:
         self._start_run_directory()
         for cb in self.callbacks:
             cb.on_fit_start(self)
@@ -214,8 +238,8 @@ class Trainer:
             self.model.train()
             t0 = time.perf_counter()
             loss_sum, correct, n = 0.0, 0, 0
-            for step, (images, labels) in enumerate(self._loader(self.train_data, shuffle=True, generator=gen)):
-                loss, right = self.train_step(images, labels)
+            for step, (images, labels, features) in enumerate(self._batches(gen)):
+                loss, right = self.train_step(images, labels, features)
                 loss_sum += loss * len(labels)
                 correct, n = correct + right, n + len(labels)
                 for cb in self.callbacks:
@@ -239,6 +263,55 @@ class Trainer:
             cb.on_fit_end(self, result)
         return result
 
+    # -- the prefix feature cache (edgetl.cache owns its storage) ----------------------------------
+    def _check_cacheable(self) -> None:
+        check_dtype(self.cache_dtype)
+        if not split_of(self.model):
+            raise CacheError(f"policy {policy_of(self.model) or 'none'} trains through the stem, so there is no frozen "
+                             f"prefix to cache; drop --cache-features, or use ft:K or mobiletl:K")
+        if isinstance(self.train_data, DataLoader):
+            raise ConfigError("--cache-features needs the training Dataset, not a DataLoader: the cache is per sample")
+        name = random_transform(self.train_data)
+        if name:
+            raise CacheError(f"--cache-features needs fixed training inputs, but the training transform is random "
+                             f"({name}); pass --augment none")
+
+    def _open_cache(self) -> FeatureCache:
+        if self.cache is None:
+            prefix = prefix_modules(self.model)
+            data = f"{self.config.get('data', '')}|{data_identity(self.train_data)}"
+            key = cache_key(prefix, str(policy_of(self.model)), data, self.resolution or 0, self.cache_dtype)
+            self.cache = FeatureCache.open(self.cache_dir, key) if self.cache_dir else None  # a finished one
+            if self.cache is None:
+                shape = tuple(run_prefix(prefix, self.train_data[0][0][None]).shape[1:])
+                self.cache = FeatureCache.open_or_create(len(self.train_data), shape, self.cache_dtype, key,
+                                                         self.cache_dir, int(self.cache_budget_mb * 2**20))
+        return self.cache
+
+    def _batches(self, gen: torch.Generator):
+        """(inputs, labels, inputs are prefix features?) per step; the cache's rows come in the same order."""
+        if not self.cache_features:
+            for images, labels in self._loader(self.train_data, shuffle=True, generator=gen):
+                yield images, labels, False
+            return
+        cache = self._open_cache()
+        if cache.complete:
+            for idx in self._loader(_Indices(len(self.train_data)), shuffle=True, generator=gen):
+                yield cache.get(idx), torch.from_numpy(cache.labels[idx.numpy()]), True
+            return
+        prefix = prefix_modules(self.model)
+        for images, labels, idx in self._loader(_Indexed(self.train_data), shuffle=True, generator=gen):
+            features = run_prefix(prefix, images, self.prefix_batch)
+            cache.put(idx, features, labels)
+            yield features, labels, True
+        rest = cache.missing()  # the incomplete last batch that training dropped
+        for start in range(0, len(rest), self.batch_size):
+            chunk = torch.as_tensor(rest[start : start + self.batch_size])
+            items = [self.train_data[int(i)] for i in chunk]
+            images, labels = torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
+            cache.put(chunk, run_prefix(prefix, images, self.prefix_batch), labels)
+        cache.finish()
+
     # -- the run directory (edgetl.run owns its format) --------------------------------------------
     def _meta(self) -> dict:
         return metadata(getattr(self.model, "edgetl_model", type(self.model).__name__),
@@ -257,6 +330,33 @@ class Trainer:
 
     def _write_metrics(self) -> None:
         write_metrics(self.out, self._meta(), self.history)
+
+
+class _Indexed(Dataset):
+    """``(image, label, index)`` of a data set: the first cached epoch stores rows by index."""
+
+    def __init__(self, data: Dataset):
+        self.data = data
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        image, label = self.data[i][:2]
+        return image, label, i
+
+
+class _Indices(Dataset):
+    """Only the indices: cached epochs shuffle them exactly as the images would be (same sampler, same generator)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return i
 
 
 def _input_size(data) -> int | None:

@@ -201,3 +201,34 @@ class FleetTable:
 
 def mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
+
+
+def _mib(n) -> str:
+    return f"{n / 2**20:,.0f}" if n is not None else "-"
+
+
+def _ms(s) -> str:
+    return f"{1000 * s:,.0f}" if s is not None else "-"
+
+
+def print_benchmark(report: dict, console: Console | None = None) -> None:
+    """The ``edgetl benchmark`` table: one row per (policy, runtime), with the ratios the targets speak of."""
+    console = console or Console()
+    c = report["config"]
+    table = Table(title=f"{c['model']}, batch {c['batch']}, {c['resolution']}x{c['resolution']}, {c['optimizer']}, "
+                        f"prefix batch {c['prefix_batch']}: medians of {c['rounds']} interleaved round(s)")
+    for col in ("policy", "runtime", "peak RSS MiB", "baseline MiB", "step MiB (peak - baseline)", "analytic MiB",
+                "measured / analytic", "vs ft peak", "step ms", "cached step ms", "cached / uncached"):
+        table.add_column(col, justify="left" if col in ("policy", "runtime") else "right")
+    ft = {r["runtime"]: r for r in report["rows"] if r["policy"].startswith("ft:")}
+    for r in report["rows"]:
+        step, analytic = r.get("step_rss_bytes"), r.get("analytic_bytes")
+        ref = ft.get(r["runtime"])
+        table.add_row(
+            r["policy"], {"pytorch": "PyTorch", "onnx": "ONNX Runtime", "tflite": "TFLite"}[r["runtime"]],
+            _mib(r["peak_rss_bytes"]), _mib(r["baseline_rss_bytes"]), _mib(step), _mib(analytic),
+            f"{step / analytic:.2f}" if step and analytic else "-",
+            f"{r['peak_rss_bytes'] / ref['peak_rss_bytes']:.2f}" if ref and r["peak_rss_bytes"] else "-",
+            _ms(r["step_seconds"]), _ms(r["cached_step_seconds"]),
+            f"{r['cached_step_seconds'] / r['step_seconds']:.2f}" if r["cached_step_seconds"] else "-")
+    console.print(table)

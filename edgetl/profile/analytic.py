@@ -22,6 +22,7 @@ from ..errors import ConfigError
 from ..models import create_model
 from ..optim import OptimizerSpec
 from ..policies import Policy, parse_policy
+from ..prefix import choose_prefix_batch, prefix_modules, prefix_transient, run_prefix, split_of
 from ..surgery import apply_policy
 from .rules import FP32_BITS, INT64_BITS, Cost, Keep, rule_for
 
@@ -67,9 +68,32 @@ class ModelProfile:
     #: largest working set of one layer per sample, fp32 bytes: input + output in forward, and in
     #: backward (where a gradient flows) also their gradients
     transient_bytes_per_sample: float
+    #: the same, split between the frozen prefix (no gradients) and the trained region; and the prefix's output
+    prefix_layer_bytes_per_sample: float = 0.0
+    trained_layer_bytes_per_sample: float = 0.0
+    prefix_output_bytes_per_sample: float = 0.0
+    split: int = 0
 
-    def totals(self, batch: int, optimizer: str | OptimizerSpec = "sgd") -> dict[str, float]:
-        """Bytes and FLOPs of one step at ``batch`` with ``optimizer`` (a spec, or a name such as ``sgd``)."""
+    def auto_prefix_batch(self, batch: int) -> int | None:
+        """The micro-batch ``--prefix-batch auto`` chooses at ``batch`` (None: no frozen prefix)."""
+        if not self.split:
+            return None
+        return choose_prefix_batch(self.prefix_layer_bytes_per_sample, self.prefix_output_bytes_per_sample,
+                                   self.trained_layer_bytes_per_sample, batch)
+
+    def transient(self, batch: int, prefix_batch: int | str | None = None) -> int:
+        """Bytes of the largest working set at ``batch``, the prefix streamed ``prefix_batch`` samples at a time."""
+        if prefix_batch == "auto":
+            prefix_batch = self.auto_prefix_batch(batch)
+        if not self.split or not prefix_batch:
+            return int(self.transient_bytes_per_sample * batch)
+        return int(max(prefix_transient(self.prefix_layer_bytes_per_sample, self.prefix_output_bytes_per_sample, batch,
+                                        prefix_batch), self.trained_layer_bytes_per_sample * batch))
+
+    def totals(self, batch: int, optimizer: str | OptimizerSpec = "sgd",
+               prefix_batch: int | str | None = None) -> dict[str, float]:
+        """Bytes and FLOPs of one step at ``batch`` with ``optimizer`` (a spec, or a name such as ``sgd``), the
+        frozen prefix streamed ``prefix_batch`` samples at a time (None: the whole batch; "auto")."""
         slots = OptimizerSpec.parse(optimizer).state_slots
         trainable = sum(layer.trainable_params for layer in self.layers) * 4
         frozen = sum(layer.frozen_params for layer in self.layers) * 4
@@ -82,7 +106,7 @@ class ModelProfile:
             "frozen_param_bytes": frozen,
             "gradient_bytes": trainable,
             "optimizer_state_bytes": trainable * slots,
-            "transient_bytes": int(self.transient_bytes_per_sample * batch),
+            "transient_bytes": self.transient(batch, prefix_batch),
             **flops,
         }
         out["training_memory_bytes"] = sum(out[k] for k in (
@@ -103,14 +127,15 @@ def _loss_layer(num_classes: int) -> LayerProfile:
     return LayerProfile("loss", "CrossEntropyLoss", cost, owned=list(keeps))
 
 
-def trace_layers(module: nn.Module, x: torch.Tensor) -> tuple[list[LayerProfile], float, torch.Tensor]:
+def trace_layers(module: nn.Module, x: torch.Tensor) -> tuple[list[LayerProfile], list[float], torch.Tensor]:
     """Run ``module`` (in its current mode) on ``x`` once and apply the cost rules to every layer.
 
-    Returns the layers in execution order, the largest per-sample working set, and the output.
+    Returns the layers in execution order, the largest per-sample working set (overall, of the layers that ran
+    without grad -- the frozen prefix --, and of the others), and the output.
     """
     records: list[tuple[str, nn.Module, Cost]] = []
     alive: list[torch.Tensor] = []  # keep traced tensors alive so no storage address is reused
-    transient = [0.0]
+    transient = [0.0, 0.0, 0.0]  # overall, frozen prefix (runs without grad), trained region
     handles = []
     for mname, sub in module.named_modules():
         rule = rule_for(sub)
@@ -125,7 +150,9 @@ def trace_layers(module: nn.Module, x: torch.Tensor) -> tuple[list[LayerProfile]
             cost = rule(m, inp, out, torch.is_grad_enabled())
             records.append((mname, m, cost))
             grads = 2 if (cost.needs_input_grad or cost.needs_weight_grad) else 1
-            transient[0] = max(transient[0], grads * (inp.numel() + out.numel()) * 4 / inp.shape[0])
+            working = grads * (inp.numel() + out.numel()) * 4 / inp.shape[0]
+            where = 2 if torch.is_grad_enabled() else 1
+            transient[0], transient[where] = max(transient[0], working), max(transient[where], working)
 
         handles.append(sub.register_forward_hook(hook))
     try:
@@ -141,16 +168,20 @@ def trace_layers(module: nn.Module, x: torch.Tensor) -> tuple[list[LayerProfile]
         layers.append(LayerProfile(mname, type(m).__name__, cost, owned,
                                    sum(p.numel() for p in own_params if p.requires_grad),
                                    sum(p.numel() for p in own_params if not p.requires_grad)))
-    return layers, transient[0], out
+    return layers, transient, out
 
 
 def profile_model(model: nn.Module, resolution: int, name: str = "") -> ModelProfile:
     """Trace a policy-applied ``model`` (a copy: the model is left untouched) in training mode, with its loss."""
     model = copy.deepcopy(model).train()
-    layers, transient, logits = trace_layers(model, torch.randn(TRACE_BATCH, 3, resolution, resolution))
+    x = torch.randn(TRACE_BATCH, 3, resolution, resolution)
+    layers, transient, logits = trace_layers(model, x)
+    prefix_out = run_prefix(prefix_modules(model), x)
     num_classes = logits.shape[1]
     layers.append(_loss_layer(num_classes))
-    return ModelProfile(name, str(getattr(model, "edgetl_policy", "")), resolution, num_classes, layers, transient)
+    return ModelProfile(name, str(getattr(model, "edgetl_policy", "")), resolution, num_classes, layers, transient[0],
+                        transient[1], transient[2], prefix_out[0].numel() * 4 if split_of(model) else 0.0,
+                        split_of(model))
 
 
 def analyze(model: str, policy: str | Policy, resolution: int = 224, num_classes: int = 1000) -> ModelProfile:

@@ -5,6 +5,7 @@
     fit.fits                                       # policy -> (predicted bytes, fits?)
     fit.largest_k                                  # largest K of mobiletl:K that fits (None if none)
     largest_batch("mobilenet_v2", "mobiletl:5", budget, resolution=224)
+    fit = fit_policies(..., prefix_batch="auto")   # the frozen prefix streamed: fit.prefix_batch[policy]
 
 The prediction is the analytic training memory of :mod:`.analytic` (weights, gradients, optimizer
 state, activations saved for backward, the largest layer's working set). It leaves out the runtime
@@ -70,27 +71,38 @@ class Fit:
     #: policy -> predicted training memory in bytes
     predicted: dict[str, int] = field(default_factory=dict)
     largest_k: int | None = None
+    #: policy -> the frozen prefix's micro-batch the prediction assumes (None: no prefix, or not streamed)
+    prefix_batch: dict[str, int | None] = field(default_factory=dict)
 
     def fits(self, policy: str) -> bool:
         return self.predicted[policy] <= self.budget
 
 
-def _memory(prof: ModelProfile, batch: int, optimizer: str) -> int:
-    return int(prof.totals(batch, optimizer)["training_memory_bytes"])
+def _memory(prof: ModelProfile, batch: int, optimizer: str, prefix_batch: int | str | None = None) -> int:
+    return int(prof.totals(batch, optimizer, prefix_batch)["training_memory_bytes"])
 
 
 def fit_policies(model: str, budget: int, batch: int, resolution: int, optimizer: str = "sgd",
-                 policies: list[str] | None = None, num_classes: int = 1000) -> Fit:
-    """Predicted memory of each policy and the largest K of ``mobiletl:K`` within ``budget``."""
+                 policies: list[str] | None = None, num_classes: int = 1000,
+                 prefix_batch: int | str | None = None) -> Fit:
+    """Predicted memory of each policy and the largest K of ``mobiletl:K`` within ``budget``; ``prefix_batch``
+    ("auto", or a number) streams the frozen prefix, and ``auto`` chooses the micro-batch per policy."""
     n_blocks = len(inverted_residual_blocks(create_model(model)))
     policies = policies or ["full", "bn+last", "bias", "last", "ft:5", "mobiletl:5"]
     fit = Fit(budget, batch)
+
+    def predict(spec: str) -> None:
+        prof = analyze(model, spec, resolution, num_classes)
+        micro = prof.auto_prefix_batch(batch) if prefix_batch == "auto" else (prefix_batch if prof.split else None)
+        fit.prefix_batch[spec] = micro
+        fit.predicted[spec] = _memory(prof, batch, optimizer, micro)
+
     for p in policies:
-        fit.predicted[p] = _memory(analyze(model, p, resolution, num_classes), batch, optimizer)
+        predict(p)
     for k in range(n_blocks, -1, -1):  # memory grows with K: the first that fits from the top is the largest
         spec = f"mobiletl:{k}"
         if spec not in fit.predicted:
-            fit.predicted[spec] = _memory(analyze(model, spec, resolution, num_classes), batch, optimizer)
+            predict(spec)
         if fit.fits(spec):
             fit.largest_k = k
             break
@@ -98,13 +110,14 @@ def fit_policies(model: str, budget: int, batch: int, resolution: int, optimizer
 
 
 def largest_batch(model: str, policy: str, budget: int, resolution: int, optimizer: str = "sgd",
-                  limit: int = 1 << 16, num_classes: int = 1000) -> int:
+                  limit: int = 1 << 16, num_classes: int = 1000, prefix_batch: int | str | None = None) -> int:
     """The largest batch size whose predicted training memory fits ``budget`` (0 if none does)."""
     prof = analyze(model, policy, resolution, num_classes)
     lo, hi = 0, limit
     while lo < hi:  # memory is increasing in the batch size
         mid = (lo + hi + 1) // 2
-        if _memory(prof, mid, optimizer) <= budget:
+        micro = min(prefix_batch, mid) if isinstance(prefix_batch, int) else prefix_batch
+        if _memory(prof, mid, optimizer, micro) <= budget:
             lo = mid
         else:
             hi = mid - 1

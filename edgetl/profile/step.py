@@ -42,15 +42,19 @@ def _reset_peak() -> None:
         pass  # then the peak includes start-up, which is below the step's peak anyway
 
 
-def _child(model: str, policy: str, batch: int, resolution: int, optimizer: str, steps: int = 3) -> dict:
+def _child(model: str, policy: str, batch: int, resolution: int, optimizer: str, steps: int = 3,
+           prefix_batch: int | str | None = None, cached: bool = False) -> dict:
     import torch
 
     import edgetl
     from edgetl.optim import OptimizerSpec
+    from edgetl.prefix import features_given, prefix_modules, resolve_prefix_batch, run_prefix, set_prefix_batch
     from edgetl.profile.saved import measure_saved
 
     torch.manual_seed(0)
     net = edgetl.apply_policy(edgetl.create_model(model, num_classes=10), policy).train()
+    micro = resolve_prefix_batch(net, prefix_batch, batch, resolution)
+    set_prefix_batch(net, micro)
     params = list(edgetl.trainable_parameters(net).values())
     opt = OptimizerSpec.parse(optimizer, lr=0.01).build(params)
     x = torch.randn(batch, 3, resolution, resolution)
@@ -67,14 +71,30 @@ def _child(model: str, policy: str, batch: int, resolution: int, optimizer: str,
         if i:
             times.append(time.perf_counter() - t0)
     peak = _status_bytes("VmHWM")
+    cached_times = []
+    if cached and prefix_modules(net):  # the steps of epochs after the first: the prefix's outputs come from a cache
+        features = run_prefix(prefix_modules(net), x, micro)
+        with features_given(net):
+            for i in range(steps + 1):
+                t0 = time.perf_counter()
+                loss = torch.nn.functional.cross_entropy(net(features), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if i:
+                    cached_times.append(time.perf_counter() - t0)
     saved = measure_saved(net, x, y).activation_bytes
     return {"baseline_rss_bytes": baseline, "peak_rss_bytes": peak, "step_rss_bytes": peak - baseline,
-            "step_seconds": statistics.median(times), "saved_activation_bytes": saved}
+            "step_seconds": statistics.median(times), "saved_activation_bytes": saved, "prefix_batch": micro,
+            "cached_step_seconds": statistics.median(cached_times) if cached_times else None}
 
 
-def measure_step(model: str, policy: str, batch: int, resolution: int, optimizer: str = "sgd") -> dict:
-    """Run :func:`_child` in a fresh Python process and return its measurements."""
-    cmd = [sys.executable, "-m", "edgetl.profile.step", model, policy, str(batch), str(resolution), optimizer]
+def measure_step(model: str, policy: str, batch: int, resolution: int, optimizer: str = "sgd",
+                 prefix_batch: int | str | None = None, cached: bool = False, steps: int = 3) -> dict:
+    """Run :func:`_child` in a fresh Python process and return its measurements (``cached``: also the step time
+    with the prefix's outputs given, as in the epochs after the first with ``--cache-features``)."""
+    cmd = [sys.executable, "-m", "edgetl.profile.step", model, policy, str(batch), str(resolution), optimizer,
+           str(prefix_batch or ""), "1" if cached else "", str(steps)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=STEP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -89,4 +109,5 @@ def measure_step(model: str, policy: str, batch: int, resolution: int, optimizer
 
 if __name__ == "__main__":
     m, p, b, r, o = sys.argv[1:6]
-    print(json.dumps(_child(m, p, int(b), int(r), o)))
+    pb, c, n = (sys.argv[6:9] + ["", "", "3"])[:3]
+    print(json.dumps(_child(m, p, int(b), int(r), o, int(n), (pb if pb == "auto" else int(pb)) if pb else None, bool(c))))

@@ -1,0 +1,290 @@
+"""``edgetl benchmark``: peak RSS, runtime baseline, step time and cached step time per policy and runtime.
+
+    report = run_benchmark(BenchmarkConfig(model="mobilenet_v2", batch=8, resolution=224))
+    write_json(report, "bench.json"); plot(report, "bench.png")          # the CLI also prints a table
+
+Rows are policies (default ``full``, ``ft:5``, ``mobiletl:5``), columns runtimes (PyTorch, ONNX Runtime, TFLite).
+For each policy a run is made (random weights with batch-norm statistics from data: speed and memory do not
+depend on the weights) and exported per format, without validation (``bench/parity.py`` checks parity). Every
+figure is then measured in fresh processes, the cells interleaved round-robin for ``rounds`` rounds, so that
+machine noise hits every cell alike; medians are reported:
+
+- PyTorch: :func:`edgetl.profile.step.measure_step` (edgetl's step, the prefix streamed at ``prefix_batch``):
+  peak RSS, the baseline (torch imported, model built, batch allocated), step time, and the step time with the
+  prefix's outputs given (what epochs after the first cost with ``--cache-features``).
+- A device runner, run as a device runs it (its runtime and numpy only: torch, TensorFlow and edgetl cannot be
+  imported): ``--baseline`` (runtime imported, models loaded), a run of ``epochs`` epochs over a small shard of
+  the built-in patterns (peak RSS, step time) and the same with ``--cache-features`` (the steps of epochs >= 2).
+  With ``device`` the runner runs on that device through :func:`edgetl.devices.deploy.deploy`.
+
+Next to each measured step memory (peak RSS minus the baseline) stands the analytic total of
+:mod:`edgetl.profile.analytic` for the same micro-batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import ConfigError, EdgeTLError
+
+RUNTIMES = {"pytorch": "PyTorch", "onnx": "ONNX Runtime", "tflite": "TFLite"}
+RUNNERS = {"onnx": "ort_runner.py", "tflite": "tflite_runner.py"}
+FIGURES = ("peak_rss_bytes", "baseline_rss_bytes", "step_seconds", "cached_step_seconds")
+RUN_TIMEOUT_S = 1800
+
+
+@dataclass
+class BenchmarkConfig:
+    model: str = "mobilenet_v2"
+    batch: int = 8
+    resolution: int = 224
+    policies: list[str] = field(default_factory=lambda: ["full", "ft:5", "mobiletl:5"])
+    runtimes: list[str] = field(default_factory=lambda: list(RUNTIMES))
+    rounds: int = 3
+    steps: int = 3  # steps per epoch of the runners' shard, and timed steps of PyTorch
+    epochs: int = 2  # runner epochs with the cache: epoch 1 fills it, the later ones read it
+    optimizer: str = "adamw"
+    prefix_batch: int | str | None = "auto"
+    cache_dtype: str = "float32"
+    device: str | None = None  # a device URI: the runners run there (PyTorch stays on this machine)
+    threads: int | None = None
+
+    def validate(self) -> None:
+        unknown = [r for r in self.runtimes if r not in RUNTIMES]
+        if unknown:
+            raise ConfigError(f"unknown runtime {', '.join(unknown)}; choose from {', '.join(RUNTIMES)}")
+        for name in ("batch", "rounds", "steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.epochs < 2:
+            raise ConfigError("--epochs must be at least 2: the cached step time is read from epochs after the first")
+        if self.resolution < 32:
+            raise ConfigError(f"--resolution must be at least 32, got {self.resolution}")
+
+
+def _blocked_env(work: Path) -> dict:
+    """The environment of a device runner here: stand-ins that fail on import of torch, TensorFlow and edgetl."""
+    block = work / "block"
+    for name in ("torch", "tensorflow", "edgetl"):
+        (block / name).mkdir(parents=True, exist_ok=True)
+        (block / name / "__init__.py").write_text(f"raise ImportError('{name} must not be imported on the device')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return {**env, "PYTHONPATH": str(block)}
+
+
+def _make_run(root: Path, model: str, policy: str, resolution: int):
+    import torch
+
+    from .data import Patterns
+    from .models import create_model
+    from .optim import OptimizerSpec
+    from .run import Run
+    from .surgery import apply_policy
+    from .trainer import calibrate_batchnorm
+
+    torch.manual_seed(0)
+    net = create_model(model, num_classes=len(Patterns.classes))
+    calibrate_batchnorm(net, [(torch.randn(8, 3, resolution, resolution), None)], batches=1)
+    apply_policy(net, policy)
+    Run.save(net, policy, None, root, class_names=list(Patterns.classes), resolution=resolution,
+             optimizer=OptimizerSpec("adamw"), config={"data": "patterns", "seed": 0})
+    return root
+
+
+class _Local:
+    """Runs a device runner in a fresh process on this machine, as a device would (no torch, no TF, no edgetl)."""
+
+    def __init__(self, work: Path, threads: int | None):
+        self.work, self.env, self.threads = work, _blocked_env(work), threads
+
+    def run(self, art: Path, fmt: str, *args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, str(art / RUNNERS[fmt]), "--artifacts", str(art), *args]
+        cmd += ["--threads", str(self.threads)] if self.threads else []
+        proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        if proc.returncode:
+            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise EdgeTLError(f"the {RUNTIMES[fmt]} runner failed ({' '.join(args[:1])}): {tail}")
+        return proc
+
+    def baseline(self, art: Path, fmt: str, prefix_batch) -> int:
+        out = self.run(art, fmt, "--baseline", *_prefix_args(prefix_batch)).stdout.strip().splitlines()[-1]
+        return int(json.loads(out)["baseline_rss_bytes"])
+
+    def train(self, art: Path, fmt: str, shard: Path, cfg: BenchmarkConfig, cached: bool, tag: str) -> dict:
+        out = self.work / f"out-{tag}"
+        args = ["--data", str(shard), "--epochs", str(cfg.epochs if cached else 1), "--batch-size", str(cfg.batch),
+                "--out", str(out), *_prefix_args(cfg.prefix_batch)]
+        args += ["--cache-features", "--cache-dtype", cfg.cache_dtype] if cached else []
+        self.run(art, fmt, *args)
+        metrics = json.loads((out / "metrics.json").read_text())
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)  # a finished run there would be continued, not repeated
+        return metrics
+
+
+class _Remote:
+    """Runs a device runner on ``uri`` through the deploy machinery (bundle pushed, run, metrics pulled)."""
+
+    def __init__(self, uri: str, work: Path):
+        self.uri, self.work = uri, work
+
+    def _deploy(self, art: Path, cfg: BenchmarkConfig, cached: bool, tag: str) -> dict:
+        from .devices.deploy import deploy
+
+        micro = cfg.prefix_batch
+        return deploy(art, self.uri, epochs=cfg.epochs if cached else 1, data="patterns",
+                      shard_size=cfg.batch * cfg.steps, out=self.work / f"deploy-{tag}", batch_size=cfg.batch,
+                      prefix_batch=micro, cache_features=cached, cache_dtype=cfg.cache_dtype, force=True)
+
+    def baseline(self, art: Path, fmt: str, prefix_batch, report: dict | None = None) -> int | None:
+        from .devices import connect
+
+        if report is None:
+            return None
+        with connect(self.uri) as device:
+            python = shlex.quote(report["device"].get("python_bin") or "python3")
+            result = device.run(f"cd {shlex.quote(report['remote'])} && {python} {RUNNERS[fmt]} --artifacts . "
+                                f"--baseline {' '.join(_prefix_args(prefix_batch))}", timeout=RUN_TIMEOUT_S)
+        lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+        return int(json.loads(lines[-1])["baseline_rss_bytes"]) if result.returncode == 0 and lines else None
+
+    def train(self, art: Path, fmt: str, shard, cfg: BenchmarkConfig, cached: bool, tag: str) -> dict:
+        report = self._deploy(art, cfg, cached, tag)
+        metrics = json.loads((self.work / f"deploy-{tag}" / "metrics.json").read_text())
+        metrics["_report"] = report
+        return metrics
+
+
+def _prefix_args(prefix_batch) -> list[str]:
+    return ["--prefix-batch", str(prefix_batch)] if prefix_batch not in (None, "") else []
+
+
+def _runner_sample(runner, art: Path, fmt: str, shard, cfg: BenchmarkConfig, split: bool, tag: str) -> dict:
+    plain = runner.train(art, fmt, shard, cfg, False, tag + "-plain")
+    times = plain["step_seconds"][1:] or plain["step_seconds"]  # the first step warms up
+    sample = {"peak_rss_bytes": plain["peak_rss_bytes"], "step_seconds": statistics.median(times),
+              "prefix_batch": plain.get("prefix_batch"), "cached_step_seconds": None}
+    if isinstance(runner, _Remote):
+        sample["baseline_rss_bytes"] = runner.baseline(art, fmt, cfg.prefix_batch, plain.get("_report"))
+    else:
+        sample["baseline_rss_bytes"] = runner.baseline(art, fmt, cfg.prefix_batch)
+    if split:
+        cached = runner.train(art, fmt, shard, cfg, True, tag + "-cached")
+        first = cached["epochs"][0].get("steps") or len(cached["step_seconds"]) // len(cached["epochs"])
+        sample["cached_step_seconds"] = statistics.median(cached["step_seconds"][first:])
+        sample["cache"] = cached.get("cache")
+    return sample
+
+
+def _median(samples: list[dict]) -> dict:
+    out = {}
+    for k in FIGURES:
+        values = [s[k] for s in samples if s.get(k) is not None]
+        out[k] = statistics.median(values) if values else None
+    out["prefix_batch"] = samples[0].get("prefix_batch")
+    out["rounds"] = len(samples)
+    return out
+
+
+def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = lambda msg: None,
+                  work: str | Path | None = None) -> dict:
+    """Measure every (policy, runtime) cell, interleaved for ``cfg.rounds`` rounds; returns the report (a dict)."""
+    cfg.validate()
+    from .data import pack_uint8_shard
+    from .exporters import export
+    from .profile.analytic import analyze
+    from .profile.step import measure_step
+
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        root = Path(tmp)
+        runner = _Remote(cfg.device, root) if cfg.device else _Local(root, cfg.threads)
+        shard = root / "shard"
+        if any(r in RUNNERS for r in cfg.runtimes) and not cfg.device:
+            pack_uint8_shard("patterns", cfg.resolution, shard, count=cfg.batch * cfg.steps)
+        arts, splits, analytic = {}, {}, {}
+        for policy in cfg.policies:
+            prof = analyze(cfg.model, policy, cfg.resolution, num_classes=5)
+            splits[policy] = prof.split
+            micro = prof.auto_prefix_batch(cfg.batch) if cfg.prefix_batch == "auto" else cfg.prefix_batch
+            analytic[policy] = {"training_memory_bytes": prof.totals(cfg.batch, cfg.optimizer, micro)[
+                "training_memory_bytes"], "unstreamed_memory_bytes": prof.totals(cfg.batch, cfg.optimizer)[
+                "training_memory_bytes"], "prefix_batch": micro if prof.split else None}
+            fmts = [r for r in cfg.runtimes if r in RUNNERS]
+            if fmts:
+                run = _make_run(root / f"run-{policy.replace(':', '')}", cfg.model, policy, cfg.resolution)
+                for fmt in fmts:
+                    log(f"exporting {policy} as {fmt}")
+                    art = root / f"{fmt}-{policy.replace(':', '')}"
+                    export(run, fmt, art, validate=False, batch_size=cfg.batch)
+                    arts[policy, fmt] = art
+        cells = [(p, r) for p in cfg.policies for r in cfg.runtimes]
+        samples: dict[tuple, list] = {c: [] for c in cells}
+        for rnd in range(cfg.rounds):
+            for policy, rt in cells:
+                log(f"round {rnd + 1}/{cfg.rounds}: {policy} on {RUNTIMES[rt]}")
+                tag = f"{rt}-{policy.replace(':', '')}-{rnd}"
+                if rt == "pytorch":
+                    m = measure_step(cfg.model, policy, cfg.batch, cfg.resolution, cfg.optimizer, cfg.prefix_batch,
+                                     cached=bool(splits[policy]), steps=cfg.steps)
+                    m["cached_step_seconds"] = m.get("cached_step_seconds")
+                    samples[policy, rt].append(m)
+                else:
+                    samples[policy, rt].append(_runner_sample(runner, arts[policy, rt], rt, shard, cfg,
+                                                              bool(splits[policy]), tag))
+    rows = []
+    for policy, rt in cells:
+        med = _median(samples[policy, rt])
+        step = (med["peak_rss_bytes"] - med["baseline_rss_bytes"]) if med["baseline_rss_bytes"] else None
+        rows.append({"policy": policy, "runtime": rt, **med, "step_rss_bytes": step,
+                     "analytic_bytes": analytic[policy]["training_memory_bytes"],
+                     "analytic_unstreamed_bytes": analytic[policy]["unstreamed_memory_bytes"],
+                     "where": cfg.device if cfg.device and rt != "pytorch" else "local://"})
+    return {"format": "edgetl.benchmark/1", "config": asdict(cfg), "rows": rows}
+
+
+def write_json(report: dict, path) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def plot(report: dict, path) -> None:
+    """Two panels: peak RSS (the runtime baseline shaded) and step time (uncached, cached) per policy and runtime."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    labels = [f"{r['policy']}\n{RUNTIMES[r['runtime']]}" for r in rows]
+    mib = [(r["peak_rss_bytes"] or 0) / 2**20 for r in rows]
+    base = [(r["baseline_rss_bytes"] or 0) / 2**20 for r in rows]
+    step = [1000 * (r["step_seconds"] or 0) for r in rows]
+    cached = [1000 * (r["cached_step_seconds"] or 0) for r in rows]
+    xs = range(len(rows))
+    fig, (a, b) = plt.subplots(2, 1, figsize=(max(7, 0.9 * len(rows)), 6.5), sharex=True)
+    a.bar(xs, mib, color="#d95f02", label="peak RSS")
+    a.bar(xs, base, color="#b3b3b3", label="runtime baseline (imported, loaded)")
+    a.set_ylabel("MiB")
+    a.legend(fontsize=8)
+    b.bar([x - 0.2 for x in xs], step, width=0.4, color="#1b9e77", label="step")
+    b.bar([x + 0.2 for x in xs], cached, width=0.4, color="#7570b3", label="step with the feature cache")
+    b.set_ylabel("ms")
+    b.legend(fontsize=8)
+    b.set_xticks(list(xs), labels, fontsize=7)
+    c = report["config"]
+    fig.suptitle(f"{c['model']}, batch {c['batch']}, {c['resolution']}x{c['resolution']}, {c['optimizer']}, "
+                 f"prefix batch {c['prefix_batch']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

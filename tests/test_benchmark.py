@@ -1,0 +1,102 @@
+"""The profiler's micro-batch model against measurement, the budget's choice, and `edgetl benchmark` end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+import edgetl
+from edgetl.cli import main
+from edgetl.prefix import auto_prefix_batch
+from edgetl.profile import analyze, fit_policies, parse_size
+
+_PEAK = """
+import json, sys, torch, edgetl
+from edgetl.prefix import prefix_modules, run_prefix
+from edgetl.profile.step import _reset_peak, _status_bytes
+torch.set_num_threads(1)
+net = edgetl.apply_policy(edgetl.create_model("mobilenet_v2", num_classes=5), "mobiletl:5").train()
+x = torch.randn(8, 3, 160, 160)
+micro = int(sys.argv[1]) or None
+run_prefix(prefix_modules(net), x[:2], 2)  # warm-up: oneDNN's own buffers are not the step's
+base = _status_bytes("VmRSS")
+_reset_peak()
+out = run_prefix(prefix_modules(net), x, micro)
+print(json.dumps(_status_bytes("VmHWM") - base))
+"""
+
+
+def _measured_prefix_peak(micro: int) -> int:
+    env = {"MALLOC_MMAP_THRESHOLD_": "65536"}  # big buffers go back to the system when freed, as on a device
+    proc = subprocess.run([sys.executable, "-c", _PEAK, str(micro)], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, **env})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return int(proc.stdout.strip().splitlines()[-1])
+
+
+def test_analytic_prefix_transient_with_micro_batches_matches_measured():
+    prof = analyze("mobilenet_v2", "mobiletl:5", resolution=160, num_classes=5)
+    whole = prof.transient(8)  # the prefix dominates the whole-batch transient of mobiletl:5
+    streamed = prof.transient(8, 2)
+    assert streamed < whole / 2
+    measured_whole, measured_streamed = _measured_prefix_peak(0), _measured_prefix_peak(2)
+    assert measured_whole == pytest.approx(whole, rel=0.3), (measured_whole, whole)
+    assert measured_streamed == pytest.approx(streamed, rel=0.3, abs=4 * 2**20), (measured_streamed, streamed)
+
+
+def test_budget_chooses_the_prefix_batch_the_trainer_uses():
+    fit = fit_policies("mobilenet_v3_small", parse_size("1GiB"), batch=8, resolution=64, optimizer="adamw",
+                       policies=["full", "mobiletl:3"], num_classes=5, prefix_batch="auto")
+    whole = fit_policies("mobilenet_v3_small", parse_size("1GiB"), batch=8, resolution=64, optimizer="adamw",
+                         policies=["full", "mobiletl:3"], num_classes=5)
+    net = edgetl.apply_policy(edgetl.create_model("mobilenet_v3_small", num_classes=5), "mobiletl:3")
+    assert fit.prefix_batch["mobiletl:3"] == auto_prefix_batch(net, 8, 64) == analyze(
+        "mobilenet_v3_small", "mobiletl:3", 64, 5).auto_prefix_batch(8)
+    assert fit.prefix_batch["full"] is None and fit.predicted["full"] == whole.predicted["full"]
+    assert fit.predicted["mobiletl:3"] <= whole.predicted["mobiletl:3"]
+
+
+def test_profile_budget_prints_the_prefix_batch():
+    r = CliRunner().invoke(main, ["profile", "--model", "mobilenet_v3_small", "--resolution", "64", "--policy",
+                                  "mobiletl:3", "--budget", "64MiB"])
+    assert r.exit_code == 0, r.output
+    assert "prefix batch" in r.output
+
+
+def test_benchmark_bad_input():
+    r = CliRunner().invoke(main, ["benchmark", "--epochs", "1"])
+    assert r.exit_code == 2 and "error: --epochs must be at least 2" in r.output
+
+
+@pytest.mark.slow
+def test_benchmark_end_to_end(tmp_path):
+    out = tmp_path / "bench.json"
+    r = CliRunner().invoke(main, ["benchmark", "--model", "mobilenet_v3_small", "--resolution", "32", "--batch-size",
+                                  "4", "--rounds", "1", "--steps", "2", "--policy", "mobiletl:2", "--runtime",
+                                  "pytorch", "--runtime", "onnx", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    report = json.loads(out.read_text())
+    rows = {row["runtime"]: row for row in report["rows"]}
+    assert set(rows) == {"pytorch", "onnx"} and "mobiletl:2" in r.output
+    expected = analyze("mobilenet_v3_small", "mobiletl:2", 32, 5)
+    for row in rows.values():
+        assert 0 < row["baseline_rss_bytes"] < row["peak_rss_bytes"] < 8 * 2**30
+        assert row["step_rss_bytes"] == row["peak_rss_bytes"] - row["baseline_rss_bytes"]
+        assert 0 < row["cached_step_seconds"] and 0 < row["step_seconds"] < 60
+        assert row["analytic_bytes"] == expected.totals(4, "adamw", expected.auto_prefix_batch(4))["training_memory_bytes"]
+    assert rows["onnx"]["baseline_rss_bytes"] < rows["pytorch"]["baseline_rss_bytes"]  # no torch in the runner
+
+
+@pytest.mark.slow
+def test_benchmark_on_a_device_through_deploy(tmp_path):
+    pytest.importorskip("onnxruntime.training")
+    from edgetl.benchmark import BenchmarkConfig, run_benchmark
+
+    cfg = BenchmarkConfig(model="mobilenet_v3_small", batch=4, resolution=32, policies=["mobiletl:2"], runtimes=["onnx"],
+                          rounds=1, steps=2, device=f"local://{tmp_path / 'device'}?python={sys.executable}")
+    row = run_benchmark(cfg, work=tmp_path)["rows"][0]
+    assert row["where"].startswith("local://") and row["runtime"] == "onnx"
+    assert 0 < row["baseline_rss_bytes"] < row["peak_rss_bytes"] and row["step_seconds"] > 0
+    assert row["cached_step_seconds"] > 0
