@@ -95,7 +95,8 @@ class Exporter(ABC):
         """Where the export departs from PyTorch, layer by layer, on one batch (``{"summary": ...}``), for a
         failed validation's message; None when the format cannot tell. Best effort: it explains a failure, so
         its own failure is reported instead of raised."""
-        from .layerdiff import available_memory, compare, memory_estimate
+        from ..runtime.runner_prefix import available_memory
+        from .layerdiff import compare, memory_estimate
 
         try:
             model = training_copy(run.model)

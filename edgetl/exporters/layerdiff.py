@@ -174,18 +174,6 @@ def memory_estimate(model: nn.Module, batch_size: int, resolution: int) -> int:
     return 6 * 2 * 4 * count * batch_size
 
 
-def available_memory() -> int | None:
-    """MemAvailable from /proc/meminfo (Linux), else None (unknown)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def _rel(got: np.ndarray, ref: np.ndarray) -> float:
     norm = float(np.linalg.norm(ref.ravel().astype(np.float64)))
     diff = float(np.linalg.norm((got.astype(np.float64) - ref).ravel()))

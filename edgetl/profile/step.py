@@ -61,28 +61,27 @@ def _child(model: str, policy: str, batch: int, resolution: int, optimizer: str,
     y = torch.randint(0, 10, (batch,))
     baseline = _status_bytes("VmRSS")
     _reset_peak()
-    times = []
-    for i in range(steps + 1):
-        t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if i:
-            times.append(time.perf_counter() - t0)
+
+    def timed(inputs) -> list[float]:
+        """Seconds of each of ``steps`` training steps on ``inputs``, after one untimed warm-up step."""
+        times = []
+        for i in range(steps + 1):
+            t0 = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(net(inputs), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if i:
+                times.append(time.perf_counter() - t0)
+        return times
+
+    times = timed(x)
     peak = _status_bytes("VmHWM")
     cached_times = []
     if cached and prefix_modules(net):  # the steps of epochs after the first: the prefix's outputs come from a cache
         features = run_prefix(prefix_modules(net), x, micro)
         with features_given(net):
-            for i in range(steps + 1):
-                t0 = time.perf_counter()
-                loss = torch.nn.functional.cross_entropy(net(features), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if i:
-                    cached_times.append(time.perf_counter() - t0)
+            cached_times = timed(features)
     saved = measure_saved(net, x, y).activation_bytes
     return {"baseline_rss_bytes": baseline, "peak_rss_bytes": peak, "step_rss_bytes": peak - baseline,
             "step_seconds": statistics.median(times), "saved_activation_bytes": saved, "prefix_batch": micro,

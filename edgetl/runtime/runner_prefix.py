@@ -119,6 +119,7 @@ def cache_key(manifest: dict, split, dtype: str) -> str:
 
 
 def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux, Android), else None (unknown)."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
