@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..prefix import split_of
+
 
 @dataclass(frozen=True)
 class Split:
@@ -50,7 +52,7 @@ def _leaves(module: nn.Module):
 
 def plan(model: nn.Module, resolution: int) -> Split | None:
     """Where ``model``'s frozen prefix ends and what it hands on; None when the policy trains from the input."""
-    index = getattr(model.features, "split", 0)
+    index = split_of(model)
     if not index:
         return None
     prefix, region = prefix_module(model, index), region_module(model, index)
