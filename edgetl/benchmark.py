@@ -71,7 +71,7 @@ class BenchmarkConfig:
             raise ConfigError(f"--resolution must be at least 32, got {self.resolution}")
 
 
-def _blocked_env(work: Path) -> dict:
+def blocked_env(work: Path) -> dict:
     """The environment of a device runner here: stand-ins that fail on import of torch, TensorFlow and edgetl."""
     block = work / "block"
     for name in ("torch", "tensorflow", "edgetl"):
@@ -104,7 +104,7 @@ class _Local:
     """Runs a device runner in a fresh process on this machine, as a device would (no torch, no TF, no edgetl)."""
 
     def __init__(self, work: Path, threads: int | None):
-        self.work, self.env, self.threads = work, _blocked_env(work), threads
+        self.work, self.env, self.threads = work, blocked_env(work), threads
 
     def run(self, art: Path, fmt: str, *args: str) -> subprocess.CompletedProcess:
         cmd = [sys.executable, str(art / RUNNERS[fmt]), "--artifacts", str(art), *args]

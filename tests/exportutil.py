@@ -1,6 +1,5 @@
 """Helpers for export tests: runs made without training (fast), saved as run directories by edgetl.Run."""
 
-import os
 import subprocess
 import sys
 
@@ -10,6 +9,7 @@ from torch import nn
 from torchvision.ops.misc import Conv2dNormActivation
 
 from edgetl import OptimizerSpec, Run, apply_policy, calibrate_batchnorm, create_model
+from edgetl.benchmark import blocked_env
 
 PATTERN_CLASSES = ["stripes_horizontal", "stripes_vertical", "checkerboard", "dots", "rings"]
 
@@ -25,15 +25,6 @@ def make_run(root, model="mobilenet_v3_small", policy="mobiletl:3", resolution=6
     Run.save(net, policy, None, root, class_names=list(class_names), resolution=resolution,
              optimizer=OptimizerSpec(optimizer, lr=lr), config={"data": "patterns", "seed": seed})
     return root
-
-
-def blocked_env(tmp_path):
-    """PYTHONPATH with stand-ins that fail on import: proof that a device runner never imports them."""
-    block = tmp_path / "block"
-    for name in ("torch", "tensorflow", "edgetl"):
-        (block / name).mkdir(parents=True, exist_ok=True)
-        (block / name / "__init__.py").write_text(f"raise ImportError('{name} must not be imported on the device')\n")
-    return {**os.environ, "PYTHONPATH": str(block)}
 
 
 def exact_hardswish(model):
