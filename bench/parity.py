@@ -10,6 +10,8 @@ with random weights and batch-norm statistics from data (as the tests' ``make_ru
 export's checks (``edgetl/exporters/validation.py``) as ✓/✗ with its margin, error / tolerance (a check
 passes at margin <= 1), and, for a failed export, where it departs layer by layer (TFLite). The full matrix
 is 36 exports of a few minutes each: pick a subset to run it in pieces, each writing its own JSON.
+With ``--json``, every finished cell is saved at once, and a rerun with the same settings skips the cells
+the file already holds.
 """
 
 from __future__ import annotations
@@ -98,6 +100,23 @@ def table(results: list[dict], title: str) -> Table:
     return t
 
 
+def _resume(path: str | None, header: dict) -> dict[tuple, dict]:
+    """Cells already in ``path`` from a run with the same settings, by (model, policy, format)."""
+    if not path or not Path(path).exists():
+        return {}
+    saved = json.loads(Path(path).read_text())
+    if any(saved.get(k) != v for k, v in header.items()):
+        raise SystemExit(f"{path} holds a matrix with other settings ({ {k: saved.get(k) for k in header} }); "
+                         f"remove it or write elsewhere with --json")
+    return {(c["model"], c["policy"], c["format"]): c for c in saved.get("cells", [])}
+
+
+def _write_atomic(path: Path, record: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", action="append", help=f"comma-separated (default: {','.join(MODELS)})")
@@ -116,21 +135,25 @@ def main(argv=None) -> int:
         if unknown:
             ap.error(f"unknown {name} {', '.join(unknown)}; choose from {', '.join(known)}")
     console = Console(width=220)
+    header = {"batch_size": args.batch_size, "resolution": args.resolution, "steps": args.steps,
+              "train_epochs": args.train_epochs}
+    done = _resume(args.json, header)
     results = []
     with tempfile.TemporaryDirectory(prefix="edgetl-parity-") as tmp:
         for model in models:
             for policy in policies:
                 for fmt in formats:
-                    results.append(run_cell(Path(tmp), model, policy, fmt, args))
-                    r = results[-1]
-                    console.print(f"{model} {policy} {fmt}: {'ok' if r['ok'] else 'FAILED'} ({r['seconds']:.0f}s)")
+                    key = (model, policy, fmt)
+                    resumed = key in done
+                    r = done.pop(key) if resumed else run_cell(Path(tmp), model, policy, fmt, args)
+                    results.append(r)
+                    took = f"from {args.json}" if resumed else f"{r['seconds']:.0f}s"
+                    console.print(f"{model} {policy} {fmt}: {'ok' if r['ok'] else 'FAILED'} ({took})")
+                    if args.json:  # after every cell, so that an interrupted matrix resumes where it stopped
+                        _write_atomic(Path(args.json), {**header, "cells": [*results, *done.values()]})
     weights = f"trained {args.train_epochs} epoch(s)" if args.train_epochs else "random weights"
     console.print(table(results, f"parity, batch {args.batch_size}, {args.resolution}x{args.resolution}, {weights}: "
                                  f"margin = error / tolerance per check"))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"batch_size": args.batch_size, "resolution": args.resolution,
-                                               "steps": args.steps, "train_epochs": args.train_epochs,
-                                               "cells": results}, indent=2))
     return 0 if all(r["ok"] for r in results) else 1
 
 
