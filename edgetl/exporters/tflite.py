@@ -9,6 +9,7 @@ The directory holds ``model.tflite`` (signatures ``train``, ``gradients``, ``inf
 loss and gradient norms, for ``--verify`` on a device), ``tflite_runner.py`` with ``runner_common.py``
 (the device runner: ai-edge-litert and numpy) and ``manifest.json``.
 
+The converted model's training subgraphs run their weight-only work next to its use (:mod:`.tflite_schedule`).
 The model converts with ``TFLITE_BUILTINS`` only, so it trains in ai-edge-litert as a Raspberry Pi
 installs it; any other op fails the export with its name. The training batch size is fixed at export
 (``batch_size``). The run's optimizer runs as PyTorch's: AdamW, or SGD with momentum and weight decay.
@@ -24,6 +25,7 @@ from importlib import metadata
 
 from ..io import atomic_write_bytes
 from ..runtime import tflite_runner
+from . import tflite_schedule
 from .base import Exporter, ExportError, quiet_stderr
 from .manifest import copy_runner
 from .reference import training_copy
@@ -115,13 +117,16 @@ class TfliteExporter(Exporter):
             atomic_write_bytes(prefix, out / self.prefix_file)
         else:
             module = TrainingModule(Lowering(training_copy(run.model)), batch_size, run.resolution, spec)
-        model = convert(module, tf)
+        converted = convert(module, tf)
+        model = tflite_schedule.reorder(converted)  # the weight-only work next to its use: a smaller arena
+        peaks = [tflite_schedule.arena_peak(m) for m in (converted, model)]
         atomic_write_bytes(model, out / tflite_runner.MODEL)
         copy_runner(tflite_runner, out)
         ops = operators(model)
         log(f"exported {len(module.params)} trainable tensors and {len(module.state) - len(module.params)} other "
             f"variables in {time.perf_counter() - t0:.1f}s: {len(model) / 2**20:.1f} MiB, "
-            f"{len({o for v in ops.values() for o in v})} builtin op types, no Flex ops")
+            f"{len({o for v in ops.values() for o in v})} builtin op types, no Flex ops; training step's "
+            f"intermediates {peaks[1] / 2**20:.1f} MiB at most (the converter's order: {peaks[0] / 2**20:.1f})")
         return [p.name for p in module.params], {
             "labels": {"name": "labels", "dtype": "int32"},
             "variables": [{"name": v.name, "key": module.keys[v.name], "kind": v.kind, "shape": v.torch_shape()}
@@ -130,6 +135,7 @@ class TfliteExporter(Exporter):
                            "infer": "images -> logits", "get_weights": "-> p<key> (PyTorch layout)",
                            "set_weights": "p<key> (PyTorch layout) -> ok"},
             "operators": sorted({o for v in ops.values() for o in v}),
+            "train_intermediates_bytes": peaks[1],
             "batch_norm": "internal norms shift-only; fully trained norms normalise with batch statistics in training "
                           "and the train signature updates their running statistics as PyTorch does",
             "activation_masks": "MobileTL masks are stored as one byte per element (TFLite has no bit type)",
