@@ -135,6 +135,17 @@ def test_runner_checkpoint_holds_every_variable_and_resumes(v3_export, tmp_path)
 
 
 @TFLITE
+def test_state_views_read_the_same_values_without_a_copy(v3_export):
+    """The runner writes its checkpoint from views of get_weights' outputs: the same numbers as the copies,
+    in the interpreter's own buffers."""
+    trainer = tflite_runner.Trainer(str(v3_export.art))
+    copies, views = trainer.state(), trainer.state(copy=False)
+    assert sorted(copies) == sorted(views)
+    assert all(not v.flags.owndata for v in views.values() if v.ndim)  # numpy copies a 0-d output (the step)
+    assert all(np.array_equal(copies[k], views[k]) for k in copies)
+
+
+@TFLITE
 def test_wrong_batch_size_is_explained(v3_export):
     art = v3_export.art
     images = np.zeros((3, 3, 64, 64), np.float32)

@@ -146,9 +146,27 @@ class Trainer:
     def logits(self, images: np.ndarray) -> np.ndarray:
         return self.run("infer", **self._inputs(images))["logits"]
 
-    def state(self) -> dict[str, np.ndarray]:
-        out = self.run("get_weights")
+    def state(self, copy: bool = True) -> dict[str, np.ndarray]:
+        """Every variable by name. ``copy=False`` gives views of the interpreter's output buffers instead of a
+        second copy of the whole state (the optimizer's moments included: 21 MiB on MobileNetV2 ``mobiletl:5``);
+        they hold until the next signature call, so only for writing the state out at once."""
+        out = self._views("get_weights") if not copy else None
+        out = out or self.run("get_weights")
         return {v["name"]: out[v["key"]] for v in self.variables}
+
+    def _views(self, signature: str) -> dict | None:
+        """Run an input-less signature and return views of its outputs (None where the interpreter offers none:
+        ``run`` copies them instead)."""
+        if signature not in self._runners:
+            self._runners[signature] = self.interpreter.get_signature_runner(signature)
+        runner = self._runners[signature]
+        try:
+            wrapper, index = runner._interpreter_wrapper, runner._subgraph_index
+            wrapper.AllocateTensors(index)
+            wrapper.Invoke(index)
+            return {key: wrapper.tensor(wrapper, i, index) for key, i in runner._outputs}
+        except (AttributeError, TypeError):
+            return None
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         self.run("set_weights", **{v["key"]: np.ascontiguousarray(state[v["name"]], dtype=np.float32)
@@ -188,7 +206,7 @@ def train(artifacts: str, images: np.ndarray, labels: np.ndarray, steps: int, ba
 
 
 def save_outputs(trainer: Trainer, artifacts: str, out: str) -> tuple[dict, dict]:
-    state = trainer.state()  # one read of every variable serves the checkpoint and the trained weights
+    state = trainer.state(copy=False)  # one read of every variable serves the checkpoint and the trained weights
     common.write_bytes(os.path.join(out, CHECKPOINT), lambda f: np.savez(f, **state))
     return trainer.trained(state), {"checkpoint": CHECKPOINT}
 
