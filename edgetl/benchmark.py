@@ -18,12 +18,14 @@ machine noise hits every cell alike; medians are reported:
   With ``device`` the runner runs on that device through :func:`edgetl.devices.deploy.deploy`.
 
 Next to each measured step memory (peak RSS minus the baseline) stands the analytic total of
-:mod:`edgetl.profile.analytic` for the same micro-batch.
+:mod:`edgetl.profile.analytic` for the same micro-batch and, for TFLite, the runtime's own plan: the training
+subgraph's intermediates in the order the interpreter runs them, plus every variable.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import statistics
@@ -211,7 +213,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = lambda msg:
         shard = root / "shard"
         if any(r in RUNNERS for r in cfg.runtimes) and not cfg.device:
             pack_uint8_shard("patterns", cfg.resolution, shard, count=cfg.batch * cfg.steps)
-        arts, splits, analytic = {}, {}, {}
+        arts, splits, analytic, plans = {}, {}, {}, {}
         for policy in cfg.policies:
             prof = analyze(cfg.model, policy, cfg.resolution, num_classes=5)
             splits[policy] = prof.split
@@ -227,6 +229,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = lambda msg:
                     art = root / f"{fmt}-{policy.replace(':', '')}"
                     export(run, fmt, art, validate=False, batch_size=cfg.batch)
                     arts[policy, fmt] = art
+                    plans[policy, fmt] = _planned_bytes(art)
         cells = [(p, r) for p in cfg.policies for r in cfg.runtimes]
         samples: dict[tuple, list] = {c: [] for c in cells}
         for rnd in range(cfg.rounds):
@@ -248,8 +251,18 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = lambda msg:
         rows.append({"policy": policy, "runtime": rt, **med, "step_rss_bytes": step,
                      "analytic_bytes": analytic[policy]["training_memory_bytes"],
                      "analytic_unstreamed_bytes": analytic[policy]["unstreamed_memory_bytes"],
+                     "planned_bytes": plans.get((policy, rt)),
                      "where": cfg.device if cfg.device and rt != "pytorch" else "local://"})
     return {"format": "edgetl.benchmark/1", "config": asdict(cfg), "rows": rows}
+
+
+def _planned_bytes(art: Path) -> int | None:
+    """The runtime's own plan of a step, where the export records one (TFLite: the training subgraph's
+    intermediates in its op order, plus every variable: weights, running statistics, optimizer state)."""
+    manifest = json.loads((art / "manifest.json").read_text())
+    if manifest.get("train_intermediates_bytes") is None:
+        return None
+    return manifest["train_intermediates_bytes"] + sum(4 * math.prod(v["shape"]) for v in manifest["variables"])
 
 
 def write_json(report: dict, path) -> None:

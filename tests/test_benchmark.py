@@ -87,6 +87,7 @@ def test_benchmark_end_to_end(tmp_path):
         assert 0 < row["cached_step_seconds"] and 0 < row["step_seconds"] < 60
         assert row["analytic_bytes"] == expected.totals(4, "adamw", expected.auto_prefix_batch(4))["training_memory_bytes"]
     assert rows["onnx"]["baseline_rss_bytes"] < rows["pytorch"]["baseline_rss_bytes"]  # no torch in the runner
+    assert rows["onnx"]["planned_bytes"] is None is rows["pytorch"]["planned_bytes"]  # TFLite's export records one
 
 
 @pytest.mark.slow
