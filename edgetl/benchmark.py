@@ -83,7 +83,10 @@ def blocked_env(work: Path) -> dict:
     return {**env, "PYTHONPATH": str(block)}
 
 
-def _make_run(root: Path, model: str, policy: str, resolution: int):
+def random_run(root, model: str, policy: str, resolution: int, optimizer: str = "adamw", lr: float | None = None,
+               seed: int = 0, class_names: list[str] | None = None):
+    """A run directory holding a random ``model`` (batch-norm statistics from one random batch) with ``policy``
+    applied, for the built-in patterns' classes: what memory and speed measurements need, and export tests."""
     import torch
 
     from .data import Patterns
@@ -93,12 +96,13 @@ def _make_run(root: Path, model: str, policy: str, resolution: int):
     from .surgery import apply_policy
     from .trainer import calibrate_batchnorm
 
-    torch.manual_seed(0)
-    net = create_model(model, num_classes=len(Patterns.classes))
+    class_names = list(class_names or Patterns.classes)
+    torch.manual_seed(seed)
+    net = create_model(model, num_classes=len(class_names))
     calibrate_batchnorm(net, [(torch.randn(8, 3, resolution, resolution), None)], batches=1)
     apply_policy(net, policy)
-    Run.save(net, policy, None, root, class_names=list(Patterns.classes), resolution=resolution,
-             optimizer=OptimizerSpec("adamw"), config={"data": "patterns", "seed": 0})
+    Run.save(net, policy, None, root, class_names=class_names, resolution=resolution,
+             optimizer=OptimizerSpec(optimizer, lr=lr), config={"data": "patterns", "seed": seed})
     return root
 
 
@@ -223,7 +227,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = lambda msg:
                 "training_memory_bytes"], "prefix_batch": micro if prof.split else None}
             fmts = [r for r in cfg.runtimes if r in RUNNERS]
             if fmts:
-                run = _make_run(root / f"run-{policy.replace(':', '')}", cfg.model, policy, cfg.resolution)
+                run = random_run(root / f"run-{policy.replace(':', '')}", cfg.model, policy, cfg.resolution)
                 for fmt in fmts:
                     log(f"exporting {policy} as {fmt}")
                     art = root / f"{fmt}-{policy.replace(':', '')}"
@@ -263,6 +267,28 @@ def _planned_bytes(art: Path) -> int | None:
     if manifest.get("train_intermediates_bytes") is None:
         return None
     return manifest["train_intermediates_bytes"] + sum(4 * math.prod(v["shape"]) for v in manifest["variables"])
+
+
+def measure_artifacts(artifacts: list, cfg: BenchmarkConfig, log: Callable[[str], None] = lambda msg: None,
+                      work: str | Path | None = None) -> list[dict]:
+    """Measure export directories as they are, as a runner cell above (interleaved for ``cfg.rounds`` rounds,
+    medians): two builds of one export side by side, or an export made elsewhere. One row per directory."""
+    from .data import pack_uint8_shard
+
+    arts = [Path(a) for a in artifacts]
+    manifests = [json.loads((a / "manifest.json").read_text()) for a in arts]
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        root = Path(tmp)
+        runner, shard = _Local(root, cfg.threads), root / "shard"
+        pack_uint8_shard("patterns", manifests[0]["input"]["shape"][-1], shard, count=cfg.batch * cfg.steps)
+        samples: list[list[dict]] = [[] for _ in arts]
+        for rnd in range(cfg.rounds):
+            for i, (art, manifest) in enumerate(zip(arts, manifests)):
+                log(f"round {rnd + 1}/{cfg.rounds}: {art}")
+                samples[i].append(_runner_sample(runner, art, manifest["format"], shard, cfg,
+                                                 bool(manifest.get("split")), f"{i}-{rnd}"))
+    return [{"artifacts": str(art), "policy": m["policy"], "runtime": m["format"], **_median(s),
+             "planned_bytes": _planned_bytes(art)} for art, m, s in zip(arts, manifests, samples)]
 
 
 def write_json(report: dict, path) -> None:

@@ -8,8 +8,7 @@ import torchvision
 from torch import nn
 from torchvision.ops.misc import Conv2dNormActivation
 
-from edgetl import OptimizerSpec, Run, apply_policy, calibrate_batchnorm, create_model
-from edgetl.benchmark import blocked_env
+from edgetl.benchmark import blocked_env, random_run
 
 PATTERN_CLASSES = ["stripes_horizontal", "stripes_vertical", "checkerboard", "dots", "rings"]
 
@@ -18,13 +17,7 @@ def make_run(root, model="mobilenet_v3_small", policy="mobiletl:3", resolution=6
              seed=0, class_names=PATTERN_CLASSES):
     """A run directory holding a random model with batch-norm statistics from data (reference batches come
     from the built-in patterns)."""
-    torch.manual_seed(seed)
-    net = create_model(model, num_classes=len(class_names))
-    calibrate_batchnorm(net, [(torch.randn(8, 3, resolution, resolution), None)])
-    apply_policy(net, policy)
-    Run.save(net, policy, None, root, class_names=list(class_names), resolution=resolution,
-             optimizer=OptimizerSpec(optimizer, lr=lr), config={"data": "patterns", "seed": seed})
-    return root
+    return random_run(root, model, policy, resolution, optimizer, lr, seed, class_names)
 
 
 def exact_hardswish(model):

@@ -63,3 +63,29 @@ def test_parity_bench(tmp_path):
     assert {c["name"].split(",")[0] for c in cell["checks"]} >= {"inference logits", "training losses"}
     assert data["resolution"] == 64 and data["batch_size"] == 2
     assert "mobilenet_v3_small" in table and "✓" in table and "✗" not in table
+    # the same matrix again resumes from its JSON: no cell is exported twice
+    again, table = _bench("parity.py", "--models", "mobilenet_v3_small", "--policies", "last", "--formats", "tflite",
+                          "--resolution", "64", "--batch-size", "2", "--steps", "1", tmp_path=tmp_path)
+    assert again == data and "(from " in table
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "parity.py"), "--models", "mobilenet_v3_small",
+                           "--steps", "2", "--resolution", "64", "--json", str(tmp_path / "parity.py.json")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "holds a matrix with other settings" in proc.stderr
+
+
+@pytest.mark.slow
+def test_runner_memory_bench(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    from edgetl.benchmark import random_run
+    from edgetl.exporters import export
+
+    art = tmp_path / "art"
+    export(random_run(tmp_path / "run", "mobilenet_v3_small", "mobiletl:2", 32), "tflite", art, validate=False,
+           batch_size=2)
+    rows, table = _bench("runner_memory.py", "--artifacts", str(art), "--artifacts", str(art), "--batch-size", "2",
+                         "--steps", "2", tmp_path=tmp_path)
+    assert [r["artifacts"] for r in rows] == [str(art)] * 2 and "mobiletl:2" in table
+    for r in rows:
+        assert 0 < r["baseline_rss_bytes"] < r["peak_rss_bytes"] and r["step_seconds"] > 0 and r["cached_step_seconds"] > 0
+        manifest = json.loads((art / "manifest.json").read_text())
+        assert r["planned_bytes"] > manifest["train_intermediates_bytes"] > 0
