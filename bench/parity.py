@@ -6,8 +6,9 @@
 
 Each export is made as ``edgetl export`` makes it (batch 8 and 224 x 224 unless told otherwise) from a run
 with random weights and batch-norm statistics from data (as the tests' ``make_run``), or, with
-``--train-epochs N``, from a run trained N epochs on the built-in ``patterns`` data. The table shows each
-export's checks (``edgetl/exporters/validation.py``) as ✓/✗ with its margin, error / tolerance (a check
+``--train-epochs N``, from weights trained N epochs on the built-in ``patterns`` data with every layer trained
+(one ``edgetl train --policy full`` run per model, kept in ``--work``), each policy applied to them. The table
+shows each export's checks (``edgetl/exporters/validation.py``) as ✓/✗ with its margin, error / tolerance (a check
 passes at margin <= 1), and, for a failed export, where it departs layer by layer (TFLite). The full matrix
 is 36 exports of a few minutes each: pick a subset to run it in pieces, each writing its own JSON.
 With ``--json``, every finished cell is saved at once, and a rerun with the same settings skips the cells
@@ -45,12 +46,25 @@ def _split(values: list[str] | None, default: list[str]) -> list[str]:
     return [v for arg in values for v in arg.split(",") if v] if values else default
 
 
-def make_trained_run(root: Path, model: str, policy: str, resolution: int, batch_size: int, epochs: int) -> Path:
-    """A run trained ``epochs`` epochs on ``patterns`` from random weights, as ``edgetl train`` makes it."""
-    from edgetl import train
+def make_trained_run(root: Path, model: str, policy: str, args) -> Path:
+    """A run with ``policy`` applied to weights trained ``args.train_epochs`` epochs on ``patterns`` with every
+    layer trained (``edgetl train --policy full``): trained once per model and kept in ``--work``, so that every
+    policy starts from the same trained weights (their batch-norm statistics included) and a rerun trains no more."""
+    from edgetl import Run, apply_policy, create_model, train
+    from edgetl.run import read_checkpoint
 
-    train(model=model, policy=policy, data="patterns", weights="none", epochs=epochs, batch_size=batch_size,
-          resolution=resolution, out=str(root))
+    trained = Path(args.work) / f"trained-{model}-{args.resolution}px-{args.train_epochs}ep"
+    status = json.loads((trained / "run.json").read_text())["status"] if (trained / "run.json").exists() else None
+    if status != "finished":  # an interrupted training continues from its last checkpoint
+        train(model=model, policy="full", data="patterns", weights="none", epochs=args.train_epochs,
+              batch_size=args.batch_size, resolution=args.resolution, out=str(trained),
+              resume=(trained / "checkpoint.pt").exists())
+    base = Run.load(trained)
+    net = create_model(model, len(base.class_names))
+    net.load_state_dict(read_checkpoint(trained)["state_dict"])
+    apply_policy(net, policy)
+    Run.save(net, policy, None, root, class_names=base.class_names, resolution=args.resolution,
+             optimizer=base.optimizer, config={"data": "patterns", "trained_from": str(trained)})
     return root
 
 
@@ -60,7 +74,7 @@ def run_cell(work: Path, model: str, policy: str, fmt: str, args) -> dict:
     run = work / f"run-{tag}"
     if not run.exists():
         if args.train_epochs:
-            make_trained_run(run, model, policy, args.resolution, args.batch_size, args.train_epochs)
+            make_trained_run(run, model, policy, args)
         else:
             make_run(run, model, policy, resolution=args.resolution)
     t0 = time.perf_counter()
@@ -127,6 +141,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=3, help="teacher-forced validation steps per export")
     ap.add_argument("--train-epochs", type=int, default=0, help="train the runs first (default: random weights)")
     ap.add_argument("--json", help="write every cell's checks here")
+    ap.add_argument("--work", default="parity-work", help="where the trained runs are kept (--train-epochs)")
     args = ap.parse_args(argv)
     models, policies, formats = (_split(args.models, MODELS), _split(args.policies, POLICIES),
                                  _split(args.formats, FORMATS))
