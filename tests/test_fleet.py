@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import subprocess
 import sys
 from pathlib import Path
 
@@ -168,28 +169,40 @@ def test_fedavg_is_the_example_weighted_mean_and_frozen_tensors_stay(fleet_expor
 
 
 @pytest.mark.slow
-def test_a_device_killed_mid_round_does_not_stop_the_fleet(fleet_export, tmp_path):
+def test_a_device_killed_mid_round_does_not_stop_the_fleet_and_rejoins(fleet_export, tmp_path):
     run, art, shards = fleet_export
     devices = [local(tmp_path, f"d{i}") for i in range(3)]
+    labels = [d.split("?")[0] for d in devices]
     holder = {}
 
     def on_round(record):
         if record.get("round") == 1:  # round 2 is being sent out: the third device dies in it
-            holder["fleet"].nodes[2].kill()
+            holder["killed"] = holder["fleet"].nodes[2]
+            holder["killed"].kill()
 
     fleet = Fleet(art, devices, tmp_path / "fleet", data=str(shards), rounds=3, local_steps=2, min_devices=2,
-                  eval_size=50, round_timeout=60, insecure=True, events=Recorder(on_round))
+                  eval_size=50, round_timeout=60, insecure=True, restart_backoff=1, watch_s=1, events=Recorder(on_round))
     holder["fleet"] = fleet
     result = fleet.run()
     assert [r["round"] for r in result.rounds] == [1, 2, 3]
-    assert len(result.rounds[0]["answered"]) == 3 and len(result.rounds[1]["answered"]) == 2
-    assert all("skipped" not in r for r in result.rounds)
+    one, two, three = result.rounds
+    assert len(one["answered"]) == 3 and all("skipped" not in r for r in result.rounds)
+    # round 2 completes with the two devices left, naming the one it lost
+    assert sorted(two["answered_devices"]) == labels[:2] and two["lost_devices"] == [labels[2]]
+    # the orchestrator restarted the dead SuperNode; round 3 readmits it under its new node id and all three answer
+    assert fleet.retired == [holder["killed"]] and fleet.nodes[2] is not holder["killed"]
+    assert three["joined"] == [labels[2]] and three["rejoined"] == [labels[2]]
+    assert sorted(three["answered_devices"]) == labels and len(three["answered"]) == 3
+    new_id = next(n for n in three["answered"] if n not in one["answered"])
+    assert new_id not in two["sampled"]
     report = json.loads((tmp_path / "fleet" / "fleet.json").read_text())
-    assert report["lost"][0]["round"] == 2 and len(report["lost"][0]["lost"]) == 1
+    assert report["lost"] == [{"round": 2, "lost": two["lost"], "devices": [labels[2]], "errors": two["errors"]}]
+    assert report["rejoined"] == [{"round": 3, "devices": [labels[2]]}]
+    assert [(r["device"], r["attempt"], r["ok"]) for r in report["restarts"]] == [(labels[2], 1, True)]
     # every process started is gone, the killed SuperNode's included: nothing serves the SuperLink's or a
     # SuperNode's port any more (Flower's SuperExecs run in sessions of their own)
-    assert all(not n.alive() for n in fleet.nodes)
-    assert leftovers([fleet.port, *(n.port for n in fleet.nodes)]) == []
+    assert all(not n.alive() for n in fleet.nodes + fleet.retired)
+    assert leftovers([fleet.port, *(n.port for n in fleet.nodes + fleet.retired)]) == []
 
 
 class OtherArtifacts(Fleet):
@@ -291,3 +304,110 @@ def test_the_fleet_learns_about_as_well_as_centralised_training_on_the_union(fle
           f"after {central['steps']} steps")
     assert final > start + 0.03
     assert abs(final - central["eval_acc"]) <= 0.05
+
+
+#: the ClientApp's training step recomputed apart from the fleet: the bundle's runner on the device's shard from
+#: the tensors the round sent, and FedProx's proximal pull (a gradient step on mu/2 |w - w_global|^2) after each step
+RETRAIN = r"""
+import json, sys
+import numpy as np
+root, shard, given, steps, seed, mu, out = sys.argv[1:]
+sys.path.insert(0, root)
+import ort_runner, runner_data
+manifest = json.load(open(root + "/manifest.json"))
+with np.load(given) as z:
+    start = {k: z[k] for k in z.files}
+trainer = ort_runner.Trainer(root)
+trainer.set_params({k: start[k] for k in manifest["trainable"]})
+trainer.running.update({k: v for k, v in start.items() if k in trainer.running})
+train, _, _ = runner_data.open_data(manifest, data=root + "/" + shard)
+mu = float(mu)
+def pull(*_):
+    w = trainer.params()
+    trainer.set_params({k: w[k] - trainer.lr * mu * (w[k] - start[k]) for k in manifest["trainable"]})
+ort_runner.common.fit(trainer, train, steps=int(steps), seed=int(seed), progress=pull if mu else None)
+np.savez(out, **{k: trainer.trained()[k] for k in start})
+"""
+
+
+def weighted_mean(record, clients, names):
+    total = sum(record["examples"].values())
+    return {k: sum(n * clients[f"{node}/{k}"].astype(np.float64) for node, n in record["examples"].items()) / total
+            for k in names}
+
+
+def initial(run, names):
+    state = Run.load(run).model.state_dict()
+    return {k: state[k].numpy().astype(np.float64) for k in names}
+
+
+@pytest.mark.slow
+def test_fedadam_global_is_the_adam_step_on_the_clients_mean(fleet_export, tmp_path):
+    """Flower's FedAdam (flwr 1.42): delta = weighted mean - x; m = b1 m + (1 - b1) delta; v = b2 v + (1 - b2) delta^2;
+    x += eta sqrt(1 - b2^(t+1)) / (1 - b1^(t+1)) m / (sqrt(v) + tau), moments carried across rounds."""
+    run, art, shards = fleet_export
+    out = tmp_path / "adam"
+    names = travelling(json.loads((art / "manifest.json").read_text()))
+    result = run_fleet(art, [local(tmp_path, "a0"), local(tmp_path, "a1")], out, data=str(shards), rounds=2,
+                       local_steps=2, strategy="fedadam", eval_size=50, insecure=True, keep_client_arrays=True)
+    eta, b1, b2, tau = 1e-2, 0.9, 0.99, 1e-3  # edgetl's --server-lr default; Flower's FedAdam moments and tau
+    x = initial(run, names)
+    m = {k: 0.0 for k in names}
+    v = {k: 0.0 for k in names}
+    assert [r["round"] for r in result.rounds] == [1, 2] and all(len(r["answered"]) == 2 for r in result.rounds)
+    for record in result.rounds:
+        t = record["round"]
+        mean = weighted_mean(record, np.load(out / ".fleet" / f"clients-{t}.npz"), names)
+        previous = x
+        delta = {k: mean[k] - x[k] for k in names}
+        m = {k: b1 * m[k] + (1 - b1) * delta[k] for k in names}
+        v = {k: b2 * v[k] + (1 - b2) * delta[k] ** 2 for k in names}
+        step = eta * np.sqrt(1 - b2 ** (t + 1)) / (1 - b1 ** (t + 1))
+        x = {k: x[k] + step * m[k] / (np.sqrt(v[k]) + tau) for k in names}
+        with np.load(out / ".fleet" / f"global-{t}.npz") as z:
+            saved = {k: z[k] for k in z.files}
+        assert set(saved) == set(names)
+        for k in names:
+            assert np.all(np.abs(saved[k] - x[k]) <= 1e-6 * (1 + np.abs(x[k]))), (t, k)
+        # not FedAvg's answer, and the model moved
+        assert max(np.max(np.abs(saved[k] - mean[k])) for k in names) > 1e-3
+        assert max(np.max(np.abs(saved[k] - previous[k])) for k in names) > 1e-3
+    with np.load(out / ".fleet" / "global.npz") as z:
+        assert all(np.array_equal(z[k], np.load(out / ".fleet" / "global-2.npz")[k]) for k in names)
+
+
+@pytest.mark.slow
+def test_fedprox_clients_pull_towards_the_global_model(fleet_export, tmp_path):
+    """With mu > 0 each client's tensors are the runner's steps with the proximal pull after each, recomputed here
+    from the round's global tensors on that device's shard; without the pull they would differ. The aggregate is
+    the example-weighted mean, as FedAvg's."""
+    run, art, shards = fleet_export
+    out, mu, steps = tmp_path / "prox", 2.0, 3
+    names = travelling(json.loads((art / "manifest.json").read_text()))
+    devices = [local(tmp_path, "p0"), local(tmp_path, "p1")]
+    fleet = Fleet(art, devices, out, data=str(shards), rounds=1, local_steps=steps, strategy="fedprox",
+                  strategy_options={"mu": mu}, eval_size=50, insecure=True, keep_client_arrays=True)
+    result = fleet.run()
+    record = result.rounds[0]
+    clients = np.load(out / ".fleet" / "clients-1.npz")
+    start = tmp_path / "start.npz"
+    np.savez(start, **{k: v.astype(np.float32) for k, v in initial(run, names).items()})
+    trainable = json.loads((art / "manifest.json").read_text())["trainable"]
+    for node, label in zip(record["answered"], record["answered_devices"]):
+        config = fleet.node_config([d.split("?")[0] for d in devices].index(label))
+        sent = {k: clients[f"{node}/{k}"] for k in names}
+        redone = {}
+        for pull in (mu, 0.0):
+            path = tmp_path / f"redo-{node}-{pull}.npz"
+            done = subprocess.run([PY, "-c", RETRAIN, config["bundle"], config["data"], str(start), str(steps),
+                                   str(0 * 1_000_003 + 1), str(pull), str(path)], capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr[-2000:]
+            with np.load(path) as z:
+                redone[pull] = {k: z[k] for k in z.files}
+        gap = max(float(np.max(np.abs(sent[k] - redone[mu][k]))) for k in names)
+        without = max(float(np.max(np.abs(sent[k] - redone[0.0][k]))) for k in trainable)
+        print(f"{label}: |client - recomputed with mu={mu}| {gap:.2e}, |client - recomputed without| {without:.2e}")
+        assert gap <= 1e-6 and without > 1e-4
+    global_ = np.load(out / ".fleet" / "global.npz")
+    mean = weighted_mean(record, clients, names)
+    assert all(np.max(np.abs(global_[k] - mean[k])) <= 1e-6 for k in names)

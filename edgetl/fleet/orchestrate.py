@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..devices.base import DeviceError
 from ..errors import EdgeTLError
 from ..exporters.manifest import MANIFEST
 from .processes import SuperLink, SuperNode
@@ -85,7 +86,8 @@ class Fleet:
                  round_timeout: float = 600, join_timeout: float = 120,
                  resume: bool = False, insecure: bool = False, host: str = "127.0.0.1",
                  address: str | None = None, port: int | None = None, auth: bool = False,
-                 keep_client_arrays: bool = False, events: FleetEvents | None = None):
+                 keep_client_arrays: bool = False, restarts: int = 3, restart_backoff: float = 5.0,
+                 watch_s: float = 3.0, events: FleetEvents | None = None):
         self.artifacts, self.out = Path(artifacts), Path(out)
         self.work = self.out / ".fleet"
         if not (self.artifacts / MANIFEST).is_file():
@@ -119,7 +121,11 @@ class Fleet:
         self.resume, self.insecure, self.host, self.auth = resume, insecure, host, auth
         self.port, self.address = port or free_port(), address
         self.events = events or FleetEvents()
-        self.nodes: list[SuperNode] = []
+        self.nodes: list[SuperNode] = []  # the current SuperNode of each device
+        self.retired: list[SuperNode] = []  # SuperNodes that died and were replaced (stopped at the end all the same)
+        self.restarts, self.restart_backoff, self.watch_s = restarts, restart_backoff, watch_s
+        self.restart_log: list[dict] = []
+        self._specs, self._tries, self._next_watch = [], {}, 0.0
         self.link: SuperLink | None = None
         self._connections = []
 
@@ -174,11 +180,63 @@ class Fleet:
                 certs_dir = f"{device.workdir}/fleet-certs"
                 certs.push_ca(device, certs_dir)
             key = self._node_key(device, i, certs_dir) if self.auth else None
-            port = free_port()
-            node = SuperNode(device, python, address, config, port, f"{device.workdir}/fleet", certs_dir, key)
-            node.label = config["label"]
-            self.nodes.append(node)
+            self._specs.append((device, python, address, config, certs_dir, key))
+            self.nodes.append(self._spawn(i - 1))
             self.events.message(f"SuperNode {i} started on {uri}")
+
+    def node_config(self, index: int) -> dict:
+        """What device ``index``'s SuperNode was told (``bundle``: its directory there, ``data``, ``label``...)."""
+        return dict(self._specs[index][3])
+
+    def _spawn(self, index: int) -> SuperNode:
+        device, python, address, config, certs_dir, key = self._specs[index]
+        node = SuperNode(device, python, address, config, free_port(), f"{device.workdir}/fleet", certs_dir, key)
+        node.label = config["label"]
+        return node
+
+    def _watch(self) -> None:
+        """Restart a device's SuperNode that died, over the device transport: at most ``restarts`` times per device
+        in the run, ``restart_backoff`` seconds apart and doubling; then give up on it, with the reason recorded.
+        The restarted SuperNode joins under a new node id, and the server readmits it at the next round."""
+        now = time.monotonic()
+        if not self.restarts or now < self._next_watch:
+            return
+        self._next_watch = now + self.watch_s
+        for i, node in enumerate(self.nodes):
+            tried = self._tries.setdefault(i, {"count": 0, "next": 0.0, "gave_up": False})
+            if tried["gave_up"] or now < tried["next"]:
+                continue
+            try:
+                if node.alive():
+                    continue
+                why = "its SuperNode process is gone"
+            except DeviceError as exc:
+                why = f"the device did not answer: {exc}"
+            label = self._specs[i][3]["label"]
+            if tried["count"] >= self.restarts:
+                tried["gave_up"] = True
+                self._restart_event({"device": label, "gave_up": True, "reason": f"{why}, and {tried['count']} restart(s) "
+                                     f"did not keep it up (--restarts {self.restarts})"})
+                continue
+            tried["count"] += 1
+            tried["next"] = now + self.restart_backoff * 2 ** (tried["count"] - 1)
+            try:
+                self.nodes[i] = self._spawn(i)
+                self.retired.append(node)
+                self._restart_event({"device": label, "attempt": tried["count"], "ok": True, "reason": why})
+            except (DeviceError, OSError) as exc:
+                self._restart_event({"device": label, "attempt": tried["count"], "ok": False,
+                                     "reason": f"{why}; restarting it failed: {exc}"})
+
+    def _restart_event(self, record: dict) -> None:
+        record["at"] = round(time.time(), 3)
+        self.restart_log.append(record)
+        if record.get("gave_up"):
+            self.events.message(f"gave up on {record['device']}: {record['reason']}")
+        elif record["ok"]:
+            self.events.message(f"{record['device']}: {record['reason']}; SuperNode restarted (attempt {record['attempt']})")
+        else:
+            self.events.message(f"{record['device']}: {record['reason']}")
 
     def bundle_for(self, index: int, uri: str, shard: str | None):
         """What device ``index`` gets: the fleet's artifacts, the runner files and its shard."""
@@ -261,6 +319,7 @@ class Fleet:
                     offset = self._follow(offset, records, refused)
                     if (self.work / DONE).exists():
                         break
+                    self._watch()
                     if proc.poll() is not None:
                         time.sleep(1)
                         offset = self._follow(offset, records, refused)
@@ -276,7 +335,7 @@ class Fleet:
         finally:
             self.stop()
         all_records = [json.loads(line) for line in (self.work / ROUNDS).read_text().splitlines() if line.strip()]
-        report = write_report(self.out, all_records, config, self.manifest, refused)
+        report = write_report(self.out, all_records, config, self.manifest, refused, self.restart_log)
         return FleetResult(self.out, [r for r in all_records if r.get("event") == "round"], refused, report)
 
     def _follow(self, offset: int, records: list, refused: list) -> int:
@@ -297,6 +356,10 @@ class Fleet:
                 for r in record["refused"] + missing:
                     refused.append(r)
                     self.events.refused(r)
+            elif record.get("event") == "admit":  # node ids that appeared after the start, handshaken at a round
+                for r in record["refused"]:
+                    refused.append({**r, "round": record["round"]})
+                    self.events.refused(r)
             elif record.get("event") in ("round", "start"):
                 records.append(record)
                 self.events.round(record)
@@ -309,7 +372,7 @@ class Fleet:
         return (errors or lines or ["no output"])[-1].strip()
 
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in self.retired + self.nodes:
             node.stop()
         if self.link is not None:
             self.link.stop()
