@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from edgetl.devices.bundle import BUNDLE_JSON
 from edgetl.exporters import export
 from edgetl.fleet import Fleet, FleetError, FleetEvents, make_shards, run_fleet, travelling
 from edgetl.fleet.certs import FleetCerts, make_node_key
@@ -400,7 +401,8 @@ def test_fedprox_clients_pull_towards_the_global_model(fleet_export, tmp_path):
         for pull in (mu, 0.0):
             path = tmp_path / f"redo-{node}-{pull}.npz"
             done = subprocess.run([PY, "-c", RETRAIN, config["bundle"], config["data"], str(start), str(steps),
-                                   str(0 * 1_000_003 + 1), str(pull), str(path)], capture_output=True, text=True, timeout=300)
+                                   "1", str(pull), str(path)],  # the runner's seed: seed 0, round 1
+                                  capture_output=True, text=True, timeout=300)
             assert done.returncode == 0, done.stderr[-2000:]
             with np.load(path) as z:
                 redone[pull] = {k: z[k] for k in z.files}
@@ -411,3 +413,31 @@ def test_fedprox_clients_pull_towards_the_global_model(fleet_export, tmp_path):
     global_ = np.load(out / ".fleet" / "global.npz")
     mean = weighted_mean(record, clients, names)
     assert all(np.max(np.abs(global_[k] - mean[k])) <= 1e-6 for k in names)
+
+
+@pytest.mark.slow
+def test_a_device_trains_on_its_own_image_folder_which_never_leaves_it(fleet_export, sshd, tmp_path):
+    """--device-data: the sshd device reads an ImageFolder of its own; nothing of it is pushed or comes back."""
+    from PIL import Image
+
+    run, art, _ = fleet_export
+    classes = json.loads((art / "manifest.json").read_text())["class_names"]
+    captures = tmp_path / "pi-home" / "captures"  # on the device's side of the ssh connection
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(classes):
+        (captures / name).mkdir(parents=True)
+        for j in range(i % 3 + 1):  # 1, 2, 3, 1, 2 images: the count says the device read this folder
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(captures / name / f"{j}.png")
+    images = sum(1 for _ in captures.rglob("*.png"))
+    fleet = Fleet(art, [sshd.uri(tmp_path / "pi", tmp_path / "known_hosts")], tmp_path / "fleet",
+                  device_data=str(captures), rounds=1, local_steps=2, eval_size=50, insecure=True)
+    result = fleet.run()
+    record = result.rounds[0]
+    assert len(record["answered"]) == 1 and list(record["examples"].values()) == [images]
+    config = fleet.node_config(0)
+    assert config["device-data"] == str(captures) and "data" not in config
+    # the bundle pushed holds the artifacts and runner only; no image or shard reached the laptop's fleet directory
+    bundle = Path(config["bundle"])
+    assert json.loads((bundle / BUNDLE_JSON).read_text())["shard"] is None
+    assert not [p for p in bundle.rglob("*") if p.suffix in (".png", ".npy") or p.name.startswith("shard")]
+    assert not [p for p in (tmp_path / "fleet").rglob("*") if p.suffix in (".png", ".npy") and p.name != "fleet.png"]
