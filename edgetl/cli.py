@@ -457,8 +457,9 @@ def fleet_shard(data, n, iid, resolution, count, seed, out):
 @click.option("--insecure", is_flag=True, help="No TLS: for loopback tests only.")
 @click.option("--auth", is_flag=True, help="SuperNode authentication: only the keys edgetl makes for these devices join.")
 @click.option("--resume", is_flag=True, help="Continue a stopped fleet run from its last saved round.")
-@click.option("--restarts", type=int, default=3, show_default=True,
-              help="Restarts of a device's SuperNode that died, per device (0: none); it rejoins at the next round.")
+@click.option("--restarts", type=int, default=5, show_default=True,
+              help="Restarts of a device's SuperNode that died, per device (0: none), 5 s apart and doubling; "
+                   "it rejoins at the next round.")
 @click.option("--seed", type=int, default=0)
 @click.option("--out", default="runs/fleet", show_default=True)
 @friendly_errors

@@ -132,6 +132,37 @@ def test_fleet_refuses_bad_settings_in_one_line(fleet_export, tmp_path):
         Fleet(art, [local(tmp_path, "a")], tmp_path / "o", data=str(shards), insecure=True, auth=True)
 
 
+def test_a_supernode_that_keeps_dying_is_restarted_a_bounded_number_of_times_then_given_up(fleet_export, tmp_path):
+    """The orchestrator's watch over real processes: a SuperNode whose program exits at once (a broken install)
+    is restarted ``restarts`` times, the waits doubling from ``restart_backoff``, then given up with the reason."""
+    import time
+
+    from edgetl.devices import connect
+
+    run, art, shards = fleet_export
+    bindir = tmp_path / "env" / "bin"
+    bindir.mkdir(parents=True)
+    (bindir / "flower-supernode").write_text("#!/bin/sh\nexit 3\n")
+    (bindir / "flower-supernode").chmod(0o755)
+    uri = local(tmp_path, "d0")
+    fleet = Fleet(art, [uri], tmp_path / "o", data=str(shards), restarts=2, restart_backoff=0.5, watch_s=0,
+                  events=Recorder())
+    with connect(uri) as device:
+        first = fleet.start_node(device, str(bindir / "python"), "127.0.0.1:9", {"label": "d0"})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(r.get("gave_up") for r in fleet.restart_log):
+            fleet.watch()
+            time.sleep(0.05)
+        fleet.watch()  # given up: no further attempt
+    log = fleet.restart_log
+    assert [(r.get("attempt"), r.get("ok"), r.get("gave_up")) for r in log] == [(1, True, None), (2, True, None),
+                                                                                (None, None, True)]
+    assert log[1]["at"] - log[0]["at"] >= 0.5 and log[2]["at"] - log[1]["at"] >= 1.0  # the backoff doubles
+    assert "SuperNode process is gone" in log[2]["reason"] and "--restarts 2" in log[2]["reason"]
+    assert len(fleet.retired) == 2 and fleet.retired[0] is first and len({n.pid for n in fleet.retired + fleet.nodes}) == 3
+    assert any("gave up on d0" in m for m in fleet.events.messages)
+
+
 # -- slow stage: whole fleet runs ------------------------------------------------------------------------------
 
 @pytest.mark.slow

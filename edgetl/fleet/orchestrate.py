@@ -86,7 +86,7 @@ class Fleet:
                  round_timeout: float = 600, join_timeout: float = 120,
                  resume: bool = False, insecure: bool = False, host: str = "127.0.0.1",
                  address: str | None = None, port: int | None = None, auth: bool = False,
-                 keep_client_arrays: bool = False, restarts: int = 3, restart_backoff: float = 5.0,
+                 keep_client_arrays: bool = False, restarts: int = 5, restart_backoff: float = 5.0,
                  watch_s: float = 3.0, events: FleetEvents | None = None):
         self.artifacts, self.out = Path(artifacts), Path(out)
         self.work = self.out / ".fleet"
@@ -180,9 +180,15 @@ class Fleet:
                 certs_dir = f"{device.workdir}/fleet-certs"
                 certs.push_ca(device, certs_dir)
             key = self._node_key(device, i, certs_dir) if self.auth else None
-            self._specs.append((device, python, address, config, certs_dir, key))
-            self.nodes.append(self._spawn(i - 1))
+            self.start_node(device, python, address, config, certs_dir, key)
             self.events.message(f"SuperNode {i} started on {uri}")
+
+    def start_node(self, device, python: str, address: str, config: dict, certs_dir: str | None = None,
+                   key: str | None = None) -> SuperNode:
+        """Start a SuperNode on ``device`` as the next device of the fleet; remembered, so that it can be restarted."""
+        self._specs.append((device, python, address, config, certs_dir, key))
+        self.nodes.append(self._spawn(len(self._specs) - 1))
+        return self.nodes[-1]
 
     def node_config(self, index: int) -> dict:
         """What device ``index``'s SuperNode was told (``bundle``: its directory there, ``data``, ``label``...)."""
@@ -194,7 +200,7 @@ class Fleet:
         node.label = config["label"]
         return node
 
-    def _watch(self) -> None:
+    def watch(self) -> None:
         """Restart a device's SuperNode that died, over the device transport: at most ``restarts`` times per device
         in the run, ``restart_backoff`` seconds apart and doubling; then give up on it, with the reason recorded.
         The restarted SuperNode joins under a new node id, and the server readmits it at the next round."""
@@ -319,7 +325,7 @@ class Fleet:
                     offset = self._follow(offset, records, refused)
                     if (self.work / DONE).exists():
                         break
-                    self._watch()
+                    self.watch()
                     if proc.poll() is not None:
                         time.sleep(1)
                         offset = self._follow(offset, records, refused)
