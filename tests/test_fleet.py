@@ -447,8 +447,9 @@ def test_fedprox_clients_pull_towards_the_global_model(fleet_export, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_device_trains_on_its_own_image_folder_which_never_leaves_it(fleet_export, sshd, tmp_path):
-    """--device-data: the sshd device reads an ImageFolder of its own; nothing of it is pushed or comes back."""
+def test_devices_train_on_their_own_image_folders_which_never_leave_them(fleet_export, sshd, adb_peer, tmp_path):
+    """--device-data: an ssh and an adb device read the ImageFolder at the same path on their side (here one folder,
+    both being this machine); nothing of it is pushed or comes back."""
     from PIL import Image
 
     run, art, _ = fleet_export
@@ -460,15 +461,20 @@ def test_a_device_trains_on_its_own_image_folder_which_never_leaves_it(fleet_exp
         for j in range(i % 3 + 1):  # 1, 2, 3, 1, 2 images: the count says the device read this folder
             Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(captures / name / f"{j}.png")
     images = sum(1 for _ in captures.rglob("*.png"))
-    fleet = Fleet(art, [sshd.uri(tmp_path / "pi", tmp_path / "known_hosts")], tmp_path / "fleet",
+    _, phone = adb_peer()
+    fleet = Fleet(art, [sshd.uri(tmp_path / "pi", tmp_path / "known_hosts"), phone], tmp_path / "fleet",
                   device_data=str(captures), rounds=1, local_steps=2, eval_size=50, insecure=True)
     result = fleet.run()
     record = result.rounds[0]
-    assert len(record["answered"]) == 1 and list(record["examples"].values()) == [images]
-    config = fleet.node_config(0)
-    assert config["device-data"] == str(captures) and "data" not in config
-    # the bundle pushed holds the artifacts and runner only; no image or shard reached the laptop's fleet directory
-    bundle = Path(config["bundle"])
-    assert json.loads((bundle / BUNDLE_JSON).read_text())["shard"] is None
-    assert not [p for p in bundle.rglob("*") if p.suffix in (".png", ".npy") or p.name.startswith("shard")]
+    assert sorted(record["answered_devices"]) == sorted(d.split("?")[0] for d in fleet.devices)
+    assert list(record["examples"].values()) == [images, images]
+    for i in range(2):
+        config = fleet.node_config(i)
+        assert config["device-data"] == str(captures) and "data" not in config
+        # the bundle pushed holds the artifacts and runner only
+        bundle = Path(config["bundle"])
+        assert json.loads((bundle / BUNDLE_JSON).read_text())["shard"] is None
+        assert not [p for p in bundle.rglob("*") if p.suffix in (".png", ".npy") or p.name.startswith("shard")]
+    assert leftovers([fleet.port, *(n.port for n in fleet.nodes)]) == []
+    # no image or shard reached the laptop's fleet directory
     assert not [p for p in (tmp_path / "fleet").rglob("*") if p.suffix in (".png", ".npy") and p.name != "fleet.png"]
