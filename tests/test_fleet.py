@@ -293,9 +293,9 @@ def test_resume_after_the_server_is_killed_continues_from_the_last_round(fleet_e
 class OneStrangerKey(Fleet):
     """Device 2 starts its SuperNode with a key of its own that the SuperLink never registered."""
 
-    def _node_key(self, device, index, certs_dir):
+    def _node_key(self, device, index, certs_dir, name=None):
         if index != 2:
-            return super()._node_key(device, index, certs_dir)
+            return super()._node_key(device, index, certs_dir, name)
         from edgetl.fleet.certs import push_private_key
 
         private, _ = make_node_key(self.work / "strangers", "stranger")
@@ -303,15 +303,35 @@ class OneStrangerKey(Fleet):
 
 
 @pytest.mark.slow
-def test_with_authentication_a_key_the_fleet_did_not_register_is_refused(fleet_export, tmp_path):
+def test_with_authentication_a_stranger_key_is_refused_and_a_restarted_device_rejoins(fleet_export, tmp_path):
+    """--auth: a SuperNode with a key the fleet did not register never joins, however often it is restarted; a
+    device of the fleet whose SuperNode dies is restarted with a fresh key the fleet registers, and rejoins."""
     run, art, shards = fleet_export
-    fleet = OneStrangerKey(art, [local(tmp_path, f"d{i}") for i in range(3)], tmp_path / "fleet", data=str(shards),
-                           rounds=1, local_steps=2, min_devices=2, eval_size=50, auth=True, join_timeout=30,
-                           events=Recorder())
+    devices = [local(tmp_path, f"d{i}") for i in range(3)]
+    labels = [d.split("?")[0] for d in devices]
+    holder = {}
+
+    def on_round(record):
+        if record.get("round") == 1:
+            holder["fleet"].nodes[0].kill()
+
+    fleet = OneStrangerKey(art, devices, tmp_path / "fleet", data=str(shards), rounds=3, local_steps=2,
+                           min_devices=1, eval_size=50, round_timeout=90, auth=True, join_timeout=30,
+                           restart_backoff=1, watch_s=1, events=Recorder(on_round))
+    holder["fleet"] = fleet
     result = fleet.run()
-    assert len(result.refused) == 1 and result.refused[0]["label"].endswith("d1")
+    assert len(result.refused) == 1 and result.refused[0]["label"] == labels[1]
     assert "did not join" in result.refused[0]["reason"] and "Failed to activate SuperNode" in result.refused[0]["reason"]
-    assert len(result.rounds) == 1 and len(result.rounds[0]["answered"]) == 2
+    one, two, three = result.rounds
+    assert sorted(one["answered_devices"]) == [labels[0], labels[2]]
+    assert two["answered_devices"] == [labels[2]] and two["lost_devices"] == [labels[0]]
+    assert sorted(three["answered_devices"]) == [labels[0], labels[2]] and three["rejoined"] == [labels[0]]
+    assert three["joined"] == [labels[0]]  # under a new node id: the fresh key's
+    keys = sorted(p.name for p in (fleet.work / "keys").glob("*.pub"))
+    assert keys == ["node-1-restart-1.pub", "node-1.pub", "node-3.pub"]
+    restarted = {r["device"] for r in fleet.restart_log if r.get("ok")}
+    assert labels[0] in restarted and labels[1] in restarted  # the stranger was restarted too, with its own key
+    assert leftovers([fleet.port, *(n.port for n in fleet.nodes + fleet.retired)]) == []
 
 
 @pytest.mark.slow

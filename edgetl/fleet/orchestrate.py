@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -125,7 +126,8 @@ class Fleet:
         self.retired: list[SuperNode] = []  # SuperNodes that died and were replaced (stopped at the end all the same)
         self.restarts, self.restart_backoff, self.watch_s = restarts, restart_backoff, watch_s
         self.restart_log: list[dict] = []
-        self._specs, self._tries, self._next_watch = [], {}, 0.0
+        self.first_nodes: list[SuperNode] = []  # each device's first SuperNode (its log says why it did not join)
+        self._specs, self._tries, self._next_watch, self._node_ids, self._joined = [], {}, 0.0, {}, set()
         self.link: SuperLink | None = None
         self._connections = []
 
@@ -188,14 +190,17 @@ class Fleet:
         """Start a SuperNode on ``device`` as the next device of the fleet; remembered, so that it can be restarted."""
         self._specs.append((device, python, address, config, certs_dir, key))
         self.nodes.append(self._spawn(len(self._specs) - 1))
+        self.first_nodes.append(self.nodes[-1])
         return self.nodes[-1]
 
     def node_config(self, index: int) -> dict:
         """What device ``index``'s SuperNode was told (``bundle``: its directory there, ``data``, ``label``...)."""
         return dict(self._specs[index][3])
 
-    def _spawn(self, index: int) -> SuperNode:
+    def _spawn(self, index: int, attempt: int = 0) -> SuperNode:
         device, python, address, config, certs_dir, key = self._specs[index]
+        if key and attempt and config["label"] in self._joined:  # a key the SuperLink refused stays refused
+            key = self._new_key(index, attempt)
         node = SuperNode(device, python, address, config, free_port(), f"{device.workdir}/fleet", certs_dir, key)
         node.label = config["label"]
         return node
@@ -227,10 +232,10 @@ class Fleet:
             tried["count"] += 1
             tried["next"] = now + self.restart_backoff * 2 ** (tried["count"] - 1)
             try:
-                self.nodes[i] = self._spawn(i)
+                self.nodes[i] = self._spawn(i, tried["count"])
                 self.retired.append(node)
                 self._restart_event({"device": label, "attempt": tried["count"], "ok": True, "reason": why})
-            except (DeviceError, OSError) as exc:
+            except (DeviceError, OSError, FleetError, subprocess.SubprocessError) as exc:
                 self._restart_event({"device": label, "attempt": tried["count"], "ok": False,
                                      "reason": f"{why}; restarting it failed: {exc}"})
 
@@ -250,17 +255,35 @@ class Fleet:
 
         return make_bundle(self.artifacts, shard)
 
-    def _node_key(self, device, index: int, certs_dir: str) -> str:
+    def _node_key(self, device, index: int, certs_dir: str, name: str | None = None) -> str:
         """The device's own key, registered with the SuperLink: only registered keys join the fleet."""
         from .certs import make_node_key, push_private_key
 
-        private, public = make_node_key(self.work / "keys", f"node-{index}")
-        done = subprocess.run([str(Path(sys.executable).parent / "flwr"), "supernode", "register", str(public), "fleet"],
-                              capture_output=True, text=True, env=self._env, timeout=120)
+        private, public = make_node_key(self.work / "keys", name or f"node-{index}")
+        done = self._flwr("supernode", "register", str(public), "fleet", "--format", "json")
         if done.returncode != 0 and "already" not in (done.stdout + done.stderr):
             raise FleetError(f"the SuperLink did not register the key of device {index}: "
                              f"{(done.stdout + done.stderr).strip().splitlines()[-1:]}")
+        said = re.search(r'"node-id":\s*"?(\d+)', done.stdout)  # --format json prints it indented
+        if said:
+            self._node_ids[index] = int(said.group(1))
+        else:
+            self._node_ids.pop(index, None)  # registered before (a resumed run): its id is not said again
         return push_private_key(device, private, certs_dir)
+
+    def _flwr(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(Path(sys.executable).parent / "flwr"), *args], capture_output=True, text=True,
+                              env=self._env, timeout=120)
+
+    def _new_key(self, index: int, attempt: int) -> str:
+        """With authentication a node id belongs to its key, and the SuperLink activates it again only after the dead
+        SuperNode missed its heartbeats (up to a minute): a restarted device gets a fresh key, registered, so that
+        it joins at once under a new id; the dead node's id is unregistered (its pending message fails at once)."""
+        device, _, _, _, certs_dir, _ = self._specs[index]
+        old = self._node_ids.get(index + 1)
+        if old is not None:
+            self._flwr("supernode", "unregister", str(old), "fleet")
+        return self._node_key(device, index + 1, certs_dir, name=f"node-{index + 1}-restart-{attempt}")
 
     def _write_app(self, config_path: Path) -> Path:
         app = self.work / "app"
@@ -358,11 +381,13 @@ class Fleet:
                 seen = set(record["labels"].values())
                 missing = [{"node": None, "label": n.label, "reason": f"its SuperNode did not join the fleet (a key the "
                             f"fleet did not register, or the SuperLink unreachable): {n.why_not_joined()}"}
-                           for n in self.nodes if n.label not in seen]
+                           for n in self.first_nodes if n.label not in seen]
+                self._joined.update(seen)
                 for r in record["refused"] + missing:
                     refused.append(r)
                     self.events.refused(r)
             elif record.get("event") == "admit":  # node ids that appeared after the start, handshaken at a round
+                self._joined.update(record["labels"].values())
                 for r in record["refused"]:
                     refused.append({**r, "round": record["round"]})
                     self.events.refused(r)
