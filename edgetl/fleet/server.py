@@ -9,6 +9,8 @@ with the reason (:class:`Admission`). Node ids that appear later (a device whose
 restarted, or one that joined late) get the same handshake at the start of the next round and are admitted.
 A round sends to the eligible nodes and waits ``round_timeout`` seconds; it counts when at least ``min_devices``
 answered (the others are named as lost, and as rejoined when they answer again), else the global model stays.
+With fewer than ``min_devices`` eligible nodes connected, a round first waits up to ``join_timeout`` seconds for
+devices to come back, then is skipped.
 
 After every round the global tensors are written atomically (``global.npz`` then ``state.json``), so a fleet
 run stopped at any point resumes from the last round saved. Each round's record is appended to
@@ -222,16 +224,25 @@ def serve(grid, config_path: str) -> None:
     for round_ in range(start + 1, int(config["rounds"]) + 1):
         t0 = time.monotonic()
         joined = []
-        new = admission.new_nodes()
-        if new:  # a device that came back (its SuperNode restarted) or joined late: the same checks as at the start
-            admit = admission.handshake(new, min(join_timeout, float(config["round_timeout"])))
-            _record(work, {"event": "admit", "round": round_, **admit})
-            joined = [admission.label(n) for n in admit["accepted"]]
+
+        def admit_new():  # a device that came back (its SuperNode restarted) or joined late: the checks of the start
+            new = admission.new_nodes()
+            if new:
+                admit = admission.handshake(new, min(join_timeout, float(config["round_timeout"])))
+                _record(work, {"event": "admit", "round": round_, **admit})
+                joined.extend(admission.label(n) for n in admit["accepted"])
+
+        admit_new()
         live = eligible.get_node_ids()
+        deadline = time.monotonic() + join_timeout
+        while len(live) < min_devices and time.monotonic() < deadline:  # too few: wait for devices on their way back
+            time.sleep(1)
+            admit_new()
+            live = eligible.get_node_ids()
         if len(live) < min_devices:
             _record(work, {"event": "round", "round": round_, "sampled": [], "answered": [], "lost": [], "joined": joined,
-                           "skipped": f"{len(live)} eligible device(s) connected, fewer than --min-devices {min_devices}"})
-            time.sleep(float(config.get("wait_s", 2)))
+                           "skipped": f"{len(live)} eligible device(s) connected after {join_timeout:.0f} s, fewer than "
+                                      f"--min-devices {min_devices}"})
             continue
         train_config = ConfigRecord({"local-steps": int(config["local_steps"]), "seed": int(config.get("seed", 0)),
                                      "manifest-sha256": config["manifest_sha256"], "lr": float(config.get("lr") or 0.0)})
