@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -231,6 +230,7 @@ class Fleet:
                 continue
             tried["count"] += 1
             tried["next"] = now + self.restart_backoff * 2 ** (tried["count"] - 1)
+            self._unregister(label)
             try:
                 self.nodes[i] = self._spawn(i, tried["count"])
                 self.retired.append(node)
@@ -260,15 +260,10 @@ class Fleet:
         from .certs import make_node_key, push_private_key
 
         private, public = make_node_key(self.work / "keys", name or f"node-{index}")
-        done = self._flwr("supernode", "register", str(public), "fleet", "--format", "json")
+        done = self._flwr("supernode", "register", str(public), "fleet")
         if done.returncode != 0 and "already" not in (done.stdout + done.stderr):
             raise FleetError(f"the SuperLink did not register the key of device {index}: "
                              f"{(done.stdout + done.stderr).strip().splitlines()[-1:]}")
-        said = re.search(r'"node-id":\s*"?(\d+)', done.stdout)  # --format json prints it indented
-        if said:
-            self._node_ids[index] = int(said.group(1))
-        else:
-            self._node_ids.pop(index, None)  # registered before (a resumed run): its id is not said again
         return push_private_key(device, private, certs_dir)
 
     def _flwr(self, *args: str) -> subprocess.CompletedProcess:
@@ -278,12 +273,19 @@ class Fleet:
     def _new_key(self, index: int, attempt: int) -> str:
         """With authentication a node id belongs to its key, and the SuperLink activates it again only after the dead
         SuperNode missed its heartbeats (up to a minute): a restarted device gets a fresh key, registered, so that
-        it joins at once under a new id; the dead node's id is unregistered (its pending message fails at once)."""
+        it joins at once under a new id."""
         device, _, _, _, certs_dir, _ = self._specs[index]
-        old = self._node_ids.get(index + 1)
-        if old is not None:
-            self._flwr("supernode", "unregister", str(old), "fleet")
         return self._node_key(device, index + 1, certs_dir, name=f"node-{index + 1}-restart-{attempt}")
+
+    def _unregister(self, label: str) -> None:
+        """Take the dead SuperNode's node id out of the federation: the round's message to it fails at once instead
+        of after its missed heartbeats (up to a minute). Best effort: a restart does not depend on it."""
+        node = self._node_ids.pop(label, None)
+        if node is not None:
+            try:
+                self._flwr("supernode", "unregister", str(node), "fleet")
+            except (OSError, subprocess.SubprocessError):
+                pass
 
     def _write_app(self, config_path: Path) -> Path:
         app = self.work / "app"
@@ -379,6 +381,7 @@ class Fleet:
             record = json.loads(line)
             if record.get("event") == "handshake":
                 seen = set(record["labels"].values())
+                self._note_ids(record)
                 missing = [{"node": None, "label": n.label, "reason": f"its SuperNode did not join the fleet (a key the "
                             f"fleet did not register, or the SuperLink unreachable): {n.why_not_joined()}"}
                            for n in self.first_nodes if n.label not in seen]
@@ -388,6 +391,7 @@ class Fleet:
                     self.events.refused(r)
             elif record.get("event") == "admit":  # node ids that appeared after the start, handshaken at a round
                 self._joined.update(record["labels"].values())
+                self._note_ids(record)
                 for r in record["refused"]:
                     refused.append({**r, "round": record["round"]})
                     self.events.refused(r)
@@ -395,6 +399,12 @@ class Fleet:
                 records.append(record)
                 self.events.round(record)
         return offset + len(complete.encode())
+
+    def _note_ids(self, record: dict) -> None:
+        """Each device's node id, from the server's handshake records (the ids it accepted, by device label)."""
+        for node, label in record["labels"].items():
+            if int(node) in record["accepted"]:
+                self._node_ids[label] = int(node)
 
     @staticmethod
     def _tail(path: Path) -> str:
