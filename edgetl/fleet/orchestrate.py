@@ -114,7 +114,8 @@ class Fleet:
             raise FleetError(f"--min-devices is from 1 to the {len(devices)} devices given, not {self.min_devices}")
         self.options = dict(rounds=rounds, local_steps=local_steps, fraction=fraction, strategy=strategy,
                             strategy_options=strategy_options or {}, eval_size=eval_size, seed=seed, lr=lr,
-                            round_timeout=round_timeout, join_timeout=join_timeout, keep_client_arrays=keep_client_arrays)
+                            round_timeout=round_timeout, join_timeout=join_timeout, keep_client_arrays=keep_client_arrays,
+                            restarts=restarts)
         self.eval_data = eval_data
         if auth and insecure:
             raise FleetError("SuperNode authentication needs TLS: drop --insecure to use --auth")

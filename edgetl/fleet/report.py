@@ -26,8 +26,8 @@ def write_report(out, records: list[dict], config: dict, manifest: dict, refused
     report = {
         "format": "edgetl.fleet/1", "artifacts_format": manifest["format"], "model": manifest["model"],
         "policy": manifest["policy"],
-        "settings": {k: config[k] for k in ("rounds", "local_steps", "min_devices", "fraction", "strategy",
-                                            "strategy_options", "seed", "eval_data", "devices")},
+        "settings": {k: config.get(k) for k in ("rounds", "local_steps", "min_devices", "fraction", "strategy",
+                                                "strategy_options", "seed", "eval_data", "devices", "restarts")},
         "message": {"tensors": len(travelling), "bytes_per_device_per_direction": per_device,
                     "whole_model_bytes": whole, "ratio_to_whole_model": per_device / whole if whole else None},
         "initial_eval": start, "rounds": rounds, "lost": lost, "rejoined": rejoined, "restarts": restarts or [],
