@@ -1,9 +1,9 @@
-"""edgetl fleet: real Flower processes on loopback (a SuperLink, SuperNodes on local:// devices and one behind the
-sshd fixture), TLS with the fleet's own certificates, an ONNX Runtime export of V3-Small at 32 px.
+"""edgetl fleet: real Flower processes on loopback (a SuperLink, SuperNodes on local:// devices, behind the sshd
+fixture and behind the ADB peer), TLS with the fleet's own certificates, an ONNX Runtime export of V3-Small at 32 px.
 
 A fleet round costs tens of seconds here (every round starts a ClientApp process per device, which loads the
-runtime), so the end-to-end tests are marked slow; shards, the travelling tensors and the certificates are
-checked in the default stage.
+runtime), so the end-to-end tests are marked slow; shards, the travelling tensors, the certificates and the
+bounded restarts of a SuperNode that keeps dying are checked in the default stage.
 """
 
 from __future__ import annotations
