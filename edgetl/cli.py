@@ -457,11 +457,15 @@ def fleet_shard(data, n, iid, resolution, count, seed, out):
 @click.option("--insecure", is_flag=True, help="No TLS: for loopback tests only.")
 @click.option("--auth", is_flag=True, help="SuperNode authentication: only the keys edgetl makes for these devices join.")
 @click.option("--resume", is_flag=True, help="Continue a stopped fleet run from its last saved round.")
+@click.option("--restarts", type=int, default=5, show_default=True,
+              help="Restarts of a device's SuperNode that died, per device (0: none), 5 s apart and doubling; "
+                   "it rejoins at the next round.")
 @click.option("--seed", type=int, default=0)
 @click.option("--out", default="runs/fleet", show_default=True)
 @friendly_errors
 def fleet_run(artifacts, device_uris, devices_file, data, device_data, rounds, local_steps, min_devices, fraction, strategy,
-              mu, server_lr, source_run, eval_data, round_timeout, host, address, port, insecure, auth, resume, seed, out):
+              mu, server_lr, source_run, eval_data, round_timeout, host, address, port, insecure, auth, resume, restarts, seed,
+              out):
     """Fine-tune ARTIFACTS across devices: a SuperLink here, a SuperNode on each device, FedAvg by default."""
     from .fleet import run_fleet
     from .ui import FleetTable
@@ -475,7 +479,7 @@ def fleet_run(artifacts, device_uris, devices_file, data, device_data, rounds, l
                            local_steps=local_steps, min_devices=min_devices, fraction=fraction, strategy=strategy,
                            strategy_options=options, run=source_run, eval_data=eval_data, round_timeout=round_timeout,
                            host=host, address=address, port=port, insecure=insecure, auth=auth, resume=resume, seed=seed,
-                           events=events)
+                           restarts=restarts, events=events)
     message = result.report["message"]
     console.print(f"global model: {result.out} (fleet.json, fleet.png); {message['bytes_per_device_per_direction']:,} "
                   f"bytes per device per direction, {100 * message['ratio_to_whole_model']:.1f}% of the whole model")

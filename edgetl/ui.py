@@ -193,7 +193,9 @@ class FleetTable:
             return
         loss = f"{r['train_loss']:.3f}" if r.get("train_loss") is not None else "-"
         acc = f"{100 * r['eval_acc']:.1f}%" if r.get("eval_acc") is not None else "-"
-        note = r.get("skipped") or (f"lost {len(r['lost'])} device(s)" if r.get("lost") else "")
+        notes = [f"lost {', '.join(r.get('lost_devices') or map(str, r['lost']))}"] if r.get("lost") else []
+        notes += [f"rejoined {', '.join(r['rejoined'])}"] if r.get("rejoined") else []
+        note = r.get("skipped") or "; ".join(notes)
         self.console.print(f"{r['round']:>5}  {len(r.get('answered', [])):>3}/{len(r.get('sampled', [])):<4}  {loss:>7}  "
                            f"{acc:>8}  {mib(r.get('bytes_sent', 0)):>9}  {mib(r.get('bytes_received', 0)):>9}  "
                            f"{r.get('seconds', 0):>7.1f}  {note}", markup=False)

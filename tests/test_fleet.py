@@ -1,15 +1,16 @@
-"""edgetl fleet: real Flower processes on loopback (a SuperLink, SuperNodes on local:// devices and one behind the
-sshd fixture), TLS with the fleet's own certificates, an ONNX Runtime export of V3-Small at 32 px.
+"""edgetl fleet: real Flower processes on loopback (a SuperLink, SuperNodes on local:// devices, behind the sshd
+fixture and behind the ADB peer), TLS with the fleet's own certificates, an ONNX Runtime export of V3-Small at 32 px.
 
 A fleet round costs tens of seconds here (every round starts a ClientApp process per device, which loads the
-runtime), so the end-to-end tests are marked slow; shards, the travelling tensors and the certificates are
-checked in the default stage.
+runtime), so the end-to-end tests are marked slow; shards, the travelling tensors, the certificates and the
+bounded restarts of a SuperNode that keeps dying are checked in the default stage.
 """
 
 from __future__ import annotations
 
 import json
 import ssl
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from edgetl.devices.bundle import BUNDLE_JSON
 from edgetl.exporters import export
 from edgetl.fleet import Fleet, FleetError, FleetEvents, make_shards, run_fleet, travelling
 from edgetl.fleet.certs import FleetCerts, make_node_key
@@ -130,6 +132,37 @@ def test_fleet_refuses_bad_settings_in_one_line(fleet_export, tmp_path):
         Fleet(art, [local(tmp_path, "a")], tmp_path / "o", data=str(shards), insecure=True, auth=True)
 
 
+def test_a_supernode_that_keeps_dying_is_restarted_a_bounded_number_of_times_then_given_up(fleet_export, tmp_path):
+    """The orchestrator's watch over real processes: a SuperNode whose program exits at once (a broken install)
+    is restarted ``restarts`` times, the waits doubling from ``restart_backoff``, then given up with the reason."""
+    import time
+
+    from edgetl.devices import connect
+
+    run, art, shards = fleet_export
+    bindir = tmp_path / "env" / "bin"
+    bindir.mkdir(parents=True)
+    (bindir / "flower-supernode").write_text("#!/bin/sh\nexit 3\n")
+    (bindir / "flower-supernode").chmod(0o755)
+    uri = local(tmp_path, "d0")
+    fleet = Fleet(art, [uri], tmp_path / "o", data=str(shards), restarts=2, restart_backoff=0.5, watch_s=0,
+                  events=Recorder())
+    with connect(uri) as device:
+        first = fleet.start_node(device, str(bindir / "python"), "127.0.0.1:9", {"label": "d0"})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(r.get("gave_up") for r in fleet.restart_log):
+            fleet.watch()
+            time.sleep(0.05)
+        fleet.watch()  # given up: no further attempt
+    log = fleet.restart_log
+    assert [(r.get("attempt"), r.get("ok"), r.get("gave_up")) for r in log] == [(1, True, None), (2, True, None),
+                                                                                (None, None, True)]
+    assert log[1]["at"] - log[0]["at"] >= 0.5 and log[2]["at"] - log[1]["at"] >= 1.0  # the backoff doubles
+    assert "SuperNode process is gone" in log[2]["reason"] and "--restarts 2" in log[2]["reason"]
+    assert len(fleet.retired) == 2 and fleet.retired[0] is first and len({n.pid for n in fleet.retired + fleet.nodes}) == 3
+    assert any("gave up on d0" in m for m in fleet.events.messages)
+
+
 # -- slow stage: whole fleet runs ------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -168,28 +201,40 @@ def test_fedavg_is_the_example_weighted_mean_and_frozen_tensors_stay(fleet_expor
 
 
 @pytest.mark.slow
-def test_a_device_killed_mid_round_does_not_stop_the_fleet(fleet_export, tmp_path):
+def test_a_device_killed_mid_round_does_not_stop_the_fleet_and_rejoins(fleet_export, tmp_path):
     run, art, shards = fleet_export
     devices = [local(tmp_path, f"d{i}") for i in range(3)]
+    labels = [d.split("?")[0] for d in devices]
     holder = {}
 
     def on_round(record):
         if record.get("round") == 1:  # round 2 is being sent out: the third device dies in it
-            holder["fleet"].nodes[2].kill()
+            holder["killed"] = holder["fleet"].nodes[2]
+            holder["killed"].kill()
 
     fleet = Fleet(art, devices, tmp_path / "fleet", data=str(shards), rounds=3, local_steps=2, min_devices=2,
-                  eval_size=50, round_timeout=60, insecure=True, events=Recorder(on_round))
+                  eval_size=50, round_timeout=60, insecure=True, restart_backoff=1, watch_s=1, events=Recorder(on_round))
     holder["fleet"] = fleet
     result = fleet.run()
     assert [r["round"] for r in result.rounds] == [1, 2, 3]
-    assert len(result.rounds[0]["answered"]) == 3 and len(result.rounds[1]["answered"]) == 2
-    assert all("skipped" not in r for r in result.rounds)
+    one, two, three = result.rounds
+    assert len(one["answered"]) == 3 and all("skipped" not in r for r in result.rounds)
+    # round 2 completes with the two devices left, naming the one it lost
+    assert sorted(two["answered_devices"]) == labels[:2] and two["lost_devices"] == [labels[2]]
+    # the orchestrator restarted the dead SuperNode; round 3 readmits it under its new node id and all three answer
+    assert fleet.retired == [holder["killed"]] and fleet.nodes[2] is not holder["killed"]
+    assert three["joined"] == [labels[2]] and three["rejoined"] == [labels[2]]
+    assert sorted(three["answered_devices"]) == labels and len(three["answered"]) == 3
+    new_id = next(n for n in three["answered"] if n not in one["answered"])
+    assert new_id not in two["sampled"]
     report = json.loads((tmp_path / "fleet" / "fleet.json").read_text())
-    assert report["lost"][0]["round"] == 2 and len(report["lost"][0]["lost"]) == 1
+    assert report["lost"] == [{"round": 2, "lost": two["lost"], "devices": [labels[2]], "errors": two["errors"]}]
+    assert report["rejoined"] == [{"round": 3, "devices": [labels[2]]}]
+    assert [(r["device"], r["attempt"], r["ok"]) for r in report["restarts"]] == [(labels[2], 1, True)]
     # every process started is gone, the killed SuperNode's included: nothing serves the SuperLink's or a
     # SuperNode's port any more (Flower's SuperExecs run in sessions of their own)
-    assert all(not n.alive() for n in fleet.nodes)
-    assert leftovers([fleet.port, *(n.port for n in fleet.nodes)]) == []
+    assert all(not n.alive() for n in fleet.nodes + fleet.retired)
+    assert leftovers([fleet.port, *(n.port for n in fleet.nodes + fleet.retired)]) == []
 
 
 class OtherArtifacts(Fleet):
@@ -248,9 +293,9 @@ def test_resume_after_the_server_is_killed_continues_from_the_last_round(fleet_e
 class OneStrangerKey(Fleet):
     """Device 2 starts its SuperNode with a key of its own that the SuperLink never registered."""
 
-    def _node_key(self, device, index, certs_dir):
+    def _node_key(self, device, index, certs_dir, name=None):
         if index != 2:
-            return super()._node_key(device, index, certs_dir)
+            return super()._node_key(device, index, certs_dir, name)
         from edgetl.fleet.certs import push_private_key
 
         private, _ = make_node_key(self.work / "strangers", "stranger")
@@ -258,15 +303,35 @@ class OneStrangerKey(Fleet):
 
 
 @pytest.mark.slow
-def test_with_authentication_a_key_the_fleet_did_not_register_is_refused(fleet_export, tmp_path):
+def test_with_authentication_a_stranger_key_is_refused_and_a_restarted_device_rejoins(fleet_export, tmp_path):
+    """--auth: a SuperNode with a key the fleet did not register never joins, however often it is restarted; a
+    device of the fleet whose SuperNode dies is restarted with a fresh key the fleet registers, and rejoins."""
     run, art, shards = fleet_export
-    fleet = OneStrangerKey(art, [local(tmp_path, f"d{i}") for i in range(3)], tmp_path / "fleet", data=str(shards),
-                           rounds=1, local_steps=2, min_devices=2, eval_size=50, auth=True, join_timeout=30,
-                           events=Recorder())
+    devices = [local(tmp_path, f"d{i}") for i in range(3)]
+    labels = [d.split("?")[0] for d in devices]
+    holder = {}
+
+    def on_round(record):
+        if record.get("round") == 1:
+            holder["fleet"].nodes[0].kill()
+
+    fleet = OneStrangerKey(art, devices, tmp_path / "fleet", data=str(shards), rounds=3, local_steps=2,
+                           min_devices=1, eval_size=50, round_timeout=90, auth=True, join_timeout=30,
+                           restart_backoff=1, watch_s=1, events=Recorder(on_round))
+    holder["fleet"] = fleet
     result = fleet.run()
-    assert len(result.refused) == 1 and result.refused[0]["label"].endswith("d1")
+    assert len(result.refused) == 1 and result.refused[0]["label"] == labels[1]
     assert "did not join" in result.refused[0]["reason"] and "Failed to activate SuperNode" in result.refused[0]["reason"]
-    assert len(result.rounds) == 1 and len(result.rounds[0]["answered"]) == 2
+    one, two, three = result.rounds
+    assert sorted(one["answered_devices"]) == [labels[0], labels[2]]
+    assert two["answered_devices"] == [labels[2]] and two["lost_devices"] == [labels[0]]
+    assert sorted(three["answered_devices"]) == [labels[0], labels[2]] and three["rejoined"] == [labels[0]]
+    assert three["joined"] == [labels[0]]  # under a new node id: the fresh key's
+    keys = sorted(p.name for p in (fleet.work / "keys").glob("*.pub"))
+    assert keys == ["node-1-restart-1.pub", "node-1.pub", "node-3.pub"]
+    restarted = {r["device"] for r in fleet.restart_log if r.get("ok")}
+    assert labels[0] in restarted and labels[1] in restarted  # the stranger was restarted too, with its own key
+    assert leftovers([fleet.port, *(n.port for n in fleet.nodes + fleet.retired)]) == []
 
 
 @pytest.mark.slow
@@ -291,3 +356,145 @@ def test_the_fleet_learns_about_as_well_as_centralised_training_on_the_union(fle
           f"after {central['steps']} steps")
     assert final > start + 0.03
     assert abs(final - central["eval_acc"]) <= 0.05
+
+
+#: the ClientApp's training step recomputed apart from the fleet: the bundle's runner on the device's shard from
+#: the tensors the round sent, and FedProx's proximal pull (a gradient step on mu/2 |w - w_global|^2) after each step
+RETRAIN = r"""
+import json, sys
+import numpy as np
+root, shard, given, steps, seed, mu, out = sys.argv[1:]
+sys.path.insert(0, root)
+import ort_runner, runner_data
+manifest = json.load(open(root + "/manifest.json"))
+with np.load(given) as z:
+    start = {k: z[k] for k in z.files}
+trainer = ort_runner.Trainer(root)
+trainer.set_params({k: start[k] for k in manifest["trainable"]})
+trainer.running.update({k: v for k, v in start.items() if k in trainer.running})
+train, _, _ = runner_data.open_data(manifest, data=root + "/" + shard)
+mu = float(mu)
+def pull(*_):
+    w = trainer.params()
+    trainer.set_params({k: w[k] - trainer.lr * mu * (w[k] - start[k]) for k in manifest["trainable"]})
+ort_runner.common.fit(trainer, train, steps=int(steps), seed=int(seed), progress=pull if mu else None)
+np.savez(out, **{k: trainer.trained()[k] for k in start})
+"""
+
+
+def weighted_mean(record, clients, names):
+    total = sum(record["examples"].values())
+    return {k: sum(n * clients[f"{node}/{k}"].astype(np.float64) for node, n in record["examples"].items()) / total
+            for k in names}
+
+
+def initial(run, names):
+    state = Run.load(run).model.state_dict()
+    return {k: state[k].numpy().astype(np.float64) for k in names}
+
+
+@pytest.mark.slow
+def test_fedadam_global_is_the_adam_step_on_the_clients_mean(fleet_export, tmp_path):
+    """Flower's FedAdam (flwr 1.42): delta = weighted mean - x; m = b1 m + (1 - b1) delta; v = b2 v + (1 - b2) delta^2;
+    x += eta sqrt(1 - b2^(t+1)) / (1 - b1^(t+1)) m / (sqrt(v) + tau), moments carried across rounds."""
+    run, art, shards = fleet_export
+    out = tmp_path / "adam"
+    names = travelling(json.loads((art / "manifest.json").read_text()))
+    result = run_fleet(art, [local(tmp_path, "a0"), local(tmp_path, "a1")], out, data=str(shards), rounds=2,
+                       local_steps=2, strategy="fedadam", eval_size=50, insecure=True, keep_client_arrays=True)
+    eta, b1, b2, tau = 1e-2, 0.9, 0.99, 1e-3  # edgetl's --server-lr default; Flower's FedAdam moments and tau
+    x = initial(run, names)
+    m = {k: 0.0 for k in names}
+    v = {k: 0.0 for k in names}
+    assert [r["round"] for r in result.rounds] == [1, 2] and all(len(r["answered"]) == 2 for r in result.rounds)
+    for record in result.rounds:
+        t = record["round"]
+        mean = weighted_mean(record, np.load(out / ".fleet" / f"clients-{t}.npz"), names)
+        previous = x
+        delta = {k: mean[k] - x[k] for k in names}
+        m = {k: b1 * m[k] + (1 - b1) * delta[k] for k in names}
+        v = {k: b2 * v[k] + (1 - b2) * delta[k] ** 2 for k in names}
+        step = eta * np.sqrt(1 - b2 ** (t + 1)) / (1 - b1 ** (t + 1))
+        x = {k: x[k] + step * m[k] / (np.sqrt(v[k]) + tau) for k in names}
+        with np.load(out / ".fleet" / f"global-{t}.npz") as z:
+            saved = {k: z[k] for k in z.files}
+        assert set(saved) == set(names)
+        for k in names:
+            assert np.all(np.abs(saved[k] - x[k]) <= 1e-6 * (1 + np.abs(x[k]))), (t, k)
+        # not FedAvg's answer, and the model moved
+        assert max(np.max(np.abs(saved[k] - mean[k])) for k in names) > 1e-3
+        assert max(np.max(np.abs(saved[k] - previous[k])) for k in names) > 1e-3
+    with np.load(out / ".fleet" / "global.npz") as z:
+        assert all(np.array_equal(z[k], np.load(out / ".fleet" / "global-2.npz")[k]) for k in names)
+
+
+@pytest.mark.slow
+def test_fedprox_clients_pull_towards_the_global_model(fleet_export, tmp_path):
+    """With mu > 0 each client's tensors are the runner's steps with the proximal pull after each, recomputed here
+    from the round's global tensors on that device's shard; without the pull they would differ. The aggregate is
+    the example-weighted mean, as FedAvg's."""
+    run, art, shards = fleet_export
+    out, mu, steps = tmp_path / "prox", 2.0, 3
+    names = travelling(json.loads((art / "manifest.json").read_text()))
+    devices = [local(tmp_path, "p0"), local(tmp_path, "p1")]
+    fleet = Fleet(art, devices, out, data=str(shards), rounds=1, local_steps=steps, strategy="fedprox",
+                  strategy_options={"mu": mu}, eval_size=50, insecure=True, keep_client_arrays=True)
+    result = fleet.run()
+    record = result.rounds[0]
+    clients = np.load(out / ".fleet" / "clients-1.npz")
+    start = tmp_path / "start.npz"
+    np.savez(start, **{k: v.astype(np.float32) for k, v in initial(run, names).items()})
+    trainable = json.loads((art / "manifest.json").read_text())["trainable"]
+    for node, label in zip(record["answered"], record["answered_devices"]):
+        config = fleet.node_config([d.split("?")[0] for d in devices].index(label))
+        sent = {k: clients[f"{node}/{k}"] for k in names}
+        redone = {}
+        for pull in (mu, 0.0):
+            path = tmp_path / f"redo-{node}-{pull}.npz"
+            done = subprocess.run([PY, "-c", RETRAIN, config["bundle"], config["data"], str(start), str(steps),
+                                   "1", str(pull), str(path)],  # the runner's seed: seed 0, round 1
+                                  capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr[-2000:]
+            with np.load(path) as z:
+                redone[pull] = {k: z[k] for k in z.files}
+        gap = max(float(np.max(np.abs(sent[k] - redone[mu][k]))) for k in names)
+        without = max(float(np.max(np.abs(sent[k] - redone[0.0][k]))) for k in trainable)
+        print(f"{label}: |client - recomputed with mu={mu}| {gap:.2e}, |client - recomputed without| {without:.2e}")
+        assert gap <= 1e-6 and without > 1e-4
+    global_ = np.load(out / ".fleet" / "global.npz")
+    mean = weighted_mean(record, clients, names)
+    assert all(np.max(np.abs(global_[k] - mean[k])) <= 1e-6 for k in names)
+
+
+@pytest.mark.slow
+def test_devices_train_on_their_own_image_folders_which_never_leave_them(fleet_export, sshd, adb_peer, tmp_path):
+    """--device-data: an ssh and an adb device read the ImageFolder at the same path on their side (here one folder,
+    both being this machine); nothing of it is pushed or comes back."""
+    from PIL import Image
+
+    run, art, _ = fleet_export
+    classes = json.loads((art / "manifest.json").read_text())["class_names"]
+    captures = tmp_path / "pi-home" / "captures"  # on the device's side of the ssh connection
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(classes):
+        (captures / name).mkdir(parents=True)
+        for j in range(i % 3 + 1):  # 1, 2, 3, 1, 2 images: the count says the device read this folder
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(captures / name / f"{j}.png")
+    images = sum(1 for _ in captures.rglob("*.png"))
+    _, phone = adb_peer()
+    fleet = Fleet(art, [sshd.uri(tmp_path / "pi", tmp_path / "known_hosts"), phone], tmp_path / "fleet",
+                  device_data=str(captures), rounds=1, local_steps=2, eval_size=50, insecure=True)
+    result = fleet.run()
+    record = result.rounds[0]
+    assert sorted(record["answered_devices"]) == sorted(d.split("?")[0] for d in fleet.devices)
+    assert list(record["examples"].values()) == [images, images]
+    for i in range(2):
+        config = fleet.node_config(i)
+        assert config["device-data"] == str(captures) and "data" not in config
+        # the bundle pushed holds the artifacts and runner only
+        bundle = Path(config["bundle"])
+        assert json.loads((bundle / BUNDLE_JSON).read_text())["shard"] is None
+        assert not [p for p in bundle.rglob("*") if p.suffix in (".png", ".npy") or p.name.startswith("shard")]
+    assert leftovers([fleet.port, *(n.port for n in fleet.nodes)]) == []
+    # no image or shard reached the laptop's fleet directory
+    assert not [p for p in (tmp_path / "fleet").rglob("*") if p.suffix in (".png", ".npy") and p.name != "fleet.png"]

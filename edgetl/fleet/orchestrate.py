@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..devices.base import DeviceError
 from ..errors import EdgeTLError
 from ..exporters.manifest import MANIFEST
 from .processes import SuperLink, SuperNode
@@ -85,7 +86,8 @@ class Fleet:
                  round_timeout: float = 600, join_timeout: float = 120,
                  resume: bool = False, insecure: bool = False, host: str = "127.0.0.1",
                  address: str | None = None, port: int | None = None, auth: bool = False,
-                 keep_client_arrays: bool = False, events: FleetEvents | None = None):
+                 keep_client_arrays: bool = False, restarts: int = 5, restart_backoff: float = 5.0,
+                 watch_s: float = 3.0, events: FleetEvents | None = None):
         self.artifacts, self.out = Path(artifacts), Path(out)
         self.work = self.out / ".fleet"
         if not (self.artifacts / MANIFEST).is_file():
@@ -112,14 +114,20 @@ class Fleet:
             raise FleetError(f"--min-devices is from 1 to the {len(devices)} devices given, not {self.min_devices}")
         self.options = dict(rounds=rounds, local_steps=local_steps, fraction=fraction, strategy=strategy,
                             strategy_options=strategy_options or {}, eval_size=eval_size, seed=seed, lr=lr,
-                            round_timeout=round_timeout, join_timeout=join_timeout, keep_client_arrays=keep_client_arrays)
+                            round_timeout=round_timeout, join_timeout=join_timeout, keep_client_arrays=keep_client_arrays,
+                            restarts=restarts)
         self.eval_data = eval_data
         if auth and insecure:
             raise FleetError("SuperNode authentication needs TLS: drop --insecure to use --auth")
         self.resume, self.insecure, self.host, self.auth = resume, insecure, host, auth
         self.port, self.address = port or free_port(), address
         self.events = events or FleetEvents()
-        self.nodes: list[SuperNode] = []
+        self.nodes: list[SuperNode] = []  # the current SuperNode of each device
+        self.retired: list[SuperNode] = []  # SuperNodes that died and were replaced (stopped at the end all the same)
+        self.restarts, self.restart_backoff, self.watch_s = restarts, restart_backoff, watch_s
+        self.restart_log: list[dict] = []
+        self.first_nodes: list[SuperNode] = []  # each device's first SuperNode (its log says why it did not join)
+        self._specs, self._tries, self._next_watch, self._node_ids, self._joined = [], {}, 0.0, {}, set()
         self.link: SuperLink | None = None
         self._connections = []
 
@@ -174,11 +182,73 @@ class Fleet:
                 certs_dir = f"{device.workdir}/fleet-certs"
                 certs.push_ca(device, certs_dir)
             key = self._node_key(device, i, certs_dir) if self.auth else None
-            port = free_port()
-            node = SuperNode(device, python, address, config, port, f"{device.workdir}/fleet", certs_dir, key)
-            node.label = config["label"]
-            self.nodes.append(node)
+            self.start_node(device, python, address, config, certs_dir, key)
             self.events.message(f"SuperNode {i} started on {uri}")
+
+    def start_node(self, device, python: str, address: str, config: dict, certs_dir: str | None = None,
+                   key: str | None = None) -> SuperNode:
+        """Start a SuperNode on ``device`` as the next device of the fleet; remembered, so that it can be restarted."""
+        self._specs.append((device, python, address, config, certs_dir, key))
+        self.nodes.append(self._spawn(len(self._specs) - 1))
+        self.first_nodes.append(self.nodes[-1])
+        return self.nodes[-1]
+
+    def node_config(self, index: int) -> dict:
+        """What device ``index``'s SuperNode was told (``bundle``: its directory there, ``data``, ``label``...)."""
+        return dict(self._specs[index][3])
+
+    def _spawn(self, index: int, attempt: int = 0) -> SuperNode:
+        device, python, address, config, certs_dir, key = self._specs[index]
+        if key and attempt and config["label"] in self._joined:  # a key the SuperLink refused stays refused
+            key = self._new_key(index, attempt)
+        node = SuperNode(device, python, address, config, free_port(), f"{device.workdir}/fleet", certs_dir, key)
+        node.label = config["label"]
+        return node
+
+    def watch(self) -> None:
+        """Restart a device's SuperNode that died, over the device transport: at most ``restarts`` times per device
+        in the run, ``restart_backoff`` seconds apart and doubling; then give up on it, with the reason recorded.
+        The restarted SuperNode joins under a new node id, and the server readmits it at the next round."""
+        now = time.monotonic()
+        if not self.restarts or now < self._next_watch:
+            return
+        self._next_watch = now + self.watch_s
+        for i, node in enumerate(self.nodes):
+            tried = self._tries.setdefault(i, {"count": 0, "next": 0.0, "gave_up": False})
+            if tried["gave_up"] or now < tried["next"]:
+                continue
+            try:
+                if node.alive():
+                    continue
+                why = "its SuperNode process is gone"
+            except DeviceError as exc:
+                why = f"the device did not answer: {exc}"
+            label = self._specs[i][3]["label"]
+            if tried["count"] >= self.restarts:
+                tried["gave_up"] = True
+                self._restart_event({"device": label, "gave_up": True, "reason": f"{why}, and {tried['count']} restart(s) "
+                                     f"did not keep it up (--restarts {self.restarts})"})
+                continue
+            tried["count"] += 1
+            tried["next"] = now + self.restart_backoff * 2 ** (tried["count"] - 1)
+            self._unregister(label)
+            try:
+                self.nodes[i] = self._spawn(i, tried["count"])
+                self.retired.append(node)
+                self._restart_event({"device": label, "attempt": tried["count"], "ok": True, "reason": why})
+            except (DeviceError, OSError, FleetError, subprocess.SubprocessError) as exc:
+                self._restart_event({"device": label, "attempt": tried["count"], "ok": False,
+                                     "reason": f"{why}; restarting it failed: {exc}"})
+
+    def _restart_event(self, record: dict) -> None:
+        record["at"] = round(time.time(), 3)
+        self.restart_log.append(record)
+        if record.get("gave_up"):
+            self.events.message(f"gave up on {record['device']}: {record['reason']}")
+        elif record["ok"]:
+            self.events.message(f"{record['device']}: {record['reason']}; SuperNode restarted (attempt {record['attempt']})")
+        else:
+            self.events.message(f"{record['device']}: {record['reason']}")
 
     def bundle_for(self, index: int, uri: str, shard: str | None):
         """What device ``index`` gets: the fleet's artifacts, the runner files and its shard."""
@@ -186,17 +256,37 @@ class Fleet:
 
         return make_bundle(self.artifacts, shard)
 
-    def _node_key(self, device, index: int, certs_dir: str) -> str:
+    def _node_key(self, device, index: int, certs_dir: str, name: str | None = None) -> str:
         """The device's own key, registered with the SuperLink: only registered keys join the fleet."""
         from .certs import make_node_key, push_private_key
 
-        private, public = make_node_key(self.work / "keys", f"node-{index}")
-        done = subprocess.run([str(Path(sys.executable).parent / "flwr"), "supernode", "register", str(public), "fleet"],
-                              capture_output=True, text=True, env=self._env, timeout=120)
+        private, public = make_node_key(self.work / "keys", name or f"node-{index}")
+        done = self._flwr("supernode", "register", str(public), "fleet")
         if done.returncode != 0 and "already" not in (done.stdout + done.stderr):
             raise FleetError(f"the SuperLink did not register the key of device {index}: "
                              f"{(done.stdout + done.stderr).strip().splitlines()[-1:]}")
         return push_private_key(device, private, certs_dir)
+
+    def _flwr(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(Path(sys.executable).parent / "flwr"), *args], capture_output=True, text=True,
+                              env=self._env, timeout=120)
+
+    def _new_key(self, index: int, attempt: int) -> str:
+        """With authentication a node id belongs to its key, and the SuperLink activates it again only after the dead
+        SuperNode missed its heartbeats (up to a minute): a restarted device gets a fresh key, registered, so that
+        it joins at once under a new id."""
+        device, _, _, _, certs_dir, _ = self._specs[index]
+        return self._node_key(device, index + 1, certs_dir, name=f"node-{index + 1}-restart-{attempt}")
+
+    def _unregister(self, label: str) -> None:
+        """Take the dead SuperNode's node id out of the federation: the round's message to it fails at once instead
+        of after its missed heartbeats (up to a minute). Best effort: a restart does not depend on it."""
+        node = self._node_ids.pop(label, None)
+        if node is not None:
+            try:
+                self._flwr("supernode", "unregister", str(node), "fleet")
+            except (OSError, subprocess.SubprocessError):
+                pass
 
     def _write_app(self, config_path: Path) -> Path:
         app = self.work / "app"
@@ -261,6 +351,7 @@ class Fleet:
                     offset = self._follow(offset, records, refused)
                     if (self.work / DONE).exists():
                         break
+                    self.watch()
                     if proc.poll() is not None:
                         time.sleep(1)
                         offset = self._follow(offset, records, refused)
@@ -276,7 +367,7 @@ class Fleet:
         finally:
             self.stop()
         all_records = [json.loads(line) for line in (self.work / ROUNDS).read_text().splitlines() if line.strip()]
-        report = write_report(self.out, all_records, config, self.manifest, refused)
+        report = write_report(self.out, all_records, config, self.manifest, refused, self.restart_log)
         return FleetResult(self.out, [r for r in all_records if r.get("event") == "round"], refused, report)
 
     def _follow(self, offset: int, records: list, refused: list) -> int:
@@ -291,16 +382,30 @@ class Fleet:
             record = json.loads(line)
             if record.get("event") == "handshake":
                 seen = set(record["labels"].values())
+                self._note_ids(record)
                 missing = [{"node": None, "label": n.label, "reason": f"its SuperNode did not join the fleet (a key the "
                             f"fleet did not register, or the SuperLink unreachable): {n.why_not_joined()}"}
-                           for n in self.nodes if n.label not in seen]
+                           for n in self.first_nodes if n.label not in seen]
+                self._joined.update(seen)
                 for r in record["refused"] + missing:
                     refused.append(r)
+                    self.events.refused(r)
+            elif record.get("event") == "admit":  # node ids that appeared after the start, handshaken at a round
+                self._joined.update(record["labels"].values())
+                self._note_ids(record)
+                for r in record["refused"]:
+                    refused.append({**r, "round": record["round"]})
                     self.events.refused(r)
             elif record.get("event") in ("round", "start"):
                 records.append(record)
                 self.events.round(record)
         return offset + len(complete.encode())
+
+    def _note_ids(self, record: dict) -> None:
+        """Each device's node id, from the server's handshake records (the ids it accepted, by device label)."""
+        for node, label in record["labels"].items():
+            if int(node) in record["accepted"]:
+                self._node_ids[label] = int(node)
 
     @staticmethod
     def _tail(path: Path) -> str:
@@ -309,7 +414,7 @@ class Fleet:
         return (errors or lines or ["no output"])[-1].strip()
 
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in self.retired + self.nodes:
             node.stop()
         if self.link is not None:
             self.link.stop()

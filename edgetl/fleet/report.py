@@ -1,5 +1,5 @@
-"""The fleet report: ``fleet.json`` (settings, per-round records, bytes) and ``fleet.png`` (accuracy and bytes
-per round), written beside the global model's run directory.
+"""The fleet report: ``fleet.json`` (settings, per-round records, bytes, devices lost and rejoined, SuperNode
+restarts) and ``fleet.png`` (accuracy and bytes per round), written beside the global model's run directory.
 
     report = write_report("runs/fleet", records, config, manifest)
 """
@@ -11,7 +11,8 @@ from pathlib import Path
 from ..io import atomic_write_json
 
 
-def write_report(out, records: list[dict], config: dict, manifest: dict, refused: list[dict] | None = None) -> dict:
+def write_report(out, records: list[dict], config: dict, manifest: dict, refused: list[dict] | None = None,
+                 restarts: list[dict] | None = None) -> dict:
     out = Path(out)
     rounds = [r for r in records if r.get("event") == "round"]
     start = next((r for r in records if r.get("event") == "start"), None)
@@ -19,15 +20,17 @@ def write_report(out, records: list[dict], config: dict, manifest: dict, refused
     travelling = config["travelling"]
     whole = _whole_model_bytes(config["source_run"])
     per_device = _travelling_bytes(config["source_run"], travelling)
-    lost = [{"round": r["round"], "lost": r["lost"], "errors": r.get("errors", {})} for r in rounds if r.get("lost")]
+    lost = [{"round": r["round"], "lost": r["lost"], "devices": r.get("lost_devices", []), "errors": r.get("errors", {})}
+            for r in rounds if r.get("lost")]
+    rejoined = [{"round": r["round"], "devices": r["rejoined"]} for r in rounds if r.get("rejoined")]
     report = {
         "format": "edgetl.fleet/1", "artifacts_format": manifest["format"], "model": manifest["model"],
         "policy": manifest["policy"],
-        "settings": {k: config[k] for k in ("rounds", "local_steps", "min_devices", "fraction", "strategy",
-                                            "strategy_options", "seed", "eval_data", "devices")},
+        "settings": {k: config.get(k) for k in ("rounds", "local_steps", "min_devices", "fraction", "strategy",
+                                                "strategy_options", "seed", "eval_data", "devices", "restarts")},
         "message": {"tensors": len(travelling), "bytes_per_device_per_direction": per_device,
                     "whole_model_bytes": whole, "ratio_to_whole_model": per_device / whole if whole else None},
-        "initial_eval": start, "rounds": rounds, "lost": lost,
+        "initial_eval": start, "rounds": rounds, "lost": lost, "rejoined": rejoined, "restarts": restarts or [],
         "refused": refused if refused is not None else [r for h in handshakes for r in h["refused"]],
         "final_eval_acc": rounds[-1].get("eval_acc") if rounds else None,
     }

@@ -5,8 +5,12 @@
 Aggregation is Flower's own strategy (``FedAvg`` weighted by ``num-examples``, ``FedAdam``, ``FedProx``) over
 ``ArrayRecord``s of the travelling tensors (:mod:`edgetl.fleet.params`). Before the first round every node is
 asked what it holds (a ``query`` message): a node whose manifest or runtime differs from the fleet's is refused
-for the whole run, with the reason. A round sends to the eligible nodes and waits ``round_timeout`` seconds; it
-counts when at least ``min_devices`` answered (the others are named as lost), else the global model stays.
+with the reason (:class:`Admission`). Node ids that appear later (a device whose SuperNode the orchestrator
+restarted, or one that joined late) get the same handshake at the start of the next round and are admitted.
+A round sends to the eligible nodes and waits ``round_timeout`` seconds; it counts when at least ``min_devices``
+answered (the others are named as lost, and as rejoined when they answer again), else the global model stays.
+With fewer than ``min_devices`` eligible nodes connected, a round first waits up to ``join_timeout`` seconds for
+devices to come back, then is skipped.
 
 After every round the global tensors are written atomically (``global.npz`` then ``state.json``), so a fleet
 run stopped at any point resumes from the last round saved. Each round's record is appended to
@@ -114,39 +118,84 @@ class Evaluator:
         return {"eval_acc": correct / total, "eval_loss": loss / total, "eval_images": total}
 
 
-def _handshake(grid, config: dict, work: Path) -> set[int]:
-    """Ask every connected node what it holds; the accepted node ids (refusals are recorded with the reason)."""
-    from flwr.app import ConfigRecord, Message, RecordDict
+class Admission:
+    """Which Flower nodes take part, and which device each one is (its label: the device URI).
 
-    want = int(config["devices"])
-    deadline = time.monotonic() + float(config.get("join_timeout", 120))
-    while len(list(grid.get_node_ids())) < want and time.monotonic() < deadline:
-        time.sleep(0.5)
-    nodes = list(grid.get_node_ids())
-    messages = [Message(content=RecordDict({"config": ConfigRecord({})}), message_type="query", dst_node_id=n)
-                for n in nodes]
-    replies = grid.send_and_receive(messages, timeout=float(config.get("join_timeout", 120)))
-    accepted, refused, labels = set(), [], {}
-    for reply in replies:
-        node = reply.metadata.src_node_id
-        if reply.has_error():
-            refused.append({"node": node, "reason": f"it did not answer the handshake: {reply.error.reason}"})
-            continue
-        facts = dict(reply.content["facts"])
-        labels[node] = facts.get("label", "")
-        reason = facts.get("error")
-        if reason is None and facts.get("manifest-sha256") != config["manifest_sha256"]:
-            reason = (f"its artifacts differ from the fleet's (manifest sha256 {str(facts.get('manifest-sha256'))[:12]}, "
-                      f"the fleet's {config['manifest_sha256'][:12]}): push the fleet's artifacts to it")
-        elif reason is None and facts.get("runtime-version") == "missing":
-            reason = f"it has no {facts.get('runtime')} runtime: run `edgetl devices setup DEVICE --fleet`"
-        if reason:
-            refused.append({"node": node, "label": labels[node], "reason": reason})
-        else:
-            accepted.add(node)
-    _record(work, {"event": "handshake", "nodes": len(nodes), "accepted": sorted(accepted),
-                   "labels": {str(k): v for k, v in labels.items()}, "refused": refused})
-    return accepted
+    ``handshake(nodes)`` asks nodes what they hold (a ``query`` message) and accepts those whose manifest and
+    runtime match the fleet's; a refused node is never asked again. It runs before the first round for every
+    node, and at the start of every round for the node ids that appeared since: a device whose SuperNode was
+    restarted comes back under a new node id and is readmitted, its old id retired.
+    """
+
+    def __init__(self, grid, config: dict, work: Path):
+        self.grid, self.config, self.work = grid, config, work
+        self.accepted: set[int] = set()
+        self.seen: set[int] = set()
+        self.labels: dict[int, str] = {}
+        self.away: set[str] = set()  # devices lost in a round that have not answered since
+
+    def label(self, node: int) -> str:
+        return self.labels.get(node) or str(node)
+
+    def wait_for(self, want: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(list(self.grid.get_node_ids())) < want and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+    def new_nodes(self) -> list[int]:
+        return [n for n in self.grid.get_node_ids() if n not in self.seen]
+
+    def handshake(self, nodes: list[int], timeout: float) -> dict:
+        """Ask ``nodes`` what they hold; the record of who was accepted, refused, and which old ids were retired."""
+        from flwr.app import ConfigRecord, Message, RecordDict
+
+        self.seen.update(nodes)
+        messages = [Message(content=RecordDict({"config": ConfigRecord({})}), message_type="query", dst_node_id=n)
+                    for n in nodes]
+        replies = self.grid.send_and_receive(messages, timeout=timeout) if messages else []
+        accepted, refused, retired, answered = [], [], [], set()
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            answered.add(node)
+            if reply.has_error():
+                refused.append({"node": node, "reason": f"it did not answer the handshake: {reply.error.reason}"})
+                continue
+            facts = dict(reply.content["facts"])
+            self.labels[node] = label = str(facts.get("label", ""))
+            reason = refusal(facts, self.config)
+            if reason:
+                refused.append({"node": node, "label": label, "reason": reason})
+                continue
+            # one SuperNode per device: a new node with a known device's label replaced the old one, which died
+            old = [n for n in self.accepted if label and self.labels.get(n) == label]
+            self.accepted.difference_update(old)
+            retired += old
+            self.accepted.add(node)
+            accepted.append(node)
+        for node in nodes:
+            if node not in answered:  # no reply at all: ask again next round
+                self.seen.discard(node)
+        return {"nodes": len(nodes), "accepted": sorted(accepted), "retired": sorted(retired), "refused": refused,
+                "labels": {str(n): self.labels[n] for n in nodes if n in self.labels}}
+
+    def settle(self, answered: list[int], lost: list[int]) -> list[str]:
+        """After a round: the devices that answered again after being lost (rejoined); remember who was lost."""
+        back = [self.label(n) for n in answered if self.label(n) in self.away]
+        self.away.difference_update(back)
+        self.away.update(self.label(n) for n in lost)
+        return back
+
+
+def refusal(facts: dict, config: dict) -> str | None:
+    """Why a node's facts (its ``query`` answer) keep it out of the fleet, or None."""
+    if facts.get("error"):
+        return str(facts["error"])
+    if facts.get("manifest-sha256") != config["manifest_sha256"]:
+        return (f"its artifacts differ from the fleet's (manifest sha256 {str(facts.get('manifest-sha256'))[:12]}, "
+                f"the fleet's {config['manifest_sha256'][:12]}): push the fleet's artifacts to it")
+    if facts.get("runtime-version") == "missing":
+        return f"it has no {facts.get('runtime')} runtime: run `edgetl devices setup DEVICE --fleet`"
+    return None
 
 
 def serve(grid, config_path: str) -> None:
@@ -164,18 +213,36 @@ def serve(grid, config_path: str) -> None:
     if not saved:
         save_global(work, arrays, 0)
         _record(work, {"event": "start", "round": 0, **evaluator(arrays)})
-    accepted = _handshake(grid, config, work)
+    admission = Admission(grid, config, work)
+    join_timeout = float(config.get("join_timeout", 120))
+    admission.wait_for(int(config["devices"]), join_timeout)
+    _record(work, {"event": "handshake", **admission.handshake(list(grid.get_node_ids()), join_timeout)})
     min_devices = int(config["min_devices"])
     strategy = make_strategy(config["strategy"], min_devices, float(config["fraction"]), config.get("strategy_options", {}))
-    eligible = _Eligible(grid, accepted)
+    eligible = _Eligible(grid, admission.accepted)
     current = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
     for round_ in range(start + 1, int(config["rounds"]) + 1):
         t0 = time.monotonic()
+        joined = []
+
+        def admit_new():  # a device that came back (its SuperNode restarted) or joined late: the checks of the start
+            new = admission.new_nodes()
+            if new:
+                admit = admission.handshake(new, min(join_timeout, float(config["round_timeout"])))
+                _record(work, {"event": "admit", "round": round_, **admit})
+                joined.extend(admission.label(n) for n in admit["accepted"])
+
+        admit_new()
         live = eligible.get_node_ids()
+        deadline = time.monotonic() + join_timeout
+        while len(live) < min_devices and time.monotonic() < deadline:  # too few: wait for devices on their way back
+            time.sleep(1)
+            admit_new()
+            live = eligible.get_node_ids()
         if len(live) < min_devices:
-            _record(work, {"event": "round", "round": round_, "sampled": [], "answered": [], "lost": [],
-                           "skipped": f"{len(live)} eligible device(s) connected, fewer than --min-devices {min_devices}"})
-            time.sleep(float(config.get("wait_s", 2)))
+            _record(work, {"event": "round", "round": round_, "sampled": [], "answered": [], "lost": [], "joined": joined,
+                           "skipped": f"{len(live)} eligible device(s) connected after {join_timeout:.0f} s, fewer than "
+                                      f"--min-devices {min_devices}"})
             continue
         train_config = ConfigRecord({"local-steps": int(config["local_steps"]), "seed": int(config.get("seed", 0)),
                                      "manifest-sha256": config["manifest_sha256"], "lr": float(config.get("lr") or 0.0)})
@@ -190,7 +257,10 @@ def serve(grid, config_path: str) -> None:
         record = {"event": "round", "round": round_, "sampled": sampled, "answered": answered, "lost": lost,
                   "errors": {str(r.metadata.src_node_id): r.error.reason for r in replies if r.has_error()},
                   "bytes_sent": sent, "bytes_received": received,
-                  "bytes_per_device": sent // max(len(sampled), 1)}
+                  "bytes_per_device": sent // max(len(sampled), 1),
+                  "answered_devices": [admission.label(n) for n in answered],
+                  "lost_devices": [admission.label(n) for n in lost], "joined": joined,
+                  "rejoined": admission.settle(answered, lost)}
         if len(good) < min_devices:
             record["skipped"] = f"{len(good)} device(s) answered, fewer than --min-devices {min_devices}: the global model stays"
         else:
@@ -202,9 +272,10 @@ def serve(grid, config_path: str) -> None:
             record.update(train_loss=float(np.average(losses, weights=examples)), examples=dict(
                 zip(map(str, answered), map(int, examples))))
             save_global(work, arrays, round_)
-            if config.get("keep_client_arrays"):  # tests compare the aggregate with their own weighted mean
+            if config.get("keep_client_arrays"):  # tests recompute the aggregate from what the clients sent
                 np.savez(work / f"clients-{round_}.npz", **{f"{r.metadata.src_node_id}/{k}": v.numpy()
                                                             for r in good for k, v in r.content["arrays"].items()})
+                np.savez(work / f"global-{round_}.npz", **arrays)
         record.update(evaluator(arrays))
         record["seconds"] = time.monotonic() - t0
         _record(work, record)
