@@ -52,12 +52,14 @@ def main() -> None:
             copy_runner(importlib.import_module(f"edgetl.runtime.{RUNNERS[fmt][:-3]}"), art)
         rows = measure_artifacts(arts, cfg, log=lambda line: print(line, file=sys.stderr))
     mib = 2**20
-    print(f"{'artifacts':40} {'policy':11} {'format':7} {'peak MiB':>9} {'base MiB':>9} {'plan MiB':>9} {'step s':>7} "
+    print(f"{'artifacts':40} {'policy':11} {'format':7} {'train MiB':>9} {'peak MiB':>9} {'base MiB':>9} {'plan MiB':>9} "
+          f"{'step s':>7} "
           f"{'cached s':>9} {'micro':>5}")
     for r in rows:
         plan = f"{r['planned_bytes'] / mib:9.1f}" if r["planned_bytes"] else f"{'-':>9}"
         cached = f"{r['cached_step_seconds']:9.3f}" if r["cached_step_seconds"] else f"{'-':>9}"
-        print(f"{r['artifacts'][-40:]:40} {r['policy']:11} {r['runtime']:7} {r['peak_rss_bytes'] / mib:9.1f} "
+        print(f"{r['artifacts'][-40:]:40} {r['policy']:11} {r['runtime']:7} {r['train_peak_rss_bytes'] / mib:9.1f} "
+              f"{r['peak_rss_bytes'] / mib:9.1f} "
               f"{r['baseline_rss_bytes'] / mib:9.1f} {plan} {r['step_seconds']:7.3f} {cached} {r['prefix_batch'] or '-':>5}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
