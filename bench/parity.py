@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from exportutil import make_run  # noqa: E402
 
 from edgetl.exporters import ExportError, export  # noqa: E402
+from edgetl.io import atomic_write_json  # noqa: E402
 
 MODELS = ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"]
 POLICIES = ["full", "last", "bn+last", "bias", "ft:5", "mobiletl:5"]
@@ -125,12 +126,6 @@ def _resume(path: str | None, header: dict) -> dict[tuple, dict]:
     return {(c["model"], c["policy"], c["format"]): c for c in saved.get("cells", [])}
 
 
-def _write_atomic(path: Path, record: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", action="append", help=f"comma-separated (default: {','.join(MODELS)})")
@@ -165,7 +160,7 @@ def main(argv=None) -> int:
                     took = f"from {args.json}" if resumed else f"{r['seconds']:.0f}s"
                     console.print(f"{model} {policy} {fmt}: {'ok' if r['ok'] else 'FAILED'} ({took})")
                     if args.json:  # after every cell, so that an interrupted matrix resumes where it stopped
-                        _write_atomic(Path(args.json), {**header, "cells": [*results, *done.values()]})
+                        atomic_write_json({**header, "cells": [*results, *done.values()]}, args.json)
     weights = f"trained {args.train_epochs} epoch(s)" if args.train_epochs else "random weights"
     console.print(table(results, f"parity, batch {args.batch_size}, {args.resolution}x{args.resolution}, {weights}: "
                                  f"margin = error / tolerance per check"))
