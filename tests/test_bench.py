@@ -52,6 +52,7 @@ def test_runners_bench(tmp_path):
         assert 0 < rows[side]["baseline_rss_bytes"] < rows[side]["peak_rss_bytes"]
 
 
+@pytest.mark.slow  # over 9 s: the second stage of .ci/run
 def test_parity_bench(tmp_path):
     import pytest
     pytest.importorskip("tensorflow")

@@ -141,6 +141,7 @@ def test_pi_is_like_raspberry_pi_os(pi, tflite_artifacts):
     assert code == 0 and "login PATH" in out and "edgetl devices setup" in out, out
 
 
+@pytest.mark.slow  # over 9 s: the second stage of .ci/run
 def test_pi_setup_from_pushed_wheels_then_deploy(pi, device_wheels, tflite_artifacts, tmp_path):
     """The fast path: wheels pushed from here, the device's own index unreachable. The first attempt loses its
     connection mid-push; the same command resumes the push, builds, checks and records; deploy needs no flag."""

@@ -132,6 +132,7 @@ def test_a_wrong_backward_is_named_at_its_layer(tiny, monkeypatch):
     assert report.turned[0] > 0.4 * images.shape[0] * 16 * 112 * 112  # every element in (0, 6): a slope of 0.5
 
 
+@pytest.mark.slow  # over 9 s: the second stage of .ci/run
 def test_a_failed_export_names_the_layer(tmp_path, monkeypatch):
     """The user's side: an export whose lowering gets Hard-Swish wrong fails, and its error names the first layer
     that departs (the stem's Hard-Swish), from the layer-by-layer comparison stored in the manifest."""

@@ -40,6 +40,7 @@ def test_onnx_runtime_tracks_pytorch_layer_by_layer(tiny):
     assert report.loss <= layerdiff.FACTOR * max(report.loss_torch, 1e-7)
 
 
+@pytest.mark.slow  # over 9 s: the second stage of .ci/run
 def test_a_wrong_onnx_backward_is_named_at_its_layer(tmp_path, monkeypatch):
     """MobileTL's Hard-Swish gradient generated with the wrong threshold (1.0 where the run's is 0.0): the forward
     is untouched, and the gradients depart (from the loss) at the input of the last masked Hard-Swish."""

@@ -16,6 +16,7 @@ from edgetl.exporters import ExportError, export
 from edgetl.runtime.runner_common import RunnerError
 
 from .exportutil import make_run, reference_shard, run_runner
+from .test_runner_memory import resident_bytes
 
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
@@ -146,6 +147,19 @@ def test_state_views_read_the_same_values_without_a_copy(v3_export):
 
 
 @TFLITE
+def test_step_count_initializes_and_the_model_file_leaves_memory(v3_export):
+    """The runner's first call sets the variables from the model file, whose pages then leave RSS; the
+    step_count signature counts optimizer steps."""
+    model = v3_export.art / "model.tflite"
+    trainer = tflite_runner.Trainer(str(v3_export.art))
+    assert resident_bytes(model) < model.stat().st_size // 4
+    assert float(trainer.run("step_count")["step"]) == 0
+    ref = np.load(v3_export.art / "reference.npz")
+    trainer.step(ref["images"][0], ref["labels"][0])
+    assert float(trainer.run("step_count")["step"]) == 1
+
+
+@TFLITE
 def test_wrong_batch_size_is_explained(v3_export):
     art = v3_export.art
     images = np.zeros((3, 3, 64, 64), np.float32)
@@ -153,6 +167,7 @@ def test_wrong_batch_size_is_explained(v3_export):
         tflite_runner.Trainer(str(art)).step(images, np.zeros(3, np.int64))
 
 
+@pytest.mark.slow  # over 9 s: the second stage of .ci/run
 def test_cli_export_tflite(tmp_path):
     run = make_run(tmp_path / "run", "mobilenet_v3_small", "last", resolution=64)
     out = tmp_path / "art"

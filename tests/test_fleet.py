@@ -184,7 +184,8 @@ def test_fedavg_is_the_example_weighted_mean_and_frozen_tensors_stay(fleet_expor
     for name, value in global_.items():
         mean = sum(last["examples"][node] * clients[f"{node}/{name}"].astype(np.float64)
                    for node in last["examples"]) / total
-        assert np.max(np.abs(value - mean)) <= 1e-6, name
+        # the global is float32: a few ulps of the float64 mean (running variances reach ~10, where 1 ulp is 1e-6)
+        assert np.all(np.abs(value - mean) <= 1e-6 * (1 + np.abs(mean))), name
     # the run directory holds the global model: travelling tensors from the fleet, everything else bit-identical
     before, after = Run.load(run).model.state_dict(), Run.load(out).model.state_dict()
     names = set(global_)
@@ -463,7 +464,7 @@ def test_fedprox_clients_pull_towards_the_global_model(fleet_export, tmp_path):
         assert gap <= 1e-6 and without > 1e-4
     global_ = np.load(out / ".fleet" / "global.npz")
     mean = weighted_mean(record, clients, names)
-    assert all(np.max(np.abs(global_[k] - mean[k])) <= 1e-6 for k in names)
+    assert all(np.all(np.abs(global_[k] - mean[k]) <= 1e-6 * (1 + np.abs(mean[k]))) for k in names)
 
 
 @pytest.mark.slow

@@ -45,6 +45,7 @@ def test_train_writes_checkpoint_metrics_and_command(image_folder, tmp_path):
     assert not list(out.glob(".*.tmp")), "temporary files must be renamed into place"
 
 
+@pytest.mark.slow  # over 9 s: the second stage of .ci/run
 def test_interrupted_run_resumes_to_identical_weights(image_folder, tmp_path, monkeypatch):
     args = [*TINY, "--epochs", "3", "--data", str(image_folder)]
     straight = _run(*args, "--out", str(tmp_path / "straight"))

@@ -133,7 +133,7 @@ class TfliteExporter(Exporter):
                           for v in module.state],
             "signatures": {"train": "images, labels, lr -> loss", "gradients": "images, labels -> loss, g<key>",
                            "infer": "images -> logits", "get_weights": "-> p<key> (PyTorch layout)",
-                           "set_weights": "p<key> (PyTorch layout) -> ok"},
+                           "set_weights": "p<key> (PyTorch layout) -> ok", "step_count": "-> step"},
             "operators": sorted({o for v in ops.values() for o in v}),
             "train_intermediates_bytes": peaks[1],
             "batch_norm": "internal norms shift-only; fully trained norms normalise with batch statistics in training "

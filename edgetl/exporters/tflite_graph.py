@@ -20,6 +20,7 @@ Signatures (fixed batch size; the input is NCHW, as in PyTorch, and transposed i
 ``infer``          images -> logits, inference mode, with the current weights
 ``get_weights``    -> p000...: every variable (parameters and running statistics in PyTorch layout,
                    optimizer state) ; ``set_weights`` takes the same and assigns it
+``step_count``     -> step: the optimizer's step count (the runner's first call: it initializes the variables)
 =================  ===========================================================================
 
 Dropout is not lowered into training (the device trains without it; validation does the same).
@@ -42,7 +43,7 @@ from .base import ExportError
 from .split import Prefix
 from .tflite_ops import FORWARD, activation, affine, batch_norm, channel_scale, conv2d, cross_entropy, spatial_mean
 
-SIGNATURES = ("train", "gradients", "infer", "get_weights", "set_weights")
+SIGNATURES = ("train", "gradients", "infer", "get_weights", "set_weights", "step_count")
 #: PyTorch layout -> TF layout, per kind of weight (and back with the inverse permutation)
 CONV_TO_TF, DEPTHWISE_TO_TF = (2, 3, 1, 0), (2, 3, 0, 1)
 
@@ -307,6 +308,7 @@ class TrainingModule(tf.Module):
         self.get_weights = tf.function(self._get_weights, input_signature=[])
         self.set_weights = tf.function(self._set_weights, input_signature=[
             tf.TensorSpec(v.torch_shape(), tf.float32, name=self.keys[v.name]) for v in self.state])
+        self.step_count = tf.function(self._step_count, input_signature=[])
 
     def signatures(self) -> dict:
         return {name: getattr(self, name).get_concrete_function() for name in SIGNATURES}
@@ -369,6 +371,11 @@ class TrainingModule(tf.Module):
         for v, value in zip(self.state, values):
             v.assign_torch(value)
         return {"ok": tf.constant(1.0)}
+
+    def _step_count(self):
+        # the cheapest signature: the runner calls it first, so the variables take their initial values (from
+        # the model file, once) before any step allocates its working memory
+        return {"step": self.step.var.read_value()}
 
 
 class PrefixModule(tf.Module):

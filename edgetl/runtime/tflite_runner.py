@@ -14,7 +14,7 @@ statistics by torchvision name, in PyTorch layout: ``edgetl import-weights`` loa
 ``checkpoint.npz`` (every variable, optimizer state included: ``--resume`` continues from it).
 
 The model's signatures do the work (``train``, ``gradients``, ``infer``, ``get_weights``,
-``set_weights``); weights go in and out through them, so no TensorFlow Save/Restore op is needed. This
+``set_weights``, ``step_count``); weights go in and out through them, so no TensorFlow Save/Restore op is needed. This
 file, ``runner_common.py`` and ``runner_data.py`` are copied to devices as they are: no TensorFlow, no
 torch, no edgetl.
 
@@ -86,6 +86,12 @@ class Trainer:
         if checkpoint:
             with np.load(checkpoint) as saved:
                 self.set_state({v["name"]: saved[v["name"]] for v in self.variables})
+        # the variables take their initial values from the model file on the first signature call, and never read
+        # them again: make that call now with the cheapest signature, then drop the file's pages from memory
+        # (MobileNetV2 mobiletl:5: 11 of the 13 MiB the file held resident through training)
+        if "step_count" in self.interpreter.get_signature_list():
+            self.run("step_count")
+        common.release_file_pages(os.path.join(artifacts, MODEL))
 
     def run(self, signature: str, **inputs) -> dict:
         """Call a signature; its runner (and working memory) is made on first use, so training alone never
