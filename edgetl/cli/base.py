@@ -1,0 +1,62 @@
+"""What every ``edgetl`` command shares: the ``main`` group, the console, one-line errors.
+
+Each command module (``commands``, ``devices``, ``fleet``) adds its commands to :func:`main`;
+``edgetl.cli`` imports them all.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+from rich.console import Console
+
+from ..errors import ConfigError, EdgeTLError
+from ..ui import show_notes
+
+console = Console()
+if not console.is_terminal:  # piped or captured output: do not squeeze tables into 80 columns
+    console = Console(width=160)
+
+
+def friendly_errors(fn):
+    """Turn :class:`EdgeTLError` into ``error: <message>`` and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgeTLError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgetl")
+def main():
+    """edgetl: on-device transfer learning for MobileNets (MobileTL)."""
+    show_notes(Console(stderr=True))
+
+
+def command_line(ctx: click.Context) -> list[str]:
+    """The command as the user gave it, rebuilt from the options click parsed from the command line."""
+    words = ["edgetl", ctx.info_name]
+    for param in ctx.command.params:
+        if ctx.get_parameter_source(param.name).name != "COMMANDLINE":
+            continue
+        flag, value = param.opts[0], ctx.params[param.name]
+        words += [flag] if getattr(param, "is_flag", False) else [flag, str(value)]
+    return words
+
+
+def parse_prefix_batch(value: str | None) -> int | str | None:
+    """``--prefix-batch``: None, "auto" or a whole number (checked against the batch by the trainer)."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"--prefix-batch must be 'auto' or a whole number, got {value!r}") from None
