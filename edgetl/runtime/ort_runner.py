@@ -96,8 +96,9 @@ class Trainer:
         # two steps; freed buffers go back to the allocator instead (same numbers, one step ~10 % slower)
         options.enable_cpu_mem_arena = False
         options.enable_mem_pattern = False
-        self.module = api.Module(os.path.join(artifacts, TRAINING_MODEL), self.state, os.path.join(artifacts, EVAL_MODEL),
-                                 session_options=options)
+        # no eval session: inference (validation, logits) runs the inference model with the trained weights, so
+        # eval_model.onnx (for apps that call Module.eval) would only hold memory here
+        self.module = api.Module(os.path.join(artifacts, TRAINING_MODEL), self.state, session_options=options)
         self.optimizer = api.Optimizer(os.path.join(artifacts, OPTIMIZER_MODEL), self.module)
         # an export with a frozen prefix: the training model is the region after it, fed the features that
         # the prefix's inference session computes, micro-batch by micro-batch

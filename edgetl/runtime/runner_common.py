@@ -210,22 +210,21 @@ def fit(trainer, train, val=None, epochs: int | None = None, steps: int | None =
         order = np.random.default_rng([seed, epoch]).permutation(len(train))
         flip = np.random.default_rng([seed, epoch, 1]) if augment == "flip" else None
         t0, losses = time.perf_counter(), []
-        if cache is not None:
-            feed = prefix.cached_batches(train, order, size, cache, trainer.features)
-            step = trainer.step_features
-        else:
-            feed = ((x, y) for x, y, _ in data.batches(train, order, size, flip=flip))
-            step = trainer.step
+        feed = (prefix.cached_batches(train, order, size, cache, trainer.features) if cache is not None
+                else data.batches(train, order, size, flip=flip))
         stopped = False
         while True:
             t = time.perf_counter()
             try:
-                x, y = next(feed)
+                x, y, *_ = next(feed)
             except StopIteration:
                 break
             if cache is None:  # a step's time is its compute; with the cache, the prefix runs (or is read) in feed
                 t = time.perf_counter()
-            losses.append(step(x, y))
+                # the images are let go once the prefix has made their features (an export without a prefix:
+                # the images themselves), so they do not stay in memory through the trained region's step
+                x = trainer.features(x)
+            losses.append(trainer.step_features(x, y))
             state["step_seconds"].append(time.perf_counter() - t)
             state["steps"] += 1
             if progress:

@@ -175,14 +175,22 @@ def batches(split, order, batch_size: int, pad: bool = False, flip=None):
         ys.append(split.labels[i])
         if len(xs) == batch_size:
             split.release()
-            yield np.stack(xs), np.asarray(ys, np.int64), batch_size
-            xs, ys = [], []
+            yield (*_take(xs, ys), batch_size)
     split.release()
     if xs and pad:
         real = len(xs)
         xs += [xs[0]] * (batch_size - real)
         ys += [ys[0]] * (batch_size - real)
-        yield np.stack(xs), np.asarray(ys, np.int64), real
+        yield (*_take(xs, ys), real)
+
+
+def _take(xs: list, ys: list) -> tuple[np.ndarray, np.ndarray]:
+    """The batch of ``xs`` and ``ys``, emptying both: while the caller trains on it, the generator holds neither
+    the images nor the batch."""
+    batch = np.stack(xs), np.asarray(ys, np.int64)
+    xs.clear()
+    ys.clear()
+    return batch
 
 
 # -- sources -------------------------------------------------------------------------------------------

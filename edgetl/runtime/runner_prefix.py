@@ -280,6 +280,8 @@ def cached_batches(split, order, size: int, cache: FeatureCache, features):
                 cache.put([index[k] for k in todo], computed)
                 # what later epochs read back: the stored dtype's rounding from the first epoch on
                 out[todo] = computed.astype(cache.array.dtype).astype(np.float32)
-            yield out, np.asarray(split.labels[index], np.int64)
-            index, images = [], []
+                del computed
+            labels = np.asarray(split.labels[index], np.int64)
+            index, images = [], []  # the images are not held while the caller trains on the features
+            yield out, labels
     split.release()
