@@ -228,6 +228,7 @@ def test_adb_runtime_missing(adb_peer, artifacts, tmp_path):
         deploy(art, uri, steps=1, out=tmp_path / "r")
 
 
+@pytest.mark.slow  # 5 to 9 s: the second stage of .ci/run
 def test_ssh_config_alias_and_clean(sshd, artifacts, tmp_path):
     art, _ = artifacts
     config = tmp_path / "ssh_config"

@@ -58,6 +58,7 @@ def test_a_wrong_onnx_backward_is_named_at_its_layer(tmp_path, monkeypatch):
     assert report.turned[0] > 0 and report.turned[1] == 0
 
 
+@pytest.mark.slow  # 5 to 9 s: the second stage of .ci/run
 def test_each_onnx_export_gets_its_own_hardswish_threshold(tmp_path):
     """ONNX Runtime keeps the first gradient definition registered in a process: the threshold is written into
     each generated training model instead, so two exports in one process train with their own."""
@@ -75,6 +76,7 @@ def test_each_onnx_export_gets_its_own_hardswish_threshold(tmp_path):
     assert found == {0.0: {0.0}, 0.5: {0.5}}
 
 
+@pytest.mark.slow  # 5 to 9 s: the second stage of .ci/run
 def test_a_failed_onnx_export_names_the_layer(tmp_path, monkeypatch):
     """An ONNX lowering that gets the training graph's Hard-Swish wrong fails validation, and the error names the
     stem's Hard-Swish, the first layer that departs."""

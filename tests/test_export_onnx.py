@@ -140,6 +140,7 @@ def test_missing_backend_is_a_clear_error(monkeypatch, tmp_path):
     assert result.exit_code == 2 and "pip install 'edgetl[onnx]'" in result.output
 
 
+@pytest.mark.slow  # 5 to 9 s: the second stage of .ci/run
 def test_sgd_momentum_becomes_plain_sgd_with_a_note(tmp_path):
     run = make_run(tmp_path / "run", optimizer="sgd", lr=0.01)
     result = CliRunner().invoke(main, ["export", str(run), "--format", "onnx", "--out", str(tmp_path / "a"),
