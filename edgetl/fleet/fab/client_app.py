@@ -80,6 +80,7 @@ def train(msg: Message, context: Context) -> Message:
     if config.get("manifest-sha256") not in (None, sha):
         raise RuntimeError("this device holds other artifacts than the fleet's; it was refused at start")
     received = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+    runner.common.lean_heap()  # freed step buffers go back to the system, as the runner's --heap lean does
     trainer = runner.Trainer(root, lr=float(config["lr"]) if config.get("lr") else None)
     _set(trainer, received)
     data = importlib.import_module("runner_data")
