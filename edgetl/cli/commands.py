@@ -20,9 +20,6 @@ from .base import command_line, console, friendly_errors, main, parse_prefix_bat
 _DEFAULTS = TrainConfig()
 
 
-
-
-
 @main.command()
 @click.option("--model", default=_DEFAULTS.model, show_default=True, type=click.Choice(list(MODELS)))
 @click.option("--policy", default=_DEFAULTS.policy, show_default=True, help="full, last, bn+last, bias, ft:K, mobiletl:K")
