@@ -38,8 +38,6 @@ def test_release_file_pages_drops_residency_and_keeps_the_bytes(tmp_path):
     assert release_file_pages(str(tmp_path / "not-mapped")) == 0
 
 
-
-
 HEAP_PROBE = textwrap.dedent("""
     import sys
     import numpy as np
