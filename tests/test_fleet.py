@@ -132,6 +132,29 @@ def test_fleet_refuses_bad_settings_in_one_line(fleet_export, tmp_path):
         Fleet(art, [local(tmp_path, "a")], tmp_path / "o", data=str(shards), insecure=True, auth=True)
 
 
+def test_a_round_waits_for_the_devices_being_restarted_until_they_are_back(tmp_path):
+    """The server's side of a restart: the labels in returning.json not yet connected under an accepted id."""
+    from edgetl.fleet.server import RETURNING, Admission
+    from edgetl.io import atomic_write_json
+
+    class Grid:
+        node_ids = [1, 2]
+
+        def get_node_ids(self):
+            return list(self.node_ids)
+
+    grid = Grid()
+    admission = Admission(grid, {}, tmp_path)
+    admission.accepted, admission.labels = {1, 2}, {1: "pi-1", 2: "pi-2"}
+    assert admission.returning() == set()  # nothing restarted
+    atomic_write_json(["pi-1", "pi-3"], tmp_path / RETURNING)
+    assert admission.returning() == {"pi-3"}  # pi-1 is connected under an accepted id
+    grid.node_ids = [2]  # pi-1's old id is gone: its SuperNode is being restarted
+    assert admission.returning() == {"pi-1", "pi-3"}
+    grid.node_ids, admission.accepted, admission.labels[4] = [2, 4], {2, 4}, "pi-1"  # back under a new id
+    assert admission.returning() == {"pi-3"}
+
+
 def test_a_supernode_that_keeps_dying_is_restarted_a_bounded_number_of_times_then_given_up(fleet_export, tmp_path):
     """The orchestrator's watch over real processes: a SuperNode whose program exits at once (a broken install)
     is restarted ``restarts`` times, the waits doubling from ``restart_backoff``, then given up with the reason."""

@@ -27,7 +27,7 @@ from ..devices.base import DeviceError
 from ..errors import EdgeTLError
 from ..exporters.manifest import MANIFEST
 from .processes import SuperLink, SuperNode
-from .server import DONE, ROUNDS, STATE
+from .server import DONE, RETURNING, ROUNDS, STATE
 
 FAB_DIR = Path(__file__).resolve().parent / "fab"
 EDGETL_ROOT = Path(__file__).resolve().parents[2]
@@ -128,6 +128,7 @@ class Fleet:
         self.restart_log: list[dict] = []
         self.first_nodes: list[SuperNode] = []  # each device's first SuperNode (its log says why it did not join)
         self._specs, self._tries, self._next_watch, self._node_ids, self._joined = [], {}, 0.0, {}, set()
+        self._returning: set[str] = set()  # restarted devices that had joined, until the server readmits them
         self.link: SuperLink | None = None
         self._connections = []
 
@@ -226,19 +227,30 @@ class Fleet:
             label = self._specs[i][3]["label"]
             if tried["count"] >= self.restarts:
                 tried["gave_up"] = True
+                self._mark_returning(label, False)
                 self._restart_event({"device": label, "gave_up": True, "reason": f"{why}, and {tried['count']} restart(s) "
                                      f"did not keep it up (--restarts {self.restarts})"})
                 continue
             tried["count"] += 1
             tried["next"] = now + self.restart_backoff * 2 ** (tried["count"] - 1)
+            # before the old id goes: the round it is lost in ends with it, and the next one waits for it
+            self._mark_returning(label, label in self._joined)
             self._unregister(label)
             try:
                 self.nodes[i] = self._spawn(i, tried["count"])
                 self.retired.append(node)
                 self._restart_event({"device": label, "attempt": tried["count"], "ok": True, "reason": why})
             except (DeviceError, OSError, FleetError, subprocess.SubprocessError) as exc:
+                self._mark_returning(label, False)
                 self._restart_event({"device": label, "attempt": tried["count"], "ok": False,
                                      "reason": f"{why}; restarting it failed: {exc}"})
+
+    def _mark_returning(self, label: str, returning: bool) -> None:
+        """Tell the server (``returning.json``) whether to wait for ``label`` at the next round."""
+        from ..io import atomic_write_json
+
+        (self._returning.add if returning else self._returning.discard)(label)
+        atomic_write_json(sorted(self._returning), self.work / RETURNING)
 
     def _restart_event(self, record: dict) -> None:
         record["at"] = round(time.time(), 3)
@@ -333,6 +345,7 @@ class Fleet:
                   **self.options}
         config_path = self.work / "config.json"
         config_path.write_text(json.dumps(config, indent=2))
+        (self.work / RETURNING).unlink(missing_ok=True)  # a stopped run's restarts are not awaited by this one
         env = self._env = self._flwr_home(certs)
         offset = (self.work / ROUNDS).stat().st_size if (self.work / ROUNDS).exists() else 0
         records, refused = [], []
@@ -392,6 +405,8 @@ class Fleet:
                     self.events.refused(r)
             elif record.get("event") == "admit":  # node ids that appeared after the start, handshaken at a round
                 self._joined.update(record["labels"].values())
+                for node in record["accepted"]:
+                    self._mark_returning(record["labels"][str(node)], False)
                 self._note_ids(record)
                 for r in record["refused"]:
                     refused.append({**r, "round": record["round"]})

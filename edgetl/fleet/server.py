@@ -9,8 +9,9 @@ with the reason (:class:`Admission`). Node ids that appear later (a device whose
 restarted, or one that joined late) get the same handshake at the start of the next round and are admitted.
 A round sends to the eligible nodes and waits ``round_timeout`` seconds; it counts when at least ``min_devices``
 answered (the others are named as lost, and as rejoined when they answer again), else the global model stays.
-With fewer than ``min_devices`` eligible nodes connected, a round first waits up to ``join_timeout`` seconds for
-devices to come back, then is skipped.
+With fewer than ``min_devices`` eligible nodes connected, or a device the orchestrator is restarting not back
+yet (``returning.json``), a round first waits up to ``join_timeout`` seconds for devices to come back; with too
+few it is then skipped.
 
 After every round the global tensors are written atomically (``global.npz`` then ``state.json``), so a fleet
 run stopped at any point resumes from the last round saved. Each round's record is appended to
@@ -29,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 STATE, GLOBAL, ROUNDS, DONE = "state.json", "global.npz", "rounds.jsonl", "done.json"
+#: the devices whose SuperNode the orchestrator is restarting (a JSON list of labels): a round waits for them
+RETURNING = "returning.json"
 
 
 def _record(work: Path, record: dict) -> None:
@@ -142,6 +145,14 @@ class Admission:
         while len(list(self.grid.get_node_ids())) < want and time.monotonic() < deadline:
             time.sleep(0.5)
 
+    def returning(self) -> set[str]:
+        """Devices the orchestrator is restarting (``returning.json``) that are not connected under an accepted id."""
+        try:
+            labels = set(json.loads((self.work / RETURNING).read_text()))
+        except (OSError, ValueError):
+            return set()
+        return labels - {self.labels.get(n) for n in self.grid.get_node_ids() if n in self.accepted}
+
     def new_nodes(self) -> list[int]:
         return [n for n in self.grid.get_node_ids() if n not in self.seen]
 
@@ -235,7 +246,8 @@ def serve(grid, config_path: str) -> None:
         admit_new()
         live = eligible.get_node_ids()
         deadline = time.monotonic() + join_timeout
-        while len(live) < min_devices and time.monotonic() < deadline:  # too few: wait for devices on their way back
+        # too few, or a restarted device not back yet: wait for it, so that it rejoins at this round
+        while (len(live) < min_devices or admission.returning()) and time.monotonic() < deadline:
             time.sleep(1)
             admit_new()
             live = eligible.get_node_ids()
