@@ -133,7 +133,8 @@ def test_fleet_refuses_bad_settings_in_one_line(fleet_export, tmp_path):
 
 
 def test_a_round_waits_for_the_devices_being_restarted_until_they_are_back(tmp_path):
-    """The server's side of a restart: the labels in returning.json not yet connected under an accepted id."""
+    """The server's side of a restart: the restarts in returning.json whose device is not connected under an
+    accepted id, each waited for by one round only."""
     from edgetl.fleet.server import RETURNING, Admission
     from edgetl.io import atomic_write_json
 
@@ -147,12 +148,16 @@ def test_a_round_waits_for_the_devices_being_restarted_until_they_are_back(tmp_p
     admission = Admission(grid, {}, tmp_path)
     admission.accepted, admission.labels = {1, 2}, {1: "pi-1", 2: "pi-2"}
     assert admission.returning() == set()  # nothing restarted
-    atomic_write_json(["pi-1", "pi-3"], tmp_path / RETURNING)
-    assert admission.returning() == {"pi-3"}  # pi-1 is connected under an accepted id
+    atomic_write_json({"pi-1": 1, "pi-3": 2}, tmp_path / RETURNING)
+    assert admission.returning() == {("pi-3", 2)}  # pi-1 is connected under an accepted id
     grid.node_ids = [2]  # pi-1's old id is gone: its SuperNode is being restarted
-    assert admission.returning() == {"pi-1", "pi-3"}
+    assert admission.returning() == {("pi-1", 1), ("pi-3", 2)}
     grid.node_ids, admission.accepted, admission.labels[4] = [2, 4], {2, 4}, "pi-1"  # back under a new id
-    assert admission.returning() == {"pi-3"}
+    assert admission.returning() == {("pi-3", 2)}
+    admission.waited.update(admission.returning())  # a round waited for pi-3 in vain: no later round does
+    assert admission.returning() == set()
+    atomic_write_json({"pi-3": 3}, tmp_path / RETURNING)  # until it is restarted again
+    assert admission.returning() == {("pi-3", 3)}
 
 
 def test_a_supernode_that_keeps_dying_is_restarted_a_bounded_number_of_times_then_given_up(fleet_export, tmp_path):

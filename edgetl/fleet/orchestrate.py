@@ -128,7 +128,7 @@ class Fleet:
         self.restart_log: list[dict] = []
         self.first_nodes: list[SuperNode] = []  # each device's first SuperNode (its log says why it did not join)
         self._specs, self._tries, self._next_watch, self._node_ids, self._joined = [], {}, 0.0, {}, set()
-        self._returning: set[str] = set()  # restarted devices that had joined, until the server readmits them
+        self._returning: dict[str, int] = {}  # restarted devices that had joined -> attempt, until readmitted
         self.link: SuperLink | None = None
         self._connections = []
 
@@ -227,30 +227,34 @@ class Fleet:
             label = self._specs[i][3]["label"]
             if tried["count"] >= self.restarts:
                 tried["gave_up"] = True
-                self._mark_returning(label, False)
+                self._mark_returning(label, None)
                 self._restart_event({"device": label, "gave_up": True, "reason": f"{why}, and {tried['count']} restart(s) "
                                      f"did not keep it up (--restarts {self.restarts})"})
                 continue
             tried["count"] += 1
             tried["next"] = now + self.restart_backoff * 2 ** (tried["count"] - 1)
             # before the old id goes: the round it is lost in ends with it, and the next one waits for it
-            self._mark_returning(label, label in self._joined)
+            self._mark_returning(label, tried["count"] if label in self._joined else None)
             self._unregister(label)
             try:
                 self.nodes[i] = self._spawn(i, tried["count"])
                 self.retired.append(node)
                 self._restart_event({"device": label, "attempt": tried["count"], "ok": True, "reason": why})
             except (DeviceError, OSError, FleetError, subprocess.SubprocessError) as exc:
-                self._mark_returning(label, False)
+                self._mark_returning(label, None)
                 self._restart_event({"device": label, "attempt": tried["count"], "ok": False,
                                      "reason": f"{why}; restarting it failed: {exc}"})
 
-    def _mark_returning(self, label: str, returning: bool) -> None:
-        """Tell the server (``returning.json``) whether to wait for ``label`` at the next round."""
+    def _mark_returning(self, label: str, attempt: int | None) -> None:
+        """Tell the server (``returning.json``) that ``label``'s SuperNode is coming back from restart ``attempt``
+        (None: it is not), so that the next round waits for it."""
         from ..io import atomic_write_json
 
-        (self._returning.add if returning else self._returning.discard)(label)
-        atomic_write_json(sorted(self._returning), self.work / RETURNING)
+        if attempt is None:
+            self._returning.pop(label, None)
+        else:
+            self._returning[label] = attempt
+        atomic_write_json(self._returning, self.work / RETURNING)
 
     def _restart_event(self, record: dict) -> None:
         record["at"] = round(time.time(), 3)
@@ -406,7 +410,7 @@ class Fleet:
             elif record.get("event") == "admit":  # node ids that appeared after the start, handshaken at a round
                 self._joined.update(record["labels"].values())
                 for node in record["accepted"]:
-                    self._mark_returning(record["labels"][str(node)], False)
+                    self._mark_returning(record["labels"][str(node)], None)
                 self._note_ids(record)
                 for r in record["refused"]:
                     refused.append({**r, "round": record["round"]})

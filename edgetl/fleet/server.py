@@ -10,8 +10,8 @@ restarted, or one that joined late) get the same handshake at the start of the n
 A round sends to the eligible nodes and waits ``round_timeout`` seconds; it counts when at least ``min_devices``
 answered (the others are named as lost, and as rejoined when they answer again), else the global model stays.
 With fewer than ``min_devices`` eligible nodes connected, or a device the orchestrator is restarting not back
-yet (``returning.json``), a round first waits up to ``join_timeout`` seconds for devices to come back; with too
-few it is then skipped.
+yet (``returning.json``; one round per restart waits for it), a round first waits up to ``join_timeout`` seconds
+for devices to come back; with too few it is then skipped.
 
 After every round the global tensors are written atomically (``global.npz`` then ``state.json``), so a fleet
 run stopped at any point resumes from the last round saved. Each round's record is appended to
@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 STATE, GLOBAL, ROUNDS, DONE = "state.json", "global.npz", "rounds.jsonl", "done.json"
-#: the devices whose SuperNode the orchestrator is restarting (a JSON list of labels): a round waits for them
+#: the devices whose SuperNode the orchestrator is restarting (JSON: label -> restart attempt): the next round
+#: waits for them, once per attempt
 RETURNING = "returning.json"
 
 
@@ -136,6 +137,7 @@ class Admission:
         self.seen: set[int] = set()
         self.labels: dict[int, str] = {}
         self.away: set[str] = set()  # devices lost in a round that have not answered since
+        self.waited: set[tuple[str, int]] = set()  # restarts a round already waited for, in vain
 
     def label(self, node: int) -> str:
         return self.labels.get(node) or str(node)
@@ -145,13 +147,15 @@ class Admission:
         while len(list(self.grid.get_node_ids())) < want and time.monotonic() < deadline:
             time.sleep(0.5)
 
-    def returning(self) -> set[str]:
-        """Devices the orchestrator is restarting (``returning.json``) that are not connected under an accepted id."""
+    def returning(self) -> set[tuple[str, int]]:
+        """(label, attempt) of the restarts the orchestrator announced (``returning.json``) whose device is not
+        connected under an accepted id yet, and that no round has waited for already."""
         try:
-            labels = set(json.loads((self.work / RETURNING).read_text()))
-        except (OSError, ValueError):
+            restarts = dict(json.loads((self.work / RETURNING).read_text()))
+        except (OSError, ValueError, TypeError):
             return set()
-        return labels - {self.labels.get(n) for n in self.grid.get_node_ids() if n in self.accepted}
+        connected = {self.labels.get(n) for n in self.grid.get_node_ids() if n in self.accepted}
+        return {(label, int(attempt)) for label, attempt in restarts.items() if label not in connected} - self.waited
 
     def new_nodes(self) -> list[int]:
         return [n for n in self.grid.get_node_ids() if n not in self.seen]
@@ -251,6 +255,7 @@ def serve(grid, config_path: str) -> None:
             time.sleep(1)
             admit_new()
             live = eligible.get_node_ids()
+        admission.waited.update(admission.returning())  # one that did not come back delays no later round
         if len(live) < min_devices:
             _record(work, {"event": "round", "round": round_, "sampled": [], "answered": [], "lost": [], "joined": joined,
                            "skipped": f"{len(live)} eligible device(s) connected after {join_timeout:.0f} s, fewer than "
