@@ -70,6 +70,15 @@ def eval_transform(resolution: int) -> transforms.Compose:
     )
 
 
+def preprocessing(resolution: int) -> dict:
+    """:func:`eval_transform` as numbers, for a device (or an app) to preprocess exactly as the laptop evaluates:
+    what every manifest records, and what the device runners and ``edgetl evaluate`` follow."""
+    resize = eval_transform(resolution).transforms[0].size
+    return {"resize_shorter_side": resize, "interpolation": "bilinear, antialiased (PIL)", "center_crop": resolution,
+            "scale": 1 / 255, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "layout": "NCHW", "channels": "RGB",
+            "convert": "RGB (PIL convert: grayscale, RGBA and palette images too)"}
+
+
 class Patterns(Dataset):
     """Procedurally drawn patterns, one class per pattern; image ``i`` depends only on (seed, i).
 

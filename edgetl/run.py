@@ -14,6 +14,7 @@ A run directory holds
 
 ``meta`` (schema ``edgetl.run/2``): ``model``, ``policy`` (spec string) and ``policy_options`` (the policy
 object's fields), ``num_classes``, ``class_names``, ``resolution``, ``optimizer`` (the optimizer spec),
+``schedule`` (the learning-rate schedule: ``cosine`` or ``constant``; runs that record none ran cosine),
 ``config`` (the ``edgetl train`` settings, when the run came from the job) and ``version``. Run directories
 written before the schema had a version (the policy's options and the optimizer lived in ``config``) still
 load: :func:`read_checkpoint` upgrades their metadata on reading.
@@ -48,10 +49,11 @@ class RunError(EdgeTLError):
 
 
 def metadata(model_name: str, policy: Policy, class_names: list[str], resolution: int, optimizer: OptimizerSpec,
-             config: dict | None = None) -> dict:
+             config: dict | None = None, schedule: str = "cosine") -> dict:
     return {"schema": SCHEMA, "version": __version__, "model": model_name, "policy": str(policy),
             "policy_options": policy.options(), "num_classes": len(class_names), "class_names": list(class_names),
-            "resolution": int(resolution), "optimizer": optimizer.as_dict(), "config": dict(config or {})}
+            "resolution": int(resolution), "optimizer": optimizer.as_dict(), "schedule": schedule,
+            "config": dict(config or {})}
 
 
 def _upgrade(meta: dict) -> dict:
@@ -151,10 +153,12 @@ class Run:
     config: dict = field(default_factory=dict)
     path: Path | None = None  # None for a run held in memory only
     notes: list[str] = field(default_factory=list)  # what a consumer (e.g. an export) should tell the user
+    schedule: str = "cosine"  # the learning-rate schedule it trained with, which a device follows too
 
     @property
     def meta(self) -> dict:
-        return metadata(self.model_name, self.policy, self.class_names, self.resolution, self.optimizer, self.config)
+        return metadata(self.model_name, self.policy, self.class_names, self.resolution, self.optimizer, self.config,
+                        self.schedule)
 
     @property
     def data(self) -> str | None:
@@ -172,13 +176,13 @@ class Run:
         path = Path(path)
         return cls(model, meta["model"], policy, list(meta["class_names"]), meta["resolution"],
                    OptimizerSpec.from_dict(meta["optimizer"]), ckpt.get("history", []), meta.get("config", {}),
-                   path if path.is_dir() else path.parent)
+                   path if path.is_dir() else path.parent, schedule=meta.get("schedule", "cosine"))
 
     @classmethod
     def from_model(cls, model: nn.Module, policy: Policy | str | None = None, class_names: list[str] | None = None,
                    resolution: int | None = None, optimizer: OptimizerSpec | str | None = None,
                    model_name: str | None = None, history: list[dict] | None = None,
-                   config: dict | None = None) -> Run:
+                   config: dict | None = None, schedule: str = "cosine") -> Run:
         """A run held in memory, from a model. ``policy`` is applied when the model has none yet (``full`` by
         default), and must be the model's own when it has one."""
         applied = policy_of(model)
@@ -191,7 +195,8 @@ class Run:
         if len(names) != n:
             raise RunError(f"the model has {n} classes but {len(names)} class names were given; pass one per class")
         return cls(model, model_name or model_name_of(model), policy_of(model), names, int(resolution or 224),
-                   OptimizerSpec.parse(optimizer or "adamw"), list(history or []), dict(config or {}))
+                   OptimizerSpec.parse(optimizer or "adamw"), list(history or []), dict(config or {}),
+                   schedule=schedule)
 
     @classmethod
     def save(cls, model: nn.Module, policy: Policy | str | None = None, result=None,
@@ -204,7 +209,8 @@ class Run:
         run = cls.from_model(model, policy, class_names or getattr(result, "class_names", None),
                              resolution or getattr(result, "resolution", None),
                              optimizer or getattr(result, "optimizer", None),
-                             history=getattr(result, "history", None), config=config)
+                             history=getattr(result, "history", None), config=config,
+                             schedule=getattr(result, "schedule", "cosine"))
         run.write(path)
         return run
 
@@ -218,22 +224,27 @@ class Run:
         self.path = out
 
 
-def import_weights(run_path: str | os.PathLike, params_path: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Load parameters trained on a device (``params.npz`` by torchvision name) into a new checkpoint at ``out``."""
-    ckpt = read_checkpoint(run_path)
+def device_params(params_path: str | os.PathLike, state: dict, run_path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a ``params.npz`` a device runner wrote (by torchvision name), checked against ``state`` (the
+    run's state_dict): every name known, every shape the same."""
     try:
-        params = dict(np.load(params_path))
+        with np.load(params_path, allow_pickle=False) as z:
+            params = {k: z[k] for k in z.files}
     except Exception:
         raise RunError(f"cannot read {params_path}: expected the params.npz a device runner writes") from None
-    state = ckpt["state_dict"]
     unknown = [n for n in params if n not in state]
     wrong = [n for n in params if n in state and tuple(state[n].shape) != params[n].shape]
     if unknown or wrong:
         raise RunError(f"{params_path} does not fit the run in {run_path}: {len(unknown)} unknown and {len(wrong)} "
                        f"mis-shaped tensors (e.g. {(unknown + wrong)[0]}); import weights into the run they were "
                        f"exported from")
-    for name, value in params.items():
-        state[name] = torch.from_numpy(value)
+    return {name: torch.from_numpy(value) for name, value in params.items()}
+
+
+def import_weights(run_path: str | os.PathLike, params_path: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Load parameters trained on a device (``params.npz`` by torchvision name) into a new checkpoint at ``out``."""
+    ckpt = read_checkpoint(run_path)
+    ckpt["state_dict"].update(device_params(params_path, ckpt["state_dict"], run_path))
     ckpt["edgetl"] = {**ckpt["edgetl"], "imported_from": str(params_path)}
     for key in ("optimizer", "scheduler"):  # device training has its own optimizer state
         ckpt.pop(key, None)

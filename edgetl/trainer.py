@@ -78,6 +78,7 @@ class TrainResult:
     optimizer: OptimizerSpec
     out: Path | None = None  # the run directory, when the trainer kept one
     metrics: dict = field(default_factory=dict)
+    schedule: str = "cosine"
 
 
 def class_names_of(data) -> list[str] | None:
@@ -128,7 +129,7 @@ class Trainer:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if schedule not in ("cosine", "constant"):
             raise ConfigError(f"unknown schedule {schedule!r}; choose cosine or constant")
-        self.model, self.train_data, self.val_data = model, train_data, val_data
+        self.model, self.train_data, self.val_data, self.schedule = model, train_data, val_data, schedule
         self.spec = OptimizerSpec.parse(optimizer)
         self.epochs, self.batch_size, self.seed, self.workers = epochs, batch_size, seed, workers
         self.callbacks = [cb if isinstance(cb, Callback) else _EpochFunction(cb) for cb in callbacks]
@@ -258,7 +259,7 @@ class Trainer:
         if self.out is not None:
             write_run_json(self.out, self._meta(), "finished", self.command)
         result = TrainResult(self.model, self.history, self.class_names, self.resolution, self.spec, self.out,
-                             metrics_of(self._meta(), self.history))
+                             metrics_of(self._meta(), self.history), self.schedule)
         for cb in self.callbacks:
             cb.on_fit_end(self, result)
         return result
@@ -315,7 +316,8 @@ class Trainer:
     # -- the run directory (edgetl.run owns its format) --------------------------------------------
     def _meta(self) -> dict:
         return metadata(getattr(self.model, "edgetl_model", type(self.model).__name__),
-                        policy_of(self.model) or Full(), self.class_names, self.resolution or 0, self.spec, self.config)
+                        policy_of(self.model) or Full(), self.class_names, self.resolution or 0, self.spec, self.config,
+                        self.schedule)
 
     def _start_run_directory(self) -> None:
         if self.out is None:

@@ -122,6 +122,9 @@ class DeployProgress(DeployEvents):
     def step(self, step, steps, loss):
         self._update("train", step, steps, f"{step}/{steps} loss {loss}")
 
+    def images(self, done, total):
+        self._update("images", done, total, f"{done}/{total} on the device")
+
     def epoch(self, record):
         of = f"/{record['epochs']}" if record.get("epochs") else ""
         val = (f"  val acc {record['val_acc']:.3f}  val loss {record['val_loss']:.4f} ({record['val_images']} images)"
@@ -132,6 +135,9 @@ class DeployProgress(DeployEvents):
 
 def print_deploy_report(report: dict, console: Console | None = None) -> None:
     console = console or Console(stderr=True)
+    if report.get("mode") in ("predict", "evaluate"):
+        _print_device_use(report, console)
+        return
     table = Table(title=f"deploy to {report['device']['uri']}")
     table.add_column("")
     table.add_column("")
@@ -149,6 +155,11 @@ def print_deploy_report(report: dict, console: Console | None = None) -> None:
     accs = [f"{e['val_acc']:.3f}" for e in epochs if e.get("val_acc") is not None]
     if accs:
         rows.append(("val accuracy", " -> ".join(accs) + " (per epoch, on the device)"))
+    held_out = report.get("eval")
+    if held_out:
+        rows.append(("held-out accuracy", f"{_pct(held_out['before']['top1'])} before -> {_pct(held_out['after']['top1'])} "
+                                          f"after training ({held_out['after']['images']} images on the device, "
+                                          f"{held_out['path']})"))
     if "images_left_device" in report:
         rows.append(("privacy", "images stayed on the device" if not report["images_left_device"] else "images left the device"))
     for key, value in [*rows,
@@ -158,6 +169,20 @@ def print_deploy_report(report: dict, console: Console | None = None) -> None:
                        ("results", report["out"])]:
         table.add_row(key, value)
     console.print(table)
+
+
+def _print_device_use(report: dict, console: Console) -> None:
+    """A ``deploy --predict`` or ``--evaluate``: what the device computed, with the weights it used."""
+    from .evaluate import EvalResult, Predictions
+
+    source = {"model": report["model"], "policy": report["policy"], "kind": f"on {report['device']['uri']}"}
+    if report["mode"] == "evaluate":
+        print_evaluation(EvalResult.from_dict(report["evaluation"], source), console,
+                         title=f"{report['model']} {report['policy']} evaluated on {report['device']['uri']}")
+    else:
+        print_predictions(Predictions.from_dict(report["predictions"], source), console)
+    console.print(f"weights: {report['weights']}; the images stayed on the device; results in {report['out']}",
+                  highlight=False, soft_wrap=True)
 
 
 class FleetTable:
@@ -237,3 +262,49 @@ def print_benchmark(report: dict, console: Console | None = None) -> None:
             _ms(r["step_seconds"]), _ms(r["cached_step_seconds"]),
             f"{r['cached_step_seconds'] / r['step_seconds']:.2f}" if r["cached_step_seconds"] else "-")
     console.print(table)
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.1f}%" if x is not None else "-"
+
+
+def print_evaluation(result, console: Console | None = None, title: str | None = None) -> None:
+    """An :class:`~edgetl.evaluate.EvalResult`: accuracy, then per-class precision, recall and support."""
+    console = console or Console()
+    s = result.source
+    where = s.get("runtime") if s.get("runtime") else s.get("weights", "")
+    table = Table(title=title or f"{s.get('model', '')} {s.get('policy') or ''} ({s.get('kind', 'device')}, {where}) "
+                                 f"on {result.data}")
+    for col in ("class", "precision", "recall", "images"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for row in result.per_class:
+        table.add_row(row["class"], _pct(row["precision"]), _pct(row["recall"]), str(row["support"]))
+    console.print(table)
+    top5 = f"  top-5 {_pct(result.top5)}" if result.top5 is not None else ""
+    skipped = f", {result.skipped_unreadable} unreadable skipped" if result.skipped_unreadable else ""
+    loss = f"  loss {result.loss:.4f}" if result.loss is not None else ""
+    console.print(f"[bold]top-1 {_pct(result.top1)}[/]{top5}{loss}  ({result.images} images{skipped})", highlight=False)
+    for line in result.unreadable[:5]:
+        console.print(f"  [yellow]unreadable:[/] {line}", highlight=False, soft_wrap=True)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+
+
+def print_predictions(preds, console: Console | None = None) -> None:
+    """A :class:`~edgetl.evaluate.Predictions` table: each image with its top classes and probabilities."""
+    import os
+
+    console = console or Console()
+    paths = [r.image for r in preds.rows]
+    base = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
+    table = Table(title=f"{preds.source.get('model', '')} {preds.source.get('policy') or ''} "
+                        f"({preds.source.get('kind', 'device')}): top {preds.top_k}" + (f", images in {base}" if base else ""))
+    table.add_column("image")
+    for rank in range(1, preds.top_k + 1):
+        table.add_column(f"#{rank}")
+    for r in preds.rows:
+        cells = [f"{c} {100 * p:.1f}%" for c, p in r.top]
+        table.add_row(os.path.relpath(r.image, base) if base else r.image, *cells, *[""] * (preds.top_k - len(cells)))
+    console.print(table)
+    for bad in preds.unreadable:
+        console.print(f"[yellow]unreadable, skipped:[/] {bad['image']} ({bad['error']})", highlight=False, soft_wrap=True)

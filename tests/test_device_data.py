@@ -22,11 +22,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgetl.cli import main
-from edgetl.data import eval_transform, pack_shard, pack_uint8_shard
+from edgetl.data import eval_transform, pack_shard, pack_uint8_shard, preprocessing
 from edgetl.devices.bundle import make_bundle
 from edgetl.devices.deploy import deploy
 from edgetl.exporters import export
-from edgetl.exporters.manifest import preprocessing
 from edgetl.runtime import runner_data
 
 from .exportutil import blocked_env, make_run
@@ -336,9 +335,10 @@ def test_deploy_trains_on_device_images_that_never_leave(cifar_export, cifar, lo
     assert [e["epoch"] for e in report["epochs"]] == [1, 2]
     assert all(0 <= e["val_acc"] <= 1 and e["val_images"] == 20 for e in report["epochs"])
     assert report["steps"] == 2 * ((60 + len(odd) - 1) // BATCH)
-    # nothing on the laptop side holds an image: only metrics, weights, checkpoint, report and the plot came back
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "loss.png", "metrics.json", "params.npz",
-                                                     "report.json"]
+    # nothing on the laptop side holds an image: only metrics, weights, checkpoint, the export's manifest, report and
+    # the plot came back
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "loss.png", "manifest.json", "metrics.json",
+                                                     "params.npz", "report.json"]
     assert images_in(tmp_path / "laptop") == []
     assert not json.loads((out / "metrics.json").read_text())["torch_imported"]
 

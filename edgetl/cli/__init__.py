@@ -6,11 +6,11 @@
 
 Errors meant for the user (:class:`~edgetl.errors.EdgeTLError`) print one line and exit with status 2.
 
-Modules: ``base`` (the ``main`` group, one-line errors), ``commands`` (the laptop's), ``devices`` (devices and
-deploy), ``fleet``; importing each registers its commands.
+Modules: ``base`` (the ``main`` group, one-line errors), ``commands`` (the laptop's), ``evaluate`` (evaluate and
+predict), ``devices`` (devices and deploy), ``fleet``; importing each registers its commands.
 """
 
-from . import commands, devices, fleet  # noqa: F401 - registers the commands on main
+from . import commands, devices, evaluate, fleet  # noqa: F401 - registers the commands on main
 from .base import main
 
 __all__ = ["main"]

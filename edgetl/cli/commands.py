@@ -126,7 +126,7 @@ def _print_fit(model, policies, limit, batch_size, resolution, optimizer, num_cl
 
 
 @main.command("export")
-@click.argument("run", type=click.Path())
+@click.argument("run", type=click.Path(), metavar="SOURCE")
 @click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(sorted(EXPORTERS)),
               help="onnx: ONNX Runtime training artifacts; tflite: one .tflite with train/infer signatures")
 @click.option("--out", default=None, help="artifact directory [default: artifacts/<format>]")
@@ -135,16 +135,30 @@ def _print_fit(model, policies, limit, batch_size, resolution, optimizer, num_cl
 @click.option("--batch-size", default=4, show_default=True, type=int,
               help="batch size of the reference batches; for tflite also the fixed training batch size")
 @click.option("--lr", default=None, type=float, help="learning rate on the device [default: the run's]")
+@click.option("--inference", is_flag=True,
+              help="a standalone model for apps instead: the trained weights as constants, no training signatures")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="with --inference: post-training integer quantization calibrated on --calibration [default: fp32]")
+@click.option("--calibration", type=click.Path(), default=None,
+              help="images the int8 quantization calibrates on (a folder; class folders give the accuracy change)")
+@click.option("--calibration-images", default=200, show_default=True, type=click.IntRange(1, 100_000),
+              help="images from --calibration used to calibrate (the others validate)")
+@click.option("--validation-data", type=click.Path(), default=None,
+              help="images the inference export is checked on [default: --calibration's others, else the run's data]")
 @friendly_errors
-def export_cmd(run, fmt, out, no_validate, steps, batch_size, lr):
-    """Export a trained run for on-device training, and prove it trains like PyTorch."""
+def export_cmd(run, fmt, out, no_validate, steps, batch_size, lr, inference, quantize, calibration,
+               calibration_images, validation_data):
+    """Export a run (or a deploy result's device-trained weights) for on-device training, and prove it trains like
+    PyTorch; or, with --inference, as a standalone model for an app."""
     from ..exporters import ValidationFailed, export
 
-    out = out or f"artifacts/{fmt}"
+    out = out or f"artifacts/{fmt}" + ("-inference" if inference else "")
     err = Console(stderr=True)
     try:
         result = export(run, fmt, out, validate=not no_validate, steps=steps, batch_size=batch_size, lr=lr,
-                        log=lambda message: err.print(message, soft_wrap=True))
+                        log=lambda message: err.print(message, soft_wrap=True), inference=inference, quantize=quantize,
+                        calibration=calibration, validation_data=validation_data,
+                        calibration_images=calibration_images)
     except ValidationFailed as exc:
         _print_export(exc.result, err)
         raise

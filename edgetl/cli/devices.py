@@ -149,6 +149,18 @@ def devices_clean(uri, keep_results):
 @click.option("--cache-features", is_flag=True,
               help="compute the frozen prefix's features in the first epoch and reuse them (needs --augment none)")
 @click.option("--cache-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--eval-data", default=None, metavar="PATH",
+              help="an ImageFolder on the device evaluated there before and after training (accuracy, confusion)")
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default=None,
+              help="learning rate over the planned steps [default: the run's, as the export records it]")
+@click.option("--predict", multiple=True, metavar="PATH",
+              help="classify images on the device (files or folders there) with --weights; trains nothing")
+@click.option("--evaluate", default=None, metavar="PATH",
+              help="evaluate --weights on an ImageFolder on the device (accuracy, confusion); trains nothing")
+@click.option("--weights", default="latest", show_default=True,
+              help="for --predict/--evaluate: latest (the newest training of this export on the device), export "
+                   "(its own weights), or a deploy result / params.npz here (pushed)")
+@click.option("--top-k", default=3, show_default=True, type=click.IntRange(1, 1000), help="classes per image (--predict)")
 @click.option("--out", default=None, help="where results land [default: deploy/<time>]")
 @click.option("--batch-size", default=None, type=int, help="[default: the export's fixed batch (tflite), else 8]")
 @click.option("--lr", default=None, type=float, help="learning rate [default: the export's]")
@@ -157,8 +169,10 @@ def devices_clean(uri, keep_results):
 @click.option("--timeout", default=3600, show_default=True, type=float, help="seconds for the training run")
 @friendly_errors
 def deploy(artifacts, device_uri, steps, epochs, data, device_data, val_split, augment, seed, shard_size, prefix_batch,
-           cache_features, cache_dtype, out, batch_size, lr, verify, force, timeout):
-    """Push an export to a device, train there, and bring back metrics and weights."""
+           cache_features, cache_dtype, eval_data, schedule, predict, evaluate, weights, top_k, out, batch_size, lr,
+           verify, force, timeout):
+    """Push an export to a device, train there, and bring back metrics and weights; or classify (--predict) or
+    evaluate (--evaluate) images there with what it learned."""
     from ..devices.deploy import deploy as run_deploy
     from ..ui import DeployProgress, print_deploy_report
 
@@ -167,5 +181,7 @@ def deploy(artifacts, device_uri, steps, epochs, data, device_data, val_split, a
         report = run_deploy(artifacts, device_uri, steps=steps, data=data, out=out, batch_size=batch_size, lr=lr,
                             verify=verify, force=force, timeout=timeout, events=events, device_data=device_data,
                             epochs=epochs, val_split=val_split, augment=augment, seed=seed, shard_size=shard_size,
-                            prefix_batch=prefix_batch, cache_features=cache_features, cache_dtype=cache_dtype)
-    print_deploy_report(report, err)
+                            prefix_batch=prefix_batch, cache_features=cache_features, cache_dtype=cache_dtype,
+                            eval_data=eval_data, schedule=schedule, predict=list(predict) or None, evaluate=evaluate,
+                            weights=weights, top_k=top_k)
+    print_deploy_report(report, console if report["mode"] != "train" else err)

@@ -29,13 +29,12 @@ import numpy as np
 
 from ..exporters import ExportError
 from ..exporters.manifest import MANIFEST, verify_manifest
+from ..runtime import RUNNERS, SHARED_FILES
 from .base import Device, DeviceError, DiskFull, file_sha256
 
 BUNDLE_JSON = "bundle.json"
 SHARD, SHARD_DIR = "shard.npz", "shard"
 RUNTIME_DIR = Path(__file__).resolve().parents[1] / "runtime"
-RUNTIME_FILES = ("runner_common.py", "runner_data.py", "runner_prefix.py")  # what every runner imports
-RUNNERS = {"onnxruntime-training": "ort_runner.py", "ai-edge-litert": "tflite_runner.py"}
 
 
 @dataclass
@@ -64,14 +63,18 @@ def make_bundle(artifacts: str | Path, data: str | Path | None = None, shard_siz
     if bad:
         raise ExportError(f"{artifacts} is damaged: {', '.join(bad[:5])} do not match the manifest; export again")
     manifest = json.loads((artifacts / MANIFEST).read_text())
+    if manifest.get("kind") == "inference":
+        raise ExportError(f"{artifacts} is an inference export (weights baked in, for apps): deploy trains a training "
+                          f"export; export the run without --inference")
     runner = RUNNERS.get(manifest.get("runtime"))
     if runner is None:
         raise ExportError(f"no device runner for the runtime {manifest.get('runtime')!r} yet")
+    runner += ".py"
     root = Path(tempfile.mkdtemp(prefix="edgetl-bundle-"))
     for rel in [*manifest["files"], MANIFEST]:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(artifacts / rel, root / rel)
-    for name in (runner, *RUNTIME_FILES):
+    for name in (runner, *SHARED_FILES):
         shutil.copy2(RUNTIME_DIR / name, root / name)
     shard = None
     if data is not None:

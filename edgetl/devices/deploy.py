@@ -3,6 +3,10 @@
     report = deploy("artifacts/onnx", "ssh://pi@raspberrypi.local", steps=200, data="./shard", out="deploy/pi")
     report = deploy("artifacts/tflite", "ssh://pi@cam-1", device_data="/home/pi/captures", epochs=5, val_split=0.1)
     report = deploy(..., events=MyEvents())        # progress and messages, as DeployEvents callbacks (silent by default)
+    report = deploy("artifacts/tflite", "ssh://pi@cam-1", device_data="/home/pi/captures", epochs=5,
+                    eval_data="/home/pi/test")    # accuracy on the device before and after training
+    report = deploy("artifacts/tflite", "ssh://pi@cam-1", predict="/home/pi/new")     # classified there, no training
+    report = deploy("artifacts/tflite", "ssh://pi@cam-1", evaluate="/home/pi/test")   # accuracy computed there
 
 Data: ``data`` is on the laptop (an ImageFolder, packed into a uint8 shard and pushed, or a ``.npz``);
 ``device_data`` is an ImageFolder already on the device, which the runner decodes and streams there: the
@@ -11,8 +15,16 @@ images never leave it, and only metrics, weights and the checkpoint come back (t
 Steps: probe the device; check that its runtime is there and that the predicted training memory fits its
 available RAM (refusing with the fix, unless ``force``); push the bundle (atomic, resumable); optionally
 repeat the export's parity check there (``verify``); run the runner with live progress; pull back the
-metrics, trained weights and checkpoint; write ``report.json`` and plot the loss curve. It draws nothing:
-what a person sees comes through :class:`DeployEvents` (the CLI's are rich progress bars and a table).
+metrics, trained weights and checkpoint; write ``report.json`` (with the run and the export the weights came
+from, and a copy of the export's manifest: ``edgetl evaluate``, ``predict`` and ``export --inference`` take the
+result directory) and plot the loss curve. ``eval_data`` (an ImageFolder on the device) is evaluated there before
+and after training.
+
+Using what was learned, with no training: ``predict`` classifies images on the device and ``evaluate`` computes
+accuracy and the confusion matrix there, with ``weights``: ``latest`` (the newest finished training of this export
+on the device, else the export's own), ``export``, or a deploy result / ``params.npz`` here (pushed). Only the
+predictions or the evaluation come back, never the images. It draws nothing: what a person sees comes through
+:class:`DeployEvents` (the CLI's are rich progress bars and a table).
 """
 
 from __future__ import annotations
@@ -26,7 +38,10 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..exporters import ExportError
-from ..io import atomic_write_json
+from ..exporters.manifest import MANIFEST
+from ..io import atomic_write_json, file_sha256
+from ..sources import DEPLOY_REPORT as REPORT
+from ..sources import DEVICE_WEIGHTS
 from . import connect
 from .base import DeviceError, DeviceInfo, MemoryRefused, RunnerFailed, RuntimeMissing
 from .bundle import make_bundle, push_bundle
@@ -34,7 +49,8 @@ from .runtimes import check_runtime
 
 #: resident memory of the runner itself before training (Python, numpy, the runtime), measured on x86_64
 RUNTIME_BASELINE_BYTES = {"onnxruntime-training": 120 * 2**20, "ai-edge-litert": 60 * 2**20}
-PULLED = ("metrics.json", "params.npz", "checkpoint", "checkpoint.npz", "inference.onnx")
+PULLED = ("metrics.json", "params.npz", "checkpoint", "checkpoint.npz", "inference.onnx", "predictions.json",
+          "evaluation.json")
 
 
 class DeployEvents:
@@ -49,6 +65,9 @@ class DeployEvents:
     def verified(self, checks: list[dict]) -> None: ...
 
     def step(self, step: int, steps: int, loss: str) -> None: ...
+
+    def images(self, done: int, total: int) -> None:
+        """Images classified or evaluated on the device so far (``predict`` and ``evaluate``)."""
 
     def epoch(self, record: dict) -> None:
         """After each epoch on the device: ``epoch``, ``epochs`` (None in --steps runs), ``train_loss``, and with a
@@ -100,13 +119,18 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
            force: bool = False, timeout: float = 3600, events: DeployEvents | None = None,
            device_data: str | None = None, epochs: int | None = None, val_split: float | None = None,
            augment: str = "none", seed: int = 0, shard_size: int | None = None, prefix_batch: int | str | None = None,
-           cache_features: bool = False, cache_dtype: str = "float32") -> dict:
+           cache_features: bool = False, cache_dtype: str = "float32", eval_data: str | None = None,
+           schedule: str | None = None, predict: str | list[str] | None = None, evaluate: str | None = None,
+           weights: str | Path = "latest", top_k: int = 3) -> dict:
     """Train ``artifacts`` on the device for ``epochs`` epochs or ``steps`` steps (default 50 steps), on
     ``data`` pushed from the laptop or ``device_data`` on the device (``val_split`` of a flat folder held out and
     evaluated each epoch; ``augment`` none or flip; ``seed`` shuffles); ``prefix_batch`` (a number or auto) runs
     the frozen prefix in micro-batches, ``cache_features`` computes its features once and reuses them in later
-    epochs (``cache_dtype`` float32 or float16); returns the report."""
+    epochs (``cache_dtype`` float32 or float16); ``eval_data`` (on the device) is evaluated before and after;
+    ``schedule`` (cosine or constant) overrides the export's. With ``predict`` or ``evaluate`` (paths on the
+    device) nothing trains: see the module docstring. Returns the report."""
     events = events or DeployEvents()
+    use = _use_mode(predict, evaluate, steps, epochs, data, device_data, eval_data)
     if data is not None and device_data:
         raise DataError("give --data (images on this machine, pushed) or --device-data (images on the device), not both")
     if steps is not None and epochs is not None:
@@ -123,14 +147,15 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
                           f"again with --batch-size {batch_size}")
     batch_size = batch_size or fixed or 8
     out = Path(out or f"deploy/{time.strftime('%Y%m%d-%H%M%S')}")
+    local_weights = _local_weights(weights, manifest) if use else None
     with connect(device_uri) as device:
         info = device.probe()
         events.device(info)
         check_runtime(info, manifest["runtime"])
-        if device_data:
+        if device_data or eval_data or use:
             check_pillow(info, device_uri)
         need = predicted_memory(manifest, batch_size)
-        if info.mem_available_bytes and need > info.mem_available_bytes:
+        if not use and info.mem_available_bytes and need > info.mem_available_bytes:
             message = (f"training {manifest['model']} {manifest['policy']} at batch {batch_size} needs about "
                        f"{need / 2**20:,.0f} MiB but {info.uri} has {info.mem_available_bytes / 2**20:,.0f} MiB "
                        f"available: lower --batch-size, export with a smaller K (`edgetl profile --budget` finds "
@@ -159,65 +184,154 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
                                    for c in verified or [] if not c["ok"])
                 raise RunnerFailed(f"the parity check failed on {device_uri}: {failed or result.tail()}. The device's "
                                    f"runtime computes differently from the export machine; check its version")
-        args = f" --epochs {epochs}" if epochs is not None else f" --steps {steps}"
-        args += f" --batch-size {batch_size} --seed {seed} --augment {augment}"
-        args += f" --data {bundle.shard}" if bundle.shard else ""
-        args += f" --device-data {shlex.quote(device_data)}" if device_data else ""
-        args += f" --val-split {val_split}" if device_data and val_split else ""
-        args += f" --lr {lr}" if lr is not None else ""
-        args += f" --prefix-batch {shlex.quote(str(prefix_batch))}" if prefix_batch not in (None, "auto") else ""
-        args += f" --cache-features --cache-dtype {cache_dtype}" if cache_features else ""
+        if use:
+            args = _use_args(device, local_weights, predict, evaluate, top_k)
+        else:
+            args = f" --epochs {epochs}" if epochs is not None else f" --steps {steps}"
+            args += f" --batch-size {batch_size} --seed {seed} --augment {augment}"
+            args += f" --data {bundle.shard}" if bundle.shard else ""
+            args += f" --device-data {shlex.quote(device_data)}" if device_data else ""
+            args += f" --val-split {val_split}" if device_data and val_split else ""
+            args += f" --eval-data {shlex.quote(eval_data)}" if eval_data else ""
+            args += f" --schedule {schedule}" if schedule else ""
+            args += f" --lr {lr}" if lr is not None else ""
+            args += f" --prefix-batch {shlex.quote(str(prefix_batch))}" if prefix_batch not in (None, "auto") else ""
+            args += f" --cache-features --cache-dtype {cache_dtype}" if cache_features else ""
         # the same bundle and settings train in the same directory, so running the same deploy again after an
         # interruption continues from the device's last checkpoint
         run_dir = f"runs/{hashlib.sha256((bundle.id + args).encode()).hexdigest()[:12]}"
         t0 = time.perf_counter()
-
-        def on_line(line: str) -> None:
-            parts = line.split()
-            if len(parts) == 4 and parts[0] == "step" and parts[2] == "loss":
-                done, _, total = parts[1].partition("/")
-                events.step(int(done), int(total), parts[3])
-            elif parts[:1] == ["epoch"] and (record := parse_epoch(line)):
-                events.epoch(record)
-            elif parts[:1] == ["resume"] and len(parts) == 5:
-                events.message(f"resuming the interrupted run on the device: epoch {parts[2]} and {parts[4]} steps "
-                               f"were done")
-            elif parts[:1] == ["note:"]:
-                events.message(line)
-
-        result = device.run(runner + args + f" --out {run_dir}", timeout=timeout, on_line=on_line)
-        refused = [line[len("error: "):] for line in result.stderr.splitlines() if line.startswith("error: ")]
-        if result.returncode == 2 and refused:  # the runner refused its input, in one line with the fix
-            raise RunnerFailed(f"the runner failed on {device_uri}: {refused[-1]}")
-        if result.returncode != 0:
-            raise RunnerFailed(f"the runner failed on {device_uri} (exit {result.returncode}); its last output:\n"
-                               f"{result.tail()}")
+        _run_runner(device, runner + args + f" --out {run_dir}", device_uri, timeout, events)
         partial = out.with_name(out.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         for name in PULLED:
             if device.exists(f"{remote}/{run_dir}/{name}"):
                 device.pull_file(f"{remote}/{run_dir}/{name}", partial / name)
-    metrics = json.loads((partial / "metrics.json").read_text())
-    report = {"device": info.as_dict(), "bundle": bundle.id, "remote": remote, "run": run_dir,
+    shutil.copy2(Path(artifacts) / MANIFEST, partial / MANIFEST)  # the export's: a result is judged by it
+    origin = {"device": info.as_dict(), "bundle": bundle.id, "remote": remote, "run": run_dir,
               "model": manifest["model"], "policy": manifest["policy"], "format": manifest["format"],
-              "steps": metrics["steps"], "batch_size": batch_size, "predicted_memory_bytes": need,
-              "data": _data_report(metrics, bundle, device_data), "epochs": metrics.get("epochs", []),
-              "augment": augment, "seed": seed, "prefix_batch": metrics.get("prefix_batch"),
-              "cache": metrics.get("cache"), "resumed_from_epoch": metrics.get("resumed_from_epoch"),
-              "losses": metrics["losses"], "median_step_seconds": metrics["median_step_seconds"],
-              "peak_rss_bytes": metrics["peak_rss_bytes"], "wall_seconds": time.perf_counter() - t0,
-              "verify": verified, "files": sorted(p.name for p in partial.iterdir())}
-    if device_data:
+              "artifacts": str(Path(artifacts).resolve()), "source_run": manifest.get("source_run")}
+    if use:
+        report = _use_report(origin, partial, use, local_weights, time.perf_counter() - t0)
+    else:
+        report = _train_report(origin, partial, bundle, device_data, batch_size, need, augment, seed, verified,
+                               time.perf_counter() - t0)
+    if device_data or use:
         report["images_left_device"] = False
-        report["note"] = ("the images stayed on the device: they were decoded there, and only metrics, trained "
-                          "weights and the checkpoint were pulled")
-    atomic_write_json(report, partial / "report.json")
-    _plot(report, partial / "loss.png")
+        report["note"] = ("the images stayed on the device: they were decoded there, and only "
+                          + ("the predictions" if use == "predict" else "the evaluation" if use else
+                             "metrics, trained weights and the checkpoint") + " came back")
+    atomic_write_json(report, partial / REPORT)
+    _plot(report, partial)
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
     report["out"] = str(out)
     return report
+
+
+def _use_mode(predict, evaluate, steps, epochs, data, device_data, eval_data) -> str | None:
+    """``predict``, ``evaluate`` or None (a training deploy); refuses what cannot go together."""
+    if predict and evaluate:
+        raise DataError("give --predict or --evaluate, not both")
+    use = "predict" if predict else "evaluate" if evaluate else None
+    given = [flag for flag, value in (("--steps", steps), ("--epochs", epochs), ("--data", data),
+                                      ("--device-data", device_data), ("--eval-data", eval_data)) if value is not None]
+    if use and given:
+        raise DataError(f"--{use} uses what a device learned and trains nothing: drop {', '.join(given)} (train first "
+                        f"with a deploy of its own, then --{use})")
+    return use
+
+
+def _local_weights(weights: str | Path, manifest: dict) -> Path | None:
+    """The ``params.npz`` to push for ``--weights`` (a deploy result or a file here), or None for the choices the
+    device makes itself (``latest``, ``export``)."""
+    if str(weights) in ("latest", "export"):
+        return None
+    path = Path(weights)
+    if path.is_dir():
+        report = path / REPORT
+        if not (path / DEVICE_WEIGHTS).is_file():
+            raise DataError(f"--weights {path}: no {DEVICE_WEIGHTS} there; give the result directory of a training "
+                            f"deploy, a params.npz, latest or export")
+        if report.is_file() and json.loads(report.read_text()).get("model") not in (None, manifest["model"]):
+            raise DataError(f"--weights {path} were trained for another model than {manifest['model']}; give weights "
+                            f"trained from this export")
+        path = path / DEVICE_WEIGHTS
+    if not path.is_file():
+        raise DataError(f"--weights {weights}: no such file or deploy result; give a deploy result, a params.npz, "
+                        f"latest or export")
+    return path
+
+
+def _use_args(device, local_weights: Path | None, predict, evaluate, top_k: int) -> str:
+    """The runner's arguments for ``--predict`` / ``--evaluate``, the weights pushed first when they are here."""
+    if local_weights is None:
+        weights = "latest"
+    else:
+        digest = file_sha256(local_weights)
+        weights = f"{device.workdir}/weights/{digest[:16]}.npz"
+        if device.sha256([weights]).get(weights) != digest:
+            device.makedirs(f"{device.workdir}/weights")
+            device.push_file(local_weights, weights + ".part")
+            device.rename(weights + ".part", weights)
+    if predict:
+        paths = [predict] if isinstance(predict, (str, Path)) else list(predict)
+        return f" --predict {' '.join(shlex.quote(str(p)) for p in paths)} --top-k {top_k} --weights {shlex.quote(weights)}"
+    return f" --evaluate {shlex.quote(str(evaluate))} --weights {shlex.quote(weights)}"
+
+
+def _run_runner(device, command: str, device_uri: str, timeout: float, events: DeployEvents) -> None:
+    """Run the runner with its progress turned into events; a refusal or a crash becomes :class:`RunnerFailed`."""
+
+    def on_line(line: str) -> None:
+        parts = line.split()
+        if len(parts) == 4 and parts[0] == "step" and parts[2] == "loss":
+            done, _, total = parts[1].partition("/")
+            events.step(int(done), int(total), parts[3])
+        elif len(parts) == 2 and parts[0] == "images" and "/" in parts[1]:
+            done, _, total = parts[1].partition("/")
+            events.images(int(done), int(total))
+        elif parts[:1] == ["epoch"] and (record := parse_epoch(line)):
+            events.epoch(record)
+        elif parts[:1] == ["eval"] and len(parts) == 6:
+            events.message(f"accuracy on the device's evaluation images {parts[1]} training: {float(parts[3]):.1%} "
+                           f"({parts[5]} images)")
+        elif parts[:1] == ["resume"] and len(parts) == 5:
+            events.message(f"resuming the interrupted run on the device: epoch {parts[2]} and {parts[4]} steps "
+                           f"were done")
+        elif parts[:1] == ["note:"]:
+            events.message(line)
+
+    result = device.run(command, timeout=timeout, on_line=on_line)
+    refused = [line[len("error: "):] for line in result.stderr.splitlines() if line.startswith("error: ")]
+    if result.returncode == 2 and refused:  # the runner refused its input, in one line with the fix
+        raise RunnerFailed(f"the runner failed on {device_uri}: {refused[-1]}")
+    if result.returncode != 0:
+        raise RunnerFailed(f"the runner failed on {device_uri} (exit {result.returncode}); its last output:\n"
+                           f"{result.tail()}")
+
+
+def _train_report(origin: dict, partial: Path, bundle, device_data, batch_size, need, augment, seed, verified,
+                  seconds) -> dict:
+    metrics = json.loads((partial / "metrics.json").read_text())
+    return {**origin, "mode": "train", "steps": metrics["steps"], "batch_size": batch_size,
+            "predicted_memory_bytes": need, "data": _data_report(metrics, bundle, device_data),
+            "epochs": metrics.get("epochs", []), "augment": augment, "seed": seed,
+            "schedule": metrics.get("schedule", "constant"), "lr": metrics.get("lr"),
+            "prefix_batch": metrics.get("prefix_batch"), "cache": metrics.get("cache"),
+            "resumed_from_epoch": metrics.get("resumed_from_epoch"), "eval": metrics.get("eval"),
+            "losses": metrics["losses"], "median_step_seconds": metrics["median_step_seconds"],
+            "peak_rss_bytes": metrics["peak_rss_bytes"], "wall_seconds": seconds,
+            "verify": verified, "files": sorted(p.name for p in partial.iterdir())}
+
+
+def _use_report(origin: dict, partial: Path, use: str, local_weights: Path | None, seconds: float) -> dict:
+    name = "predictions.json" if use == "predict" else "evaluation.json"
+    result = json.loads((partial / name).read_text())
+    weights = str(local_weights) if local_weights else result["weights"]
+    return {**origin, "mode": use, "weights": weights, "evaluation" if use == "evaluate" else "predictions": result,
+            "wall_seconds": seconds, "files": sorted([*(p.name for p in partial.iterdir()), REPORT])}
 
 
 def _data_report(metrics: dict, bundle, device_data: str | None) -> dict:
@@ -235,11 +349,25 @@ def _data_report(metrics: dict, bundle, device_data: str | None) -> dict:
             "skipped_unreadable": ran.get("skipped_unreadable", 0), "unreadable": ran.get("unreadable", [])}
 
 
-def _plot(report: dict, path: Path) -> None:
+def _plot(report: dict, out: Path) -> None:
+    """``loss.png`` of a training deploy; ``confusion.png`` of what was evaluated on the device (after training)."""
     try:
-        import matplotlib
-    except ImportError:  # the plot is a nicety: report.json holds the losses
+        import matplotlib  # noqa: F401
+    except ImportError:  # the plots are a nicety: report.json holds the numbers
         return
+    evaluated = report.get("evaluation") or (report.get("eval") or {}).get("after")
+    if evaluated:
+        from ..evaluate import EvalResult
+
+        result = EvalResult.from_dict(evaluated, {"model": report["model"], "policy": report["policy"]})
+        result.plot_confusion(out / "confusion.png", f"{report['model']} {report['policy']} on the device: top-1 "
+                                                     f"{result.top1:.1%} on {result.images} images")
+    if report["mode"] == "train":
+        _plot_losses(report, out / "loss.png")
+
+
+def _plot_losses(report: dict, path: Path) -> None:
+    import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -16,22 +16,15 @@ import shutil
 from pathlib import Path
 
 from .. import __version__
-from ..data import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from ..data import preprocessing
 from ..io import atomic_write_json, file_sha256
 from ..optim import OptimizerSpec
 from ..profile.analytic import profile_model
 from ..run import Run
-from ..runtime import runner_common, runner_data, runner_prefix
+from ..runtime import SHARED_FILES
 from .validation import TOLERANCES, Validation
 
 MANIFEST = "manifest.json"
-
-
-def preprocessing(resolution: int) -> dict:
-    resize = eval_transform(resolution).transforms[0].size
-    return {"resize_shorter_side": resize, "interpolation": "bilinear, antialiased (PIL)", "center_crop": resolution,
-            "scale": 1 / 255, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "layout": "NCHW", "channels": "RGB",
-            "convert": "RGB (PIL convert: grayscale, RGBA and palette images too)"}
 
 
 def predicted_memory(run: Run, spec: OptimizerSpec) -> dict:
@@ -54,10 +47,13 @@ def manifest_fields(exporter, run: Run, spec: OptimizerSpec, trainable: list[str
                   "dtype": "float32"},
         "output": {"name": "logits", "shape": [batch_size, len(run.class_names)]}, "class_names": run.class_names,
         "preprocessing": preprocessing(run.resolution), "trainable": trainable, "optimizer": spec.as_dict(),
+        "schedule": {"name": run.schedule, "what": "the run's learning-rate schedule, which the runner follows from "
+                     "the optimizer's lr over the planned steps of a device run (--epochs x batches per epoch, or "
+                     "--steps); cosine as the trainer's CosineAnnealingLR"},
         "memory": predicted_memory(run, spec),
         "dropout": "not exported: on-device training runs without dropout (the parity check does the same)",
         "validation": {"validated": False, "steps": steps, "batch_size": reference_batch, "tolerances": TOLERANCES},
-        "notes": run.notes, "source_run": str(run.path) if run.path else None}
+        "notes": run.notes, "source_run": str(Path(run.path).resolve()) if run.path else None}
 
 
 def split_entry(split, prefix_file: str) -> dict:
@@ -81,13 +77,12 @@ def file_checksums(root: Path) -> dict[str, str]:
 
 
 def copy_runner(runner_module, out: Path) -> str:
-    """Put a device runner and what it imports (``runner_common.py``, ``runner_data.py``, ``runner_prefix.py``)
-    into ``out``; returns
-    the runner's file name."""
+    """Put a device runner and the files it imports (``runtime.SHARED_FILES``) into ``out``; returns the runner's
+    file name."""
     name = Path(runner_module.__file__).name
-    shutil.copy(runner_module.__file__, out / name)
-    for module in (runner_common, runner_data, runner_prefix):
-        shutil.copy(module.__file__, out / Path(module.__file__).name)
+    here = Path(runner_module.__file__).parent
+    for file in (name, *SHARED_FILES):
+        shutil.copy(here / file, out / file)
     return name
 
 

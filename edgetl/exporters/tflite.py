@@ -72,14 +72,19 @@ def non_builtin(model: bytes) -> list[str]:
     return sorted({op for ops in operators(model).values() for op in ops if op not in builtins})
 
 
-def convert(module, tf) -> bytes:
-    """Save ``module`` with its signatures and convert it with TFLITE_BUILTINS only."""
+def convert(module, tf, calibration=None) -> bytes:
+    """Save ``module`` with its signatures and convert it with TFLITE_BUILTINS only; with ``calibration`` (images,
+    N x 3 x R x R), as a post-training int8 model calibrated on them (float32 input and output)."""
     with tempfile.TemporaryDirectory(prefix="edgetl-savedmodel-") as tmp, quiet_stderr() as log:
         signatures = module.signatures()
         tf.saved_model.save(module, tmp, signatures=signatures)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(signatures))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         converter.experimental_enable_resource_variables = True
+        if calibration is not None:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ({"images": image[None]} for image in calibration)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         try:
             model = converter.convert()
         except Exception as exc:  # ConverterError: names the ops that have no builtin
@@ -100,6 +105,7 @@ def convert(module, tf) -> bytes:
 class TfliteExporter(Exporter):
     name = "tflite"
     runtime = "ai-edge-litert"
+    inference_runtime = "ai-edge-litert"
     input_name = "images"
     fixed_batch = True
     runner = tflite_runner
@@ -140,6 +146,15 @@ class TfliteExporter(Exporter):
                           "and the train signature updates their running statistics as PyTorch does",
             "activation_masks": "MobileTL masks are stored as one byte per element (TFLite has no bit type)",
             "versions": {"tensorflow": tf.__version__, "ai_edge_litert": metadata.version("ai-edge-litert")}}
+
+    def lower_inference(self, model, resolution, out, quantize, calibration, log) -> str:
+        tf = _backend()
+        from .tflite_graph import InferenceModule, Lowering
+
+        model_bytes = convert(InferenceModule(Lowering(model), resolution), tf,
+                              calibration if quantize == "int8" else None)
+        atomic_write_bytes(model_bytes, out / tflite_runner.MODEL)
+        return tflite_runner.MODEL
 
     def probe(self, model, batch_size, resolution):
         from .layerdiff import TfliteProbe

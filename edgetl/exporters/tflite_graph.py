@@ -393,3 +393,21 @@ class PrefixModule(tf.Module):
     def _prefix(self, images):
         features, _ = self.lowering.forward(images, training=False)
         return {"features": features}
+
+
+class InferenceModule(tf.Module):
+    """An inference export: one signature, ``infer``: images (any batch, NCHW) -> logits, every weight a constant
+    (lower a model whose parameters require no gradient, in eval mode)."""
+
+    def __init__(self, lowering: Lowering, resolution: int):
+        super().__init__()
+        self.lowering = lowering
+        spec = tf.TensorSpec([None, 3, resolution, resolution], tf.float32, name="images")
+        self.infer = tf.function(self._infer, input_signature=[spec])
+
+    def signatures(self) -> dict:
+        return {"infer": self.infer.get_concrete_function()}
+
+    def _infer(self, images):
+        logits, _ = self.lowering.forward(images, training=False)
+        return {"logits": logits}

@@ -6,7 +6,21 @@ device; no torch, no edgetl).
 
 ``runner_common.py`` holds what they share (the training loop, checkpoints, the command line) and
 ``runner_data.py`` their data (images on the device, decoded with Pillow; pushed shards), ``runner_prefix.py``
-the frozen prefix of a split export (micro-batches, the feature cache). Exports copy a runner and these
-beside the artifacts, deploy puts the current ones in its bundles, and a device runs them as scripts.
-This package imports nothing of edgetl, and edgetl's exporters and devices import it, never the reverse.
+the frozen prefix of a split export (micro-batches, the feature cache), ``runner_eval.py`` evaluation and
+prediction (what ``--evaluate``, ``--predict``, ``--eval-data`` and the laptop's ``edgetl evaluate`` compute).
+Exports copy a runner and these beside the artifacts, deploy puts the current ones in its bundles, and a
+device runs them as scripts. This package imports nothing of edgetl, and edgetl imports it, never the reverse.
 """
+
+import importlib
+
+#: the files every runner imports, copied beside it
+SHARED_FILES = ("runner_common.py", "runner_data.py", "runner_eval.py", "runner_prefix.py")
+#: an export's runtime (its manifest's ``runtime``) -> the runner module that trains and runs it (ONNX inference
+#: exports need only the plain ``onnxruntime``)
+RUNNERS = {"onnxruntime-training": "ort_runner", "ai-edge-litert": "tflite_runner", "onnxruntime": "ort_runner"}
+
+
+def runner_module(runtime: str):
+    """The runner module of ``runtime`` (``edgetl.runtime.tflite_runner`` ...); KeyError for an unknown one."""
+    return importlib.import_module(f"{__name__}.{RUNNERS[runtime]}")

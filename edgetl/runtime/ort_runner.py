@@ -54,6 +54,14 @@ def training_api():
     """
     if "onnxruntime.training.api" in sys.modules:
         return sys.modules["onnxruntime.training.api"]
+    onnxruntime()
+    import onnxruntime.training.api as api
+
+    return api
+
+
+def onnxruntime():
+    """The ``onnxruntime`` package, imported without its training package's torch (see ``training_api``)."""
     import importlib.util
 
     if "onnxruntime.training" not in sys.modules:
@@ -69,12 +77,10 @@ def training_api():
         sys.modules["onnxruntime.training"] = pkg
         # onnxruntime's version check imports ORTModule (torch) and tolerates its ImportError: let it skip
         sys.modules.setdefault("onnxruntime.training.ortmodule", None)
-    import onnxruntime
+    import onnxruntime as ort
 
-    onnxruntime.set_default_logger_severity(3)  # errors only
-    import onnxruntime.training.api as api
-
-    return api
+    ort.set_default_logger_severity(3)  # errors only
+    return ort
 
 
 class Trainer:
@@ -83,13 +89,13 @@ class Trainer:
     def __init__(self, artifacts: str, lr: float | None = None, checkpoint: str | None = None,
                  threads: int | None = None, prefix_batch: int | str | None = "auto"):
         api = training_api()
-        import onnxruntime
+        ort = onnxruntime()
 
         manifest = common.load_manifest(artifacts)
         self.artifacts = artifacts
         self.trainable = manifest["trainable"]
         self.state = api.CheckpointState.load_checkpoint(checkpoint or os.path.join(artifacts, CHECKPOINT))
-        options = onnxruntime.SessionOptions()
+        options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default, one per physical core
         # no arena and no memory pattern: ONNX Runtime's CPU arena grows by doubling and keeps what it took, so a
         # training step on MobileNetV2 (batch 8, 224 px) peaked at 417 MB instead of 227 MB, and kept growing for
@@ -107,7 +113,7 @@ class Trainer:
         self.prefix_batch = None
         self.prefix_value = prefix_batch
         if self.split:
-            self.prefix = onnxruntime.InferenceSession(os.path.join(artifacts, self.split["prefix"]), options,
+            self.prefix = ort.InferenceSession(os.path.join(artifacts, self.split["prefix"]), options,
                                                        providers=["CPUExecutionProvider"])
             self.prefix_input = self.prefix.get_inputs()[0].name
         self.lr = lr if lr is not None else manifest["optimizer"]["lr"]
@@ -122,6 +128,12 @@ class Trainer:
         if checkpoint and self.running and os.path.exists(beside):
             with np.load(beside) as saved:
                 self.running.update({k: saved[k].astype(np.float32) for k in self.running if k in saved})
+
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of the next optimizer steps."""
+        if lr != self.lr:
+            self.lr = lr
+            self.optimizer.set_learning_rate(lr)
 
     def allocate(self) -> None:
         """Every session the training step uses is loaded in ``__init__`` (``--baseline``)."""
@@ -219,11 +231,25 @@ def infer(artifacts: str, images: np.ndarray, params: dict[str, np.ndarray] | No
     return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(images, dtype=np.float32)})[0]
 
 
-def inference_session(artifacts: str, params: dict[str, np.ndarray] | None = None):
-    """An ONNX Runtime session of the inference model, ``params`` overriding its initializers."""
-    import onnxruntime as ort
+def predictor(artifacts: str, params: dict[str, np.ndarray] | None = None, threads: int | None = None):
+    """``(images -> logits, batch)``: the inference model (``inference.onnx``, or an inference export's own model)
+    with ``params`` (trained weights by torchvision name) overriding its initializers; any batch."""
+    manifest = common.load_manifest(artifacts)
+    if manifest.get("kind") == "inference" and params:
+        raise common.RunnerError(f"{artifacts} is an inference export: its weights are baked in, so no other weights "
+                                 f"can be set; export the weights you want with `edgetl export SOURCE --inference`")
+    session = inference_session(artifacts, params, threads, manifest.get("file", INFERENCE_MODEL))
+    name = session.get_inputs()[0].name
+    return (lambda images: session.run(None, {name: np.ascontiguousarray(images, dtype=np.float32)})[0],
+            common.EVAL_BATCH)
 
+
+def inference_session(artifacts: str, params: dict[str, np.ndarray] | None = None, threads: int | None = None,
+                      model: str = INFERENCE_MODEL):
+    """An ONNX Runtime session of the inference model, ``params`` overriding its initializers."""
+    ort = onnxruntime()
     options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 0
     if params:
         # ONNX Runtime folds Conv + BatchNormalization from the graph's own initializer values when it
         # optimises the graph, silently ignoring overrides of the fused tensors (trained conv weights
@@ -233,7 +259,7 @@ def inference_session(artifacts: str, params: dict[str, np.ndarray] | None = Non
     for name, value in (params or {}).items():
         keep.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value)))
         options.add_initializer(name, keep[-1])
-    session = ort.InferenceSession(os.path.join(artifacts, INFERENCE_MODEL), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(os.path.join(artifacts, model), options, providers=["CPUExecutionProvider"])
     session.keep = (options, keep)
     return session
 
@@ -269,7 +295,7 @@ def main(argv=None) -> int:
     def make_trainer(art, lr, args):
         return Trainer(art, lr, args.resume, args.threads, args.prefix_batch)
 
-    return common.main(argv, "onnxruntime-training", make_trainer, infer, save_outputs)
+    return common.main(argv, "onnxruntime-training", make_trainer, infer, save_outputs, predictor)
 
 
 if __name__ == "__main__":

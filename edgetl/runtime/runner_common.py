@@ -17,6 +17,7 @@ import argparse
 import errno
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -28,13 +29,17 @@ import numpy as np
 
 if __package__:  # edgetl.runtime.runner_common
     from . import runner_data as data
+    from . import runner_eval as evaluation
     from . import runner_prefix as prefix
 else:  # beside the runner on a device
     import runner_data as data
+    import runner_eval as evaluation
     import runner_prefix as prefix
 
 REFERENCE, MANIFEST = "reference.npz", "manifest.json"
 PROGRESS, CHECKPOINTS = "progress.json", "checkpoints"
+#: the batch an inference of any batch size runs at when evaluating or predicting many images
+EVAL_BATCH = 16
 #: errors of a full disk (EFBIG: a file-size limit, which reads the same to a person)
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
@@ -121,6 +126,10 @@ def write_bytes(path: str, write) -> None:
     atomic(path, to_file)
 
 
+def atomic_json(data, path: str) -> None:
+    write_bytes(path, lambda f: f.write(json.dumps(data, indent=2).encode()))
+
+
 def load_manifest(artifacts: str) -> dict:
     with open(os.path.join(artifacts, MANIFEST)) as f:
         return json.load(f)
@@ -158,44 +167,66 @@ def load_shard(path: str, manifest: dict):
 
 # -- training on a data set: epochs or steps, validation, checkpoints ------------------------------------
 
-def evaluate(trainer, split, batch_size: int) -> dict:
-    """Accuracy and cross-entropy of the current weights on ``split`` (a fixed-batch model gets its last batch
-    padded; only the real images count)."""
-    predict = trainer.predictor() if hasattr(trainer, "predictor") else trainer.logits
-    correct, total, loss = 0, 0, 0.0
-    for x, y, real in data.batches(split, range(len(split)), getattr(trainer, "batch_size", None) or batch_size,
-                                   pad=True):
-        logits = np.asarray(predict(x), np.float64)[:real]
-        y = y[:real]
-        z = logits - logits.max(axis=1, keepdims=True)
-        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        loss -= float(log_p[np.arange(real), y].sum())
-        correct += int((logits.argmax(axis=1) == y).sum())
-        total += real
-    return {"val_acc": correct / total if total else None, "val_loss": loss / total if total else None,
-            "val_images": total}
+def predictor_of(trainer):
+    """``images -> logits`` with the weights trained so far (one inference session for many batches)."""
+    return trainer.predictor() if hasattr(trainer, "predictor") else trainer.logits
+
+
+def evaluate(trainer, split, batch_size: int, class_names: list[str] | None = None) -> dict:
+    """The current weights on ``split`` (a fixed-batch model gets its last batch padded; only the real images
+    count): with ``class_names`` the whole evaluation (``runner_eval``), else the validation record (accuracy,
+    cross-entropy, images)."""
+    size = getattr(trainer, "batch_size", None) or batch_size
+    result = evaluation.evaluate(predictor_of(trainer), split, size, class_names)
+    if class_names is not None:
+        return result
+    return {"val_acc": result["top1"], "val_loss": result["loss"], "val_images": result["images"]}
+
+
+# -- the learning-rate schedule: the trainer's, step for step ----------------------------------------------
+
+SCHEDULES = ("cosine", "constant")
+
+
+def learning_rate(base: float, step: int, total: int, schedule: str) -> float:
+    """The learning rate of step ``step`` (0-based) of a run of ``total`` planned steps: ``cosine`` anneals from
+    ``base`` towards 0 as the trainer's ``CosineAnnealingLR(T_max=total)`` does (stepped after every optimizer
+    step), ``constant`` keeps ``base``."""
+    if schedule == "constant" or total <= 0:
+        return base
+    return base * (1.0 + math.cos(math.pi * min(step, total) / total)) / 2.0
+
+
+def planned_steps(train, size: int, epochs: int | None, steps: int | None) -> int:
+    """The steps a run plans: ``steps``, or ``epochs`` times the batches of the training split. Unreadable images
+    are not subtracted (they are found while training), so a resumed run plans what the first one did."""
+    return steps if epochs is None else epochs * (len(train) // size)
 
 
 def new_state() -> dict:
     """Where a training run stands; JSON, so ``progress.json`` can hold it for a resume."""
-    return {"epoch": 0, "steps": 0, "losses": [], "step_seconds": [], "history": [], "bad": {}}
+    return {"epoch": 0, "steps": 0, "losses": [], "step_seconds": [], "history": [], "bad": {}, "eval_before": None}
 
 
 def fit(trainer, train, val=None, epochs: int | None = None, steps: int | None = None, batch_size: int = 8,
         seed: int = 0, augment: str = "none", state: dict | None = None, on_epoch=None, progress=None,
-        cache=None) -> dict:
+        cache=None, schedule: str = "constant") -> dict:
     """Train on the ``train`` split for ``epochs`` epochs or ``steps`` steps (whichever is given), evaluating
     ``val`` after every epoch. Epoch ``e`` visits the images in the order ``default_rng([seed, e])`` draws (and
     flips with ``default_rng([seed, e, 1])``), so a run resumed from ``state`` at an epoch boundary trains
-    exactly as an uninterrupted one. ``on_epoch(state, last)`` follows every epoch (checkpoints);
+    exactly as an uninterrupted one. The learning rate follows ``schedule`` (:func:`learning_rate`) over the
+    planned steps from the trainer's ``lr``. ``on_epoch(state, last)`` follows every epoch (checkpoints);
     ``progress(step, total, loss)`` every step. With ``cache`` (a :class:`runner_prefix.FeatureCache`; fixed
     inputs only) the prefix's features of each image are computed once and read back in later epochs.
     Returns ``state``."""
     if epochs is None and steps is None:
         raise ValueError("fit needs epochs or steps")
+    if schedule not in SCHEDULES:
+        raise RunnerError(f"unknown --schedule {schedule!r}: choose {' or '.join(SCHEDULES)}")
     fixed = getattr(trainer, "batch_size", None)
     size = fixed or max(1, min(batch_size, len(train)))
     state = state or new_state()
+    base_lr, planned = trainer.lr, planned_steps(train, size, epochs, steps)
     for split in (train, val):
         if split is not None:
             split.restore_bad(state["bad"].get(split.name, {}))
@@ -224,6 +255,7 @@ def fit(trainer, train, val=None, epochs: int | None = None, steps: int | None =
                 # the images are let go once the prefix has made their features (an export without a prefix:
                 # the images themselves), so they do not stay in memory through the trained region's step
                 x = trainer.features(x)
+            trainer.set_lr(learning_rate(base_lr, state["steps"], planned, schedule))
             losses.append(trainer.step_features(x, y))
             state["step_seconds"].append(time.perf_counter() - t)
             state["steps"] += 1
@@ -253,6 +285,7 @@ def fit(trainer, train, val=None, epochs: int | None = None, steps: int | None =
         state["bad"] = {s.name: s.bad_state() for s in (train, val) if s is not None}
         if on_epoch:
             on_epoch(state, finished())
+    trainer.set_lr(base_lr)
     return state
 
 
@@ -344,20 +377,21 @@ def run_config(args, manifest_path: str) -> dict:
     with open(manifest_path, "rb") as f:
         manifest = hashlib.sha256(f.read()).hexdigest()
     keys = ("data", "device_data", "val_split", "epochs", "steps", "batch_size", "lr", "seed", "augment", "resume",
-            "cache_features", "cache_dtype")
+            "cache_features", "cache_dtype", "schedule", "eval_data")
     return {"manifest": manifest, **{k: getattr(args, k) for k in keys}}
 
 
 # -- the command line -------------------------------------------------------------------------------------
 
-def main(argv, runtime: str, make_trainer, infer, save_outputs) -> int:
+def main(argv, runtime: str, make_trainer, infer, save_outputs, make_predictor=None) -> int:
     """The runner's command line: train (or ``--verify``), write the outputs atomically; a :class:`RunnerError`
     is printed as one line with exit status 2.
 
     ``make_trainer(artifacts, lr, args)`` (``args.resume``: a checkpoint to start from);
     ``save_outputs(trainer, artifacts, out_dir) -> (trained, extra)`` writes the runtime's own files (its
     checkpoint named by ``extra['checkpoint']``) and returns the trained weights (``params.npz``) and extra
-    metrics.
+    metrics; ``make_predictor(artifacts, params, threads) -> (images -> logits, batch)`` serves ``--predict`` and
+    ``--evaluate``.
     """
     here = os.path.dirname(os.path.abspath(sys.argv[0]))
     ap = argparse.ArgumentParser(description=f"Train an edgetl {runtime} export on this device.")
@@ -392,18 +426,34 @@ def main(argv, runtime: str, make_trainer, infer, save_outputs) -> int:
                     help="lean: large buffers go back to the system when freed (a lower peak; ONNX Runtime ~10%% slower)")
     ap.add_argument("--baseline", action="store_true",
                     help="load the runtime and every model the step uses, print {\"baseline_rss_bytes\": N}, exit")
+    ap.add_argument("--schedule", choices=SCHEDULES,
+                    help="learning rate over the planned steps: cosine (as the trainer) or constant [default: the "
+                         "manifest's; constant for exports that record none]")
+    ap.add_argument("--eval-data", metavar="PATH",
+                    help="an ImageFolder here (PATH/<class>/*) evaluated before and after training: accuracy and "
+                         "confusion matrix in the metrics")
+    ap.add_argument("--predict", nargs="+", metavar="PATH",
+                    help="classify these images (files or folders) with --weights, write OUT/predictions.json, exit")
+    ap.add_argument("--evaluate", metavar="PATH",
+                    help="evaluate --weights on an ImageFolder here, write OUT/evaluation.json, exit")
+    ap.add_argument("--weights", default="latest",
+                    help="for --predict and --evaluate: a params.npz, latest (the newest finished training of this "
+                         "export on this device, else the export's own), or export (the export's own weights)")
+    ap.add_argument("--top-k", type=int, default=3, help="classes per image for --predict")
     args = ap.parse_args(argv)
     try:
-        return _run(args, runtime, make_trainer, infer, save_outputs)
+        return _run(args, runtime, make_trainer, infer, save_outputs, make_predictor)
     except RunnerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
-def _run(args, runtime: str, make_trainer, infer, save_outputs) -> int:
+def _run(args, runtime: str, make_trainer, infer, save_outputs, make_predictor) -> int:
     if args.heap == "lean":
         lean_heap()
     manifest = load_manifest(args.artifacts)
+    if args.predict or args.evaluate:  # use what was learned: classify or evaluate images here, then exit
+        return evaluation.use(args, manifest, make_predictor, atomic_json)
     if args.baseline:  # what the runtime and the loaded models cost before any step: the benchmark's baseline
         make_trainer(args.artifacts, None, args).allocate()
         print(json.dumps({"baseline_rss_bytes": peak_rss_bytes()}), flush=True)
@@ -427,8 +477,13 @@ def _run(args, runtime: str, make_trainer, infer, save_outputs) -> int:
                           f"fixed features to cache: drop --cache-features (or export a policy such as mobiletl:K)")
     # a bad --prefix-batch is refused before any data is read
     prefix.prefix_batch(args.prefix_batch, manifest["input"]["shape"][0] or args.batch_size, manifest.get("split"))
+    schedule = args.schedule or manifest.get("schedule", {}).get("name", "constant")
     train, val, info = data.open_data(manifest, args.data or os.path.join(args.artifacts, REFERENCE),
                                       args.device_data, args.val_split, args.seed)
+    held_out = None
+    if args.eval_data:  # a held-out folder judged before and after training, whole
+        held_out, notes = data.labelled_folder(args.eval_data, manifest["class_names"], manifest["preprocessing"])
+        info.setdefault("notes", []).extend(notes)
     print(f"data {info['source']} train {info['train_images']} val {info['val_images']}", flush=True)
     for note in info.get("notes", []):
         print(f"note: {note}", flush=True)
@@ -454,6 +509,15 @@ def _run(args, runtime: str, make_trainer, infer, save_outputs) -> int:
     def progress(i, n, loss):
         print(f"step {i}/{n} loss {loss:.4f}", flush=True)
 
+    def judge(when: str) -> dict:
+        result = evaluate(trainer, held_out, args.batch_size, manifest["class_names"])
+        print(f"eval {when} top1 {result['top1']:.4f} images {result['images']}", flush=True)
+        return result
+
+    before = (state or {}).get("eval_before")
+    if held_out is not None and before is None:
+        before = judge("before")
+
     def on_epoch(state, last):
         r = state["history"][-1]
         val_part = (f" val_acc {r['val_acc']:.4f} val_loss {r['val_loss']:.4f} val_n {r['val_images']}"
@@ -467,7 +531,8 @@ def _run(args, runtime: str, make_trainer, infer, save_outputs) -> int:
     try:
         try:
             state = fit(trainer, train, val, args.epochs, steps, args.batch_size, args.seed, args.augment,
-                        {k: state[k] for k in new_state()} if state else None, on_epoch, progress, cache)
+                        {**new_state(), **{k: state[k] for k in new_state() if k in state}} if state else
+                        {**new_state(), "eval_before": before}, on_epoch, progress, cache, schedule)
         except BaseException:
             if cache is not None:
                 cache.discard()  # nothing half-built stays behind for a later run
@@ -478,7 +543,10 @@ def _run(args, runtime: str, make_trainer, infer, save_outputs) -> int:
         trained, extra = save_outputs(trainer, args.artifacts, args.out)
         write_bytes(os.path.join(args.out, "params.npz"), lambda f: np.savez(f, **trained))
         skipped, named = data.unreadable(train, val)
-        metrics = {"steps": state["steps"], "epochs": state["history"], "lr": trainer.lr, "losses": state["losses"],
+        after = judge("after") if held_out is not None else None
+        metrics = {"steps": state["steps"], "epochs": state["history"], "lr": trainer.lr, "schedule": schedule,
+                   "eval": {"path": os.path.abspath(os.path.expanduser(args.eval_data)), "before": before,
+                            "after": after} if held_out is not None else None, "losses": state["losses"],
                    "step_seconds": state["step_seconds"], "median_step_seconds": float(np.median(state["step_seconds"])),
                    "peak_rss_bytes": peak_rss_bytes(), "train_peak_rss_bytes": train_peak, "runtime": runtime,
                    "machine": platform.machine(),

@@ -207,13 +207,13 @@ def _files(class_root: str) -> list[str]:
     return found
 
 
-def _folder(root: str, split: str, classes: list[str], prep: dict, top: str) -> FolderSplit:
+def _folder(root: str, split: str, classes: list[str], prep: dict, top: str, allow_missing: bool = False) -> FolderSplit:
     found = _class_dirs(root)
     if not found:
         refuse(f"{top} is not an ImageFolder: {root} holds no class folders; put the images in {root}/<class>/ "
                f"(this model's classes: {', '.join(classes)})")
     missing, extra = [c for c in classes if c not in found], [c for c in found if c not in classes]
-    if missing or extra:
+    if extra or (missing and not allow_missing):
         parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"extra {', '.join(extra)}"] if extra else [])
         refuse(f"the class folders in {root} do not match the model's classes ({'; '.join(parts)}): the model was "
                f"exported for {', '.join(classes)}; rename or move the folders, or export a model for these classes")
@@ -223,6 +223,22 @@ def _folder(root: str, split: str, classes: list[str], prep: dict, top: str) -> 
         paths += files
         labels += [classes.index(name)] * len(files)
     return FolderSplit(split, paths, np.asarray(labels, np.int64), prep, top)
+
+
+def labelled_folder(path: str, classes: list[str], prep: dict) -> tuple[FolderSplit, list[str]]:
+    """``(split, notes)``: every image of an ImageFolder ``PATH/<class>/*`` to evaluate on, labelled by matching its
+    class folders to ``classes`` by name. A folder of a class the model does not know is refused; a class without
+    a folder is allowed (an evaluation on some of the classes) and said in a note."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(path):
+        refuse(f"{path} is not a directory: give an ImageFolder of labelled images, PATH/<class>/*.jpg, with the "
+               f"model's class names ({', '.join(classes)})")
+    split = _folder(path, "eval", classes, prep, path, allow_missing=True)
+    if not len(split):
+        refuse(f"{path} holds no images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders; add images there")
+    missing = [c for c in classes if c not in _class_dirs(path)]
+    notes = [f"{path} has no folder for {', '.join(missing)}: those classes are not evaluated"] if missing else []
+    return split, notes
 
 
 def _subset(split: FolderSplit, name: str, index: np.ndarray) -> FolderSplit:

@@ -93,6 +93,10 @@ class Trainer:
             self.run("step_count")
         common.release_file_pages(os.path.join(artifacts, MODEL))
 
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of the next steps (the train signature takes it as an input)."""
+        self.lr = lr
+
     def run(self, signature: str, **inputs) -> dict:
         """Call a signature; its runner (and working memory) is made on first use, so training alone never
         allocates the ``gradients`` or ``infer`` subgraphs."""
@@ -197,6 +201,26 @@ class Trainer:
         return self._kind("param", "stat", state=state)
 
 
+def predictor(artifacts: str, params: dict[str, np.ndarray] | None = None, threads: int | None = None):
+    """``(images -> logits, batch)``: inference with ``params`` (trained weights by torchvision name) set, and the
+    batch a call takes. A training export runs its ``infer`` signature (the frozen prefix first, where the export is
+    split) at the batch fixed at export; an inference export (weights baked in) runs its one model at any batch."""
+    manifest = common.load_manifest(artifacts)
+    if manifest.get("kind") != "inference":
+        trainer = Trainer(artifacts, threads=threads)
+        if params:
+            trainer.set_params(params)
+        return trainer.logits, trainer.batch_size
+    if params:
+        raise common.RunnerError(f"{artifacts} is an inference export: its weights are baked in, so no other weights "
+                                 f"can be set; export the weights you want with `edgetl export SOURCE --inference`")
+    interpreter = interpreter_class()(model_path=os.path.join(artifacts, manifest["file"]),
+                                      num_threads=threads or os.cpu_count())
+    run = interpreter.get_signature_runner("infer")  # resizes its input to each call's batch
+    return (lambda images: run(images=np.ascontiguousarray(images, dtype=np.float32))["logits"],
+            manifest["input"]["shape"][0] or common.EVAL_BATCH)
+
+
 def infer(artifacts: str, images: np.ndarray, params: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """Logits of the ``infer`` signature, with ``params`` (e.g. trained ones) set first."""
     trainer = Trainer(artifacts)
@@ -221,7 +245,7 @@ def main(argv=None) -> int:
     def make_trainer(art, lr, args):
         return Trainer(art, lr, args.resume, args.threads, args.prefix_batch)
 
-    return common.main(argv, "ai-edge-litert", make_trainer, infer, save_outputs)
+    return common.main(argv, "ai-edge-litert", make_trainer, infer, save_outputs, predictor)
 
 
 if __name__ == "__main__":
