@@ -20,6 +20,19 @@ def make_run(root, model="mobilenet_v3_small", policy="mobiletl:3", resolution=6
     return random_run(root, model, policy, resolution, optimizer, lr, seed, class_names)
 
 
+def decisive_run(root, resolution=64, model="mobilenet_v3_small", policy="mobiletl:3"):
+    """A random run whose head is scaled up: logits far apart, so no image sits within rounding of a tie and two
+    correct computations (PyTorch, a device runtime) agree on every argmax."""
+    from edgetl.run import Run
+
+    make_run(root, model, policy, resolution)
+    run = Run.load(root)
+    with torch.no_grad():
+        run.model.classifier[-1].weight.mul_(40.0)
+    run.write(root)
+    return root
+
+
 def exact_hardswish(model):
     """``model`` with every MobileTL Hard-Swish swapped for torch's exact one (a wrong backward, for the export)."""
     from torch import nn

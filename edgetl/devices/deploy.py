@@ -185,7 +185,7 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
                 raise RunnerFailed(f"the parity check failed on {device_uri}: {failed or result.tail()}. The device's "
                                    f"runtime computes differently from the export machine; check its version")
         if use:
-            args = _use_args(device, local_weights, predict, evaluate, top_k)
+            args = _use_args(device, str(weights), local_weights, predict, evaluate, top_k)
         else:
             args = f" --epochs {epochs}" if epochs is not None else f" --steps {steps}"
             args += f" --batch-size {batch_size} --seed {seed} --augment {augment}"
@@ -264,11 +264,9 @@ def _local_weights(weights: str | Path, manifest: dict) -> Path | None:
     return path
 
 
-def _use_args(device, local_weights: Path | None, predict, evaluate, top_k: int) -> str:
+def _use_args(device, weights: str, local_weights: Path | None, predict, evaluate, top_k: int) -> str:
     """The runner's arguments for ``--predict`` / ``--evaluate``, the weights pushed first when they are here."""
-    if local_weights is None:
-        weights = "latest"
-    else:
+    if local_weights is not None:
         digest = file_sha256(local_weights)
         weights = f"{device.workdir}/weights/{digest[:16]}.npz"
         if device.sha256([weights]).get(weights) != digest:

@@ -205,7 +205,8 @@ def planned_steps(train, size: int, epochs: int | None, steps: int | None) -> in
 
 def new_state() -> dict:
     """Where a training run stands; JSON, so ``progress.json`` can hold it for a resume."""
-    return {"epoch": 0, "steps": 0, "losses": [], "step_seconds": [], "history": [], "bad": {}, "eval_before": None}
+    return {"epoch": 0, "steps": 0, "losses": [], "lrs": [], "step_seconds": [], "history": [], "bad": {},
+            "eval_before": None}
 
 
 def fit(trainer, train, val=None, epochs: int | None = None, steps: int | None = None, batch_size: int = 8,
@@ -240,7 +241,7 @@ def fit(trainer, train, val=None, epochs: int | None = None, steps: int | None =
         total = (state["steps"] + per_epoch * (epochs - epoch + 1)) if epochs is not None else steps
         order = np.random.default_rng([seed, epoch]).permutation(len(train))
         flip = np.random.default_rng([seed, epoch, 1]) if augment == "flip" else None
-        t0, losses = time.perf_counter(), []
+        t0, losses, lrs = time.perf_counter(), [], []
         feed = (prefix.cached_batches(train, order, size, cache, trainer.features) if cache is not None
                 else data.batches(train, order, size, flip=flip))
         stopped = False
@@ -255,7 +256,8 @@ def fit(trainer, train, val=None, epochs: int | None = None, steps: int | None =
                 # the images are let go once the prefix has made their features (an export without a prefix:
                 # the images themselves), so they do not stay in memory through the trained region's step
                 x = trainer.features(x)
-            trainer.set_lr(learning_rate(base_lr, state["steps"], planned, schedule))
+            lrs.append(learning_rate(base_lr, state["steps"], planned, schedule))
+            trainer.set_lr(lrs[-1])
             losses.append(trainer.step_features(x, y))
             state["step_seconds"].append(time.perf_counter() - t)
             state["steps"] += 1
@@ -275,6 +277,7 @@ def fit(trainer, train, val=None, epochs: int | None = None, steps: int | None =
             data.refuse(f"only {readable} readable training image(s), fewer than one batch of {size}: add images, "
                         f"or export with a smaller --batch-size")
         state["losses"] += losses
+        state["lrs"] = state.get("lrs", []) + lrs
         record = {"epoch": epoch, "steps": len(losses), "train_loss": float(np.mean(losses))}
         if val is not None:
             record.update(evaluate(trainer, val, size))
@@ -545,6 +548,7 @@ def _run(args, runtime: str, make_trainer, infer, save_outputs, make_predictor) 
         skipped, named = data.unreadable(train, val)
         after = judge("after") if held_out is not None else None
         metrics = {"steps": state["steps"], "epochs": state["history"], "lr": trainer.lr, "schedule": schedule,
+                   "lrs": state["lrs"],
                    "eval": {"path": os.path.abspath(os.path.expanduser(args.eval_data)), "before": before,
                             "after": after} if held_out is not None else None, "losses": state["losses"],
                    "step_seconds": state["step_seconds"], "median_step_seconds": float(np.median(state["step_seconds"])),
@@ -565,5 +569,5 @@ def _run(args, runtime: str, make_trainer, infer, save_outputs, make_predictor) 
         where = f"epoch {saved[1]}, the last complete checkpoint" if saved[1] else "the start: no checkpoint was complete"
         raise RunnerError(f"the disk filled while writing results in {os.path.abspath(args.out)} ({exc.strerror}): "
                           f"free space there and run the same command again; it resumes from {where}") from None
-    print(json.dumps({k: v for k, v in metrics.items() if k not in ("losses", "step_seconds", "epochs")}))
+    print(json.dumps({k: v for k, v in metrics.items() if k not in ("losses", "lrs", "step_seconds", "epochs")}))
     return 0
