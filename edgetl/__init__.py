@@ -11,6 +11,8 @@
     run = edgetl.Run.save(model, policy, result, "runs/flowers")     # the run directory
     artifacts = edgetl.export(model, "tflite", out="artifacts/tflite", batch_size=8)   # or export(run, ...)
     print(artifacts.validation)
+    edgetl.evaluate("runs/flowers", "./test").top1                   # any model source: run, checkpoint, deploy, export
+    edgetl.predict("artifacts/tflite", ["photo.jpg"], top_k=3).rows  # top classes with probabilities
 
     result = edgetl.train(model="mobilenet_v3_small", policy="mobiletl:5", epochs=3)  # the `edgetl train` job
 
@@ -20,20 +22,22 @@ Importing edgetl loads neither TensorFlow nor ONNX Runtime: an export loads its 
 __version__ = "0.1.0"
 
 from .errors import ConfigError, DataError, EdgeTLError, PolicyError, WeightsError  # noqa: E402
+from .evaluate import EvalResult, Predictions, evaluate, predict  # noqa: E402
 from .exporters import ExportResult, export  # noqa: E402
 from .job import TrainConfig, train  # noqa: E402
 from .models import MODELS, create_model, inverted_residual_blocks  # noqa: E402
 from .optim import OptimizerSpec  # noqa: E402
 from .policies import POLICIES, Bias, BnLast, FineTune, Full, Last, MobileTL, Policy, parse_policy  # noqa: E402
 from .run import Run, import_weights  # noqa: E402
+from .sources import ModelSource, open_source  # noqa: E402
 from .surgery import apply_policy, trainable_parameters  # noqa: E402
 from .trainer import Callback, Trainer, TrainResult, calibrate_batchnorm  # noqa: E402
 from .ui import ProgressBar  # noqa: E402
 
 __all__ = [
-    "MODELS", "POLICIES", "Bias", "BnLast", "Callback", "ConfigError", "DataError", "EdgeTLError", "ExportResult",
-    "FineTune", "Full", "Last", "MobileTL", "OptimizerSpec", "Policy", "PolicyError", "ProgressBar", "Run",
-    "TrainConfig", "TrainResult", "Trainer", "WeightsError", "__version__", "apply_policy", "calibrate_batchnorm",
-    "create_model", "export", "import_weights", "inverted_residual_blocks", "parse_policy", "train",
-    "trainable_parameters",
+    "MODELS", "POLICIES", "Bias", "BnLast", "Callback", "ConfigError", "DataError", "EdgeTLError", "EvalResult",
+    "ExportResult", "FineTune", "Full", "Last", "MobileTL", "ModelSource", "OptimizerSpec", "Policy", "PolicyError",
+    "Predictions", "ProgressBar", "Run", "TrainConfig", "TrainResult", "Trainer", "WeightsError", "__version__",
+    "apply_policy", "calibrate_batchnorm", "create_model", "evaluate", "export", "import_weights",
+    "inverted_residual_blocks", "open_source", "parse_policy", "predict", "train", "trainable_parameters",
 ]

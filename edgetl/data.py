@@ -48,10 +48,6 @@ def train_transform(resolution: int) -> transforms.Compose:
     )
 
 
-#: the training transform per ``--augment`` choice; "none" trains on the inputs as evaluated (fixed, so cacheable)
-AUGMENT = {"standard": lambda resolution: train_transform(resolution), "none": lambda resolution: eval_transform(resolution)}
-
-
 def training_transform(resolution: int, augment: str = "standard"):
     try:
         return AUGMENT[augment](resolution)
@@ -68,6 +64,18 @@ def eval_transform(resolution: int) -> transforms.Compose:
             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
+
+
+def flip_transform(resolution: int) -> transforms.Compose:
+    """The evaluation transform with a random horizontal flip: what a device runner's ``--augment flip`` does."""
+    steps = eval_transform(resolution).transforms
+    return transforms.Compose([*steps[:2], transforms.RandomHorizontalFlip(), *steps[2:]])
+
+
+#: the training transform per ``--augment`` choice: "standard" (random resized crop and flip), "flip" (the inputs
+#: as evaluated, flipped half the time: the device runners' augmentation), "none" (the inputs as evaluated: fixed,
+#: so cacheable)
+AUGMENT = {"standard": train_transform, "flip": flip_transform, "none": eval_transform}
 
 
 def preprocessing(resolution: int) -> dict:

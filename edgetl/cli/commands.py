@@ -38,8 +38,9 @@ _DEFAULTS = TrainConfig()
 @click.option("--out", default=None, help="run directory [default: runs/<model>-<policy>-<time>; runs/last links it]")
 @click.option("--resume", is_flag=True, help="continue the interrupted run in --out")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
-@click.option("--augment", default=_DEFAULTS.augment, show_default=True, type=click.Choice(["standard", "none"]),
-              help="training transform: random crop and flip, or none (fixed inputs, needed by --cache-features)")
+@click.option("--augment", default=_DEFAULTS.augment, show_default=True, type=click.Choice(["standard", "flip", "none"]),
+              help="training transform: random crop and flip, flip only (as a device's --augment flip), or none "
+                   "(fixed inputs, needed by --cache-features)")
 @click.option("--prefix-batch", default=None, metavar="N|auto",
               help="run the frozen prefix N samples at a time (auto: the largest within the trained region's peak)")
 @click.option("--cache-features", is_flag=True, help="store the frozen prefix's outputs in epoch 1, reuse them after")

@@ -378,36 +378,27 @@ class TrainingModule(tf.Module):
         return {"step": self.step.var.read_value()}
 
 
-class PrefixModule(tf.Module):
-    """The frozen prefix of a split export: one signature, ``prefix``: images (any batch) -> features."""
-
-    def __init__(self, lowering: Lowering, resolution: int):
-        super().__init__()
-        self.lowering = lowering
-        spec = tf.TensorSpec([None, 3, resolution, resolution], tf.float32, name="images")
-        self.prefix = tf.function(self._prefix, input_signature=[spec])
-
-    def signatures(self) -> dict:
-        return {"prefix": self.prefix.get_concrete_function()}
-
-    def _prefix(self, images):
-        features, _ = self.lowering.forward(images, training=False)
-        return {"features": features}
-
-
 class InferenceModule(tf.Module):
     """An inference export: one signature, ``infer``: images (any batch, NCHW) -> logits, every weight a constant
     (lower a model whose parameters require no gradient, in eval mode)."""
 
+    signature, output = "infer", "logits"
+
     def __init__(self, lowering: Lowering, resolution: int):
         super().__init__()
         self.lowering = lowering
         spec = tf.TensorSpec([None, 3, resolution, resolution], tf.float32, name="images")
-        self.infer = tf.function(self._infer, input_signature=[spec])
+        self.call = tf.function(self._call, input_signature=[spec])
 
     def signatures(self) -> dict:
-        return {"infer": self.infer.get_concrete_function()}
+        return {self.signature: self.call.get_concrete_function()}
 
-    def _infer(self, images):
-        logits, _ = self.lowering.forward(images, training=False)
-        return {"logits": logits}
+    def _call(self, images):
+        out, _ = self.lowering.forward(images, training=False)
+        return {self.output: out}
+
+
+class PrefixModule(InferenceModule):
+    """The frozen prefix of a split export: one signature, ``prefix``: images (any batch) -> features."""
+
+    signature, output = "prefix", "features"
