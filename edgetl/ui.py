@@ -138,7 +138,7 @@ def print_deploy_report(report: dict, console: Console | None = None) -> None:
     if report.get("mode") in ("predict", "evaluate"):
         _print_device_use(report, console)
         return
-    table = Table(title=f"deploy to {report['device']['uri']}")
+    table = Table(title=f"deploy to {_device_name(report)}")
     table.add_column("")
     table.add_column("")
     losses, data, epochs = report["losses"], report.get("data", {}), report.get("epochs", [])
@@ -171,14 +171,27 @@ def print_deploy_report(report: dict, console: Console | None = None) -> None:
     console.print(table)
 
 
+def _device_name(report: dict) -> str:
+    """The device's URI without its query (key files, known hosts): what a person recognises it by."""
+    return report["device"]["uri"].split("?")[0]
+
+
+def _shown(path: str) -> str:
+    """``path`` relative to the working directory when it lies below it (as the user typed it, most often)."""
+    import os
+
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def _print_device_use(report: dict, console: Console) -> None:
     """A ``deploy --predict`` or ``--evaluate``: what the device computed, with the weights it used."""
     from .evaluate import EvalResult, Predictions
 
-    source = {"model": report["model"], "policy": report["policy"], "kind": f"on {report['device']['uri']}"}
+    source = {"model": report["model"], "policy": report["policy"], "kind": f"on {_device_name(report)}"}
     if report["mode"] == "evaluate":
         print_evaluation(EvalResult.from_dict(report["evaluation"], source), console,
-                         title=f"{report['model']} {report['policy']} evaluated on {report['device']['uri']}")
+                         title=f"{report['model']} {report['policy']} evaluated on {_device_name(report)}")
     else:
         print_predictions(Predictions.from_dict(report["predictions"], source), console)
     console.print(f"weights: {report['weights']}; the images stayed on the device; results in {report['out']}",
@@ -274,7 +287,7 @@ def print_evaluation(result, console: Console | None = None, title: str | None =
     s = result.source
     where = s.get("runtime") if s.get("runtime") else s.get("weights", "")
     table = Table(title=title or f"{s.get('model', '')} {s.get('policy') or ''} ({s.get('kind', 'device')}, {where}) "
-                                 f"on {result.data}")
+                                 f"on {_shown(result.data)}")
     for col in ("class", "precision", "recall", "images"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for row in result.per_class:
@@ -296,7 +309,7 @@ def print_predictions(preds, console: Console | None = None) -> None:
 
     console = console or Console()
     paths = [r.image for r in preds.rows]
-    base = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
+    base = _shown(os.path.commonpath([os.path.dirname(p) for p in paths])) if paths else ""
     table = Table(title=f"{preds.source.get('model', '')} {preds.source.get('policy') or ''} "
                         f"({preds.source.get('kind', 'device')}): top {preds.top_k}" + (f", images in {base}" if base else ""))
     table.add_column("image")
@@ -304,7 +317,8 @@ def print_predictions(preds, console: Console | None = None) -> None:
         table.add_column(f"#{rank}")
     for r in preds.rows:
         cells = [f"{c} {100 * p:.1f}%" for c, p in r.top]
-        table.add_row(os.path.relpath(r.image, base) if base else r.image, *cells, *[""] * (preds.top_k - len(cells)))
+        table.add_row(os.path.relpath(os.path.abspath(r.image), os.path.abspath(base)) if base else r.image, *cells,
+                      *[""] * (preds.top_k - len(cells)))
     console.print(table)
     for bad in preds.unreadable:
         console.print(f"[yellow]unreadable, skipped:[/] {bad['image']} ({bad['error']})", highlight=False, soft_wrap=True)

@@ -113,8 +113,9 @@ def images(run: Run, calibration: str | None, validation: str | None, count: int
     if rest is not None:
         x, y = _load(*rest)
         return calib, x, (y if labelled else None), notes
-    x, y = reference_batches(run, batch_size=8, count=4)
-    return calib, x.reshape(-1, *x.shape[2:]), y.reshape(-1), notes + run.notes[-1:]
+    said = len(run.notes)
+    x, y = reference_batches(run, batch_size=8, count=4)  # notes why, when the run's data cannot be read
+    return calib, x.reshape(-1, *x.shape[2:]), y.reshape(-1), notes + run.notes[said:]
 
 
 def torch_logits(model: torch.nn.Module, x: np.ndarray, batch: int = 32) -> np.ndarray:
@@ -186,7 +187,7 @@ def export_inference(exporter, run: Run, out: Path, quantize: str | None = None,
                   "quantization": ({"type": quantize, "calibration": str(Path(calibration).resolve()),
                                     "calibration_images": len(calib)} if quantize else None),
                   "size_bytes": size, "source_run": str(Path(run.path).resolve()) if run.path else None,
-                  "notes": [*run.notes, *notes], "validation": {"validated": False}}
+                  "notes": [*run.notes, *(n for n in notes if n not in run.notes)], "validation": {"validated": False}}
         write_manifest(work, fields)  # the runner reads it
         logits, latency = _run_export(work, x, threads)
         fields["latency"] = {"median_single_image_ms": round(1000 * latency, 3), "threads": threads or os.cpu_count(),
@@ -207,4 +208,4 @@ def export_inference(exporter, run: Run, out: Path, quantize: str | None = None,
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return ExportResult(exporter.name, out, {**manifest}, validation_result, [*run.notes, *notes])
+    return ExportResult(exporter.name, out, {**manifest}, validation_result, fields["notes"])
