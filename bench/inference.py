@@ -6,8 +6,9 @@ For each run and format: the fp32 inference export and the int8 one calibrated o
 images of ``--calibration`` (as ``edgetl export RUN --inference [--quantize int8 --calibration DIR]`` makes
 them, validated), then both evaluated on ``--data`` with ``edgetl evaluate`` in their own runtime, beside the
 run itself in PyTorch. The table: file sizes and their ratio, int8's top-1 agreement with fp32 on every test
-image (computed here from the two exports' own predictions), accuracies, and the median single-image latency
-each export measured. Exports are kept in ``--work``; ``--json`` saves each finished row and a rerun skips them.
+image (computed here from the two exports' own predictions; and on the images fp32 does not find nearly tied,
+its two most probable classes ``NEAR_TIE`` or more apart), accuracies, and the median single-image latency each
+export measured. Exports are kept in ``--work``; ``--json`` saves each finished row and a rerun skips them.
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ from rich.table import Table
 
 from edgetl import Run, evaluate, export, predict
 from edgetl.exporters import ValidationFailed
+from edgetl.exporters.inference import NEAR_TIE
 from edgetl.io import atomic_write_json
 
 
-def agreement(a, b) -> float:
-    """Top-1 agreement of two Predictions over the same images."""
-    return float(np.mean([x.top[0][0] == y.top[0][0] for x, y in zip(a.rows, b.rows)]))
+def agreement(a, b, margin: float = 0.0) -> tuple[float, int]:
+    """Top-1 agreement of two Predictions over the same images, counting only those where ``a``'s two most probable
+    classes are at least ``margin`` apart; and how many images that is."""
+    pairs = [(x, y) for x, y in zip(a.rows, b.rows) if x.top[0][1] - x.top[1][1] >= margin]
+    return float(np.mean([x.top[0][0] == y.top[0][0] for x, y in pairs])), len(pairs)
 
 
 def measure(run: Path, fmt: str, args, log) -> dict:
@@ -42,7 +46,8 @@ def measure(run: Path, fmt: str, args, log) -> dict:
             exports[kind] = exc.result
     scores = {kind: evaluate(work / kind, args.data) for kind in exports}
     torch_score = evaluate(run, args.data)
-    preds = {kind: predict(work / kind, [args.data], top_k=1) for kind in exports}
+    preds = {kind: predict(work / kind, [args.data], top_k=2) for kind in exports}
+    decided, n_decided = agreement(preds["fp32"], preds["int8"], NEAR_TIE)
     m = {kind: r.manifest for kind, r in exports.items()}
     (check,) = exports["int8"].validation.checks
     return {"run": str(run), "model": name, "format": fmt, "fp32_bytes": m["fp32"]["size_bytes"],
@@ -50,7 +55,8 @@ def measure(run: Path, fmt: str, args, log) -> dict:
             "fp32_check_ok": exports["fp32"].validation.ok,
             "fp32_max_logit_diff": exports["fp32"].validation.checks[0].max_diff,
             "int8_check": check.as_dict(), "test_images": scores["fp32"].images,
-            "agreement_test": agreement(preds["fp32"], preds["int8"]),
+            "agreement_test": agreement(preds["fp32"], preds["int8"])[0], "agreement_test_decided": decided,
+            "test_images_decided": n_decided,
             "top1_pytorch": torch_score.top1, "top1_fp32": scores["fp32"].top1, "top1_int8": scores["int8"].top1,
             "latency_ms_fp32": m["fp32"]["latency"]["median_single_image_ms"],
             "latency_ms_int8": m["int8"]["latency"]["median_single_image_ms"], "threads": m["fp32"]["latency"]["threads"]}
@@ -80,13 +86,15 @@ def main() -> None:
     table = Table(title=f"inference exports: int8 calibrated on {args.calibration_images} images of {args.calibration}, "
                         f"tested on {args.data}")
     for col in ("model", "format", "fp32 MiB", "int8 MiB", "int8 / fp32", "fp32 vs PyTorch", "int8 agreement (check)",
-                "int8 agreement (test)", "top-1 PyTorch", "top-1 fp32", "top-1 int8", "ms fp32", "ms int8"):
+                "int8 agreement (test)", f"(test, fp32 margin >= {NEAR_TIE})", "top-1 PyTorch", "top-1 fp32",
+                "top-1 int8", "ms fp32", "ms int8"):
         table.add_column(col, justify="left" if col in ("model", "format") else "right")
     for r in saved["rows"]:
         c = r["int8_check"]
         table.add_row(r["model"], r["format"], f"{r['fp32_bytes'] / 2**20:.2f}", f"{r['int8_bytes'] / 2**20:.2f}",
                       f"{r['ratio']:.3f}", f"{'✓' if r['fp32_check_ok'] else '✗'} {r['fp32_max_logit_diff']:.1e}",
                       f"{'✓' if c['ok'] else '✗'} {1 - c['max_diff']:.1%}", f"{r['agreement_test']:.1%}",
+                      f"{r['agreement_test_decided']:.1%} of {r['test_images_decided']}",
                       f"{r['top1_pytorch']:.1%}", f"{r['top1_fp32']:.1%}", f"{r['top1_int8']:.1%}",
                       f"{r['latency_ms_fp32']:.2f}", f"{r['latency_ms_int8']:.2f}")
     console.print(table)

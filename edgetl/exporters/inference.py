@@ -53,6 +53,8 @@ QUANTIZATIONS = ("int8",)
 #: an int8 model must pick the fp32 model's top class on at least this fraction of the validation images
 INT8_AGREEMENT = 0.98
 CALIBRATION_IMAGES = 200  # images the quantizer calibrates on, at most
+#: an image whose two most probable classes (fp32) are this close is nearly undecided: int8's rounding may turn it
+NEAR_TIE = 0.05
 VALIDATION_IMAGES = 1000  # images validation runs on, at most
 LATENCY_RUNS = 30
 LABELS = "labels.txt"
@@ -144,7 +146,12 @@ def checks(reference: np.ndarray, got: np.ndarray, labels: np.ndarray | None, qu
     """fp32: logits against PyTorch's; int8: top-1 agreement with fp32, and the accuracy change when labelled."""
     if not quantize:
         return [compare_logits(reference, got, f"inference logits against PyTorch, {len(got)} images")]
-    agree = float(np.mean(reference.argmax(1) == got.argmax(1)))
+    flips = reference.argmax(1) != got.argmax(1)
+    agree = 1.0 - float(np.mean(flips))
+    p = np.sort(np.exp(runner_eval.log_softmax(reference)), axis=1)
+    close = int(np.sum(flips & (p[:, -1] - p[:, -2] < NEAR_TIE)))
+    changed = (f"{int(flips.sum())} images change class, {close} of them where fp32's two most probable classes are "
+               f"within {NEAR_TIE} of each other")
     if labels is not None:
         fp32, q = (float(np.mean(z.argmax(1) == labels)) for z in (reference, got))
         detail = f"accuracy {fp32:.2%} (fp32) -> {q:.2%} (int8): {100 * (q - fp32):+.2f} points on {len(labels)} images"
@@ -152,7 +159,7 @@ def checks(reference: np.ndarray, got: np.ndarray, labels: np.ndarray | None, qu
         detail = "unlabelled images (no class folders of the model's classes): accuracy not measured"
     diff = float(np.max(np.abs(reference - got)))
     return [Check(f"int8 top-1 agreement with fp32 on {len(got)} images (1 - agreement)", agree >= INT8_AGREEMENT,
-                  1 - agree, 1 - INT8_AGREEMENT, f"{detail}; largest logit difference {diff:.3g}")]
+                  1 - agree, 1 - INT8_AGREEMENT, f"{detail}; {changed}; largest logit difference {diff:.3g}")]
 
 
 def export_inference(exporter, run: Run, out: Path, quantize: str | None = None, calibration: str | None = None,
