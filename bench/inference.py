@@ -85,7 +85,7 @@ def main() -> None:
                 atomic_write_json({"settings": {k: v for k, v in vars(args).items() if k != "run"}, **saved}, args.json)
     table = Table(title=f"inference exports: int8 calibrated on {args.calibration_images} images of {args.calibration}, "
                         f"tested on {args.data}")
-    for col in ("model", "format", "fp32 MiB", "int8 MiB", "int8 / fp32", "fp32 vs PyTorch", "int8 agreement (check)",
+    for col in ("model", "format", "fp32 MiB", "int8 MiB", "int8 / fp32", "fp32 vs PyTorch", "int8 agreement (check: decided)",
                 "int8 agreement (test)", f"(test, fp32 margin >= {NEAR_TIE})", "top-1 PyTorch", "top-1 fp32",
                 "top-1 int8", "ms fp32", "ms int8"):
         table.add_column(col, justify="left" if col in ("model", "format") else "right")

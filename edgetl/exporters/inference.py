@@ -17,8 +17,11 @@ folder of images, class folders or not; never the default). What is checked (✓
 
 - fp32: the export's logits against PyTorch's on the validation images within ``LOGIT_ATOL`` (relative to the
   largest logit), as training exports are checked;
-- int8: top-1 agreement with the fp32 model (PyTorch) on the validation images, at least ``INT8_AGREEMENT``;
-  with labelled images (class folders named as the model's classes) the accuracy change is reported beside it.
+- int8: top-1 agreement with the fp32 model (PyTorch) on the validation images the fp32 model decides (its two
+  most probable classes ``NEAR_TIE`` or more apart), at least ``INT8_AGREEMENT``. An image fp32 finds nearly tied
+  turns either way under any rounding (int8's, or another runtime's): measured on MobileNetV3-Small from CIFAR,
+  most of int8's changes of class fall there, and with 16-bit activations too. Beside it: the agreement on every
+  image and, with labelled images (class folders named as the model's classes), the accuracy change.
 
 Validation images: ``validation`` when given, else the calibration folder's images not used to calibrate (all
 of them when none are left, said in a note), else the run's own validation data. The manifest also records the
@@ -50,8 +53,9 @@ from .reference import reference_batches
 from .validation import Check, Validation, compare_logits
 
 QUANTIZATIONS = ("int8",)
-#: an int8 model must pick the fp32 model's top class on at least this fraction of the validation images
-INT8_AGREEMENT = 0.98
+#: an int8 model must pick the fp32 model's top class on at least this fraction of the validation images that the
+#: fp32 model decides (see ``NEAR_TIE``)
+INT8_AGREEMENT = 0.99
 CALIBRATION_IMAGES = 200  # images the quantizer calibrates on, at most
 #: an image whose two most probable classes (fp32) are this close is nearly undecided: int8's rounding may turn it
 NEAR_TIE = 0.05
@@ -142,24 +146,31 @@ def _run_export(out: Path, x: np.ndarray, threads: int | None = None) -> tuple[n
     return logits, float(np.median(seconds))
 
 
+def decided(reference: np.ndarray) -> np.ndarray:
+    """The images fp32 decides: its two most probable classes are at least ``NEAR_TIE`` apart."""
+    p = np.sort(np.exp(runner_eval.log_softmax(reference)), axis=1)
+    return p[:, -1] - p[:, -2] >= NEAR_TIE
+
+
 def checks(reference: np.ndarray, got: np.ndarray, labels: np.ndarray | None, quantize: str | None) -> list[Check]:
-    """fp32: logits against PyTorch's; int8: top-1 agreement with fp32, and the accuracy change when labelled."""
+    """fp32: logits against PyTorch's. int8: top-1 agreement with fp32 on the images fp32 decides (a nearly tied
+    image may turn either way under any rounding), with the agreement on every image and the accuracy change
+    (labelled images) beside it."""
     if not quantize:
         return [compare_logits(reference, got, f"inference logits against PyTorch, {len(got)} images")]
-    flips = reference.argmax(1) != got.argmax(1)
-    agree = 1.0 - float(np.mean(flips))
-    p = np.sort(np.exp(runner_eval.log_softmax(reference)), axis=1)
-    close = int(np.sum(flips & (p[:, -1] - p[:, -2] < NEAR_TIE)))
-    changed = (f"{int(flips.sum())} images change class, {close} of them where fp32's two most probable classes are "
-               f"within {NEAR_TIE} of each other")
+    same = reference.argmax(1) == got.argmax(1)
+    sure = decided(reference)
+    agree = float(np.mean(same[sure])) if sure.any() else 1.0
     if labels is not None:
         fp32, q = (float(np.mean(z.argmax(1) == labels)) for z in (reference, got))
-        detail = f"accuracy {fp32:.2%} (fp32) -> {q:.2%} (int8): {100 * (q - fp32):+.2f} points on {len(labels)} images"
+        accuracy = f"accuracy {fp32:.2%} (fp32) -> {q:.2%} (int8), {100 * (q - fp32):+.2f} points"
     else:
-        detail = "unlabelled images (no class folders of the model's classes): accuracy not measured"
-    diff = float(np.max(np.abs(reference - got)))
-    return [Check(f"int8 top-1 agreement with fp32 on {len(got)} images (1 - agreement)", agree >= INT8_AGREEMENT,
-                  1 - agree, 1 - INT8_AGREEMENT, f"{detail}; {changed}; largest logit difference {diff:.3g}")]
+        accuracy = "unlabelled images (no class folders of the model's classes): accuracy not measured"
+    return [Check(f"int8 top-1 agreement with fp32 on the {int(sure.sum())} of {len(got)} images fp32 decides "
+                  f"(top two {NEAR_TIE} or more apart; 1 - agreement)", agree >= INT8_AGREEMENT, 1 - agree,
+                  1 - INT8_AGREEMENT,
+                  f"on every image {float(np.mean(same)):.2%}; {accuracy}; largest logit difference "
+                  f"{float(np.max(np.abs(reference - got))):.3g}")]
 
 
 def export_inference(exporter, run: Run, out: Path, quantize: str | None = None, calibration: str | None = None,
