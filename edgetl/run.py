@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,14 +73,34 @@ def is_checkpoint(obj) -> bool:
     return isinstance(obj, dict) and "state_dict" in obj and "edgetl" in obj
 
 
+class UnsafeFile(RunError):
+    """A checkpoint or weights file that would run code when loaded."""
+
+
+def load_tensors(path: str | os.PathLike):
+    """What a PyTorch file holds, read with ``weights_only=True``: tensors and plain values, never code. A file
+    whose pickle names anything else (a class or function, which loading would call) is refused in one line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        named = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f"it names {named.group(1)}, which loading would call" if named else "it holds pickled objects"
+        raise UnsafeFile(f"{path} holds more than tensors and plain values ({what}), so edgetl does not open it: "
+                         f"checkpoints hold weights and metadata only; use one written by edgetl, or ask its sender "
+                         f"for one") from None
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The checkpoint of a run directory (or a checkpoint file), its metadata upgraded to the current schema."""
+    """The checkpoint of a run directory (or a checkpoint file), its metadata upgraded to the current schema.
+    Loaded with ``weights_only=True``: a file that would run code is refused (:class:`UnsafeFile`)."""
     path = Path(path)
     ckpt_path = path / CHECKPOINT if path.is_dir() else path
     if not ckpt_path.is_file():
         raise RunError(f"no {CHECKPOINT} in {path}; pass the directory of an `edgetl train` run (e.g. runs/last)")
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = load_tensors(ckpt_path)
+    except UnsafeFile:
+        raise
     except Exception:  # torch raises several types for truncated or foreign files
         ckpt = None
     if not is_checkpoint(ckpt):
@@ -222,7 +244,8 @@ def import_weights(run_path: str | os.PathLike, params_path: str | os.PathLike, 
     """Load parameters trained on a device (``params.npz`` by torchvision name) into a new checkpoint at ``out``."""
     ckpt = read_checkpoint(run_path)
     try:
-        params = dict(np.load(params_path))
+        with np.load(params_path, allow_pickle=False) as z:
+            params = {k: z[k] for k in z.files}
     except Exception:
         raise RunError(f"cannot read {params_path}: expected the params.npz a device runner writes") from None
     state = ckpt["state_dict"]

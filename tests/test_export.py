@@ -121,7 +121,7 @@ def test_weights_round_trip_through_the_device(v3_export, tmp_path):
     assert result.exit_code == 0, result.output
     import torchvision
     model = torchvision.models.mobilenet_v3_small(num_classes=5)
-    model.load_state_dict(torch.load(imported, weights_only=False)["state_dict"])
+    model.load_state_dict(torch.load(imported, weights_only=True)["state_dict"])
     params = np.load(out / "params.npz")
     for name in params.files:
         np.testing.assert_array_equal(model.state_dict()[name].numpy(), params[name])

@@ -56,7 +56,7 @@ def load_global(work: Path) -> tuple[dict[str, np.ndarray], int] | None:
     if not (work / STATE).exists() or not (work / GLOBAL).exists():
         return None
     state = json.loads((work / STATE).read_text())
-    with np.load(work / GLOBAL) as z:
+    with np.load(work / GLOBAL, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}, int(state["round"])
 
 
