@@ -41,6 +41,8 @@ class TrainConfig:
     data: str = "patterns"
     #: "auto" = ImageNet when obtainable, else random init (said in one line); "imagenet", "none", a path or a run
     weights: str = "auto"
+    #: with a run as weights: keep its head even when it was trained for other classes (same count only)
+    keep_head: bool = False
     epochs: int = 10
     batch_size: int = 32
     resolution: int = 96
@@ -81,12 +83,14 @@ def default_out(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.model}-{config.policy.replace(':', '')}-{stamp}"
 
 
-def _model(c: TrainConfig, num_classes: int, resume: bool):
+def _model(c: TrainConfig, class_names: list[str], resume: bool):
     """(model, started from random weights?)"""
+    num_classes = len(class_names)
     if resume:  # the checkpoint supplies every weight
         return create_model(c.model, num_classes, weights=None), False
     if c.weights != "auto":
-        return create_model(c.model, num_classes, weights=c.weights), str(c.weights).lower() == "none"
+        return (create_model(c.model, num_classes, weights=c.weights, class_names=class_names, keep_head=c.keep_head),
+                str(c.weights).lower() == "none")
     try:
         return create_model(c.model, num_classes, weights="imagenet"), False
     except WeightsError as exc:
@@ -107,7 +111,7 @@ def trainer_from_config(config: TrainConfig, resume: bool = False, callbacks=(),
     policy = c.policy_object()  # bad policy specs fail before any data is read
     torch.manual_seed(c.seed)
     train_ds, val_ds, class_names = load_datasets(c.data, c.resolution, c.seed, augment=c.augment)
-    model, random_init = _model(c, len(class_names), resume)
+    model, random_init = _model(c, class_names, resume)
     if random_init:
         calibrate_batchnorm(model, DataLoader(train_ds, batch_size=c.batch_size, shuffle=True, drop_last=True,
                                               generator=torch.Generator().manual_seed(c.seed)))

@@ -26,6 +26,8 @@ _DEFAULTS = TrainConfig()
 @click.option("--data", default=_DEFAULTS.data, show_default=True, help="ImageFolder directory, or 'patterns' (built in)")
 @click.option("--weights", default=_DEFAULTS.weights, show_default=True,
               help="auto (ImageNet if obtainable, else random), imagenet, none, or a .pth path")
+@click.option("--keep-head", is_flag=True,
+              help="with --weights RUN: keep its classifier head even when it was trained for other classes")
 @click.option("--epochs", default=_DEFAULTS.epochs, show_default=True, type=int)
 @click.option("--batch-size", default=_DEFAULTS.batch_size, show_default=True, type=int)
 @click.option("--resolution", default=_DEFAULTS.resolution, show_default=True, type=int)
