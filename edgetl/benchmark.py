@@ -38,6 +38,9 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import ConfigError, EdgeTLError
+from .limits import Limit, check_numbers
+from .policies import parse_policy
+from .prefix import check_prefix_batch
 
 RUNTIMES = {"pytorch": "PyTorch", "onnx": "ONNX Runtime", "tflite": "TFLite"}
 RUNNERS = {"onnx": "ort_runner.py", "tflite": "tflite_runner.py"}
@@ -65,13 +68,12 @@ class BenchmarkConfig:
         unknown = [r for r in self.runtimes if r not in RUNTIMES]
         if unknown:
             raise ConfigError(f"unknown runtime {', '.join(unknown)}; choose from {', '.join(RUNTIMES)}")
-        for name in ("batch", "rounds", "steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if self.epochs < 2:
-            raise ConfigError("--epochs must be at least 2: the cached step time is read from epochs after the first")
-        if self.resolution < 32:
-            raise ConfigError(f"--resolution must be at least 32, got {self.resolution}")
+        check_numbers(batch_size=self.batch, rounds=(self.rounds, Limit(1, 1000)), steps=(self.steps, Limit(1, 10_000)),
+                      epochs=(self.epochs, Limit(2, 1000, why="the cached step time is read from epochs after the first")),
+                      resolution=self.resolution, threads=self.threads)
+        check_prefix_batch(self.prefix_batch, self.batch)
+        for policy in self.policies:  # a bad spec is refused before anything is exported or measured
+            parse_policy(policy)
 
 
 def blocked_env(work: Path) -> dict:

@@ -24,9 +24,11 @@ from torch.utils.data import DataLoader
 
 from .data import load_datasets
 from .errors import ConfigError, WeightsError
+from .limits import check_numbers
 from .models import create_model
 from .optim import OptimizerSpec
 from .policies import Policy, parse_policy
+from .prefix import check_prefix_batch
 from .run import CHECKPOINT, read_checkpoint
 from .surgery import apply_policy
 from .trainer import Trainer, TrainResult, calibrate_batchnorm
@@ -63,8 +65,11 @@ class TrainConfig:
     cache_budget_mb: float = 512
 
     def validate(self) -> None:
-        if self.resolution < 32:
-            raise ConfigError(f"--resolution must be at least 32 (MobileNets downsample 32x), got {self.resolution}")
+        """Every setting in its range (one line naming the first that is not), before any data is read."""
+        check_numbers(epochs=self.epochs, batch_size=self.batch_size, resolution=self.resolution, lr=self.lr,
+                      weight_decay=self.weight_decay, seed=self.seed, workers=self.workers,
+                      hardswish_threshold=self.hardswish_threshold, cache_budget_mb=self.cache_budget_mb)
+        check_prefix_batch(self.prefix_batch, self.batch_size)
         self.lr = self.optimizer_spec().lr  # the default of the optimizer, recorded
 
     def policy_object(self) -> Policy:

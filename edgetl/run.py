@@ -73,6 +73,10 @@ def is_checkpoint(obj) -> bool:
     return isinstance(obj, dict) and "state_dict" in obj and "edgetl" in obj
 
 
+#: pickle opcodes that name or build objects (GLOBAL, STACK_GLOBAL, INST, OBJ): what weights_only refuses to run
+CALLING_OPCODES = {ord("c"), 0x93, ord("i"), ord("o")}
+
+
 class UnsafeFile(RunError):
     """A checkpoint or weights file that would run code when loaded."""
 
@@ -84,7 +88,10 @@ def load_tensors(path: str | os.PathLike):
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         named = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        what = f"it names {named.group(1)}, which loading would call" if named else "it holds pickled objects"
+        operand = re.search(r"Unsupported operand (\d+)", str(exc))
+        if not named and not (operand and int(operand.group(1)) in CALLING_OPCODES):
+            raise  # not a pickle of anything that runs (garbage, a truncated file): the caller calls it corrupt
+        what = f"it names {named.group(1)}, which loading would call" if named else "it builds pickled objects"
         raise UnsafeFile(f"{path} holds more than tensors and plain values ({what}), so edgetl does not open it: "
                          f"checkpoints hold weights and metadata only; use one written by edgetl, or ask its sender "
                          f"for one") from None

@@ -160,6 +160,9 @@ def test_a_failed_check_carries_the_result(v3_export, tmp_path, monkeypatch):
     with pytest.raises(ValidationFailed, match="inference logits differs by") as err:
         export(v3_export.run, v3_export.fmt, tmp_path / "art", steps=1, batch_size=4)
     assert not err.value.result.validation.ok and err.value.result.manifest["validation"]["ok"] is False
+    # refused, not crashed: the files stay at --out for inspection, their manifest saying so
+    assert json.loads((tmp_path / "art" / "manifest.json").read_text())["validation"]["ok"] is False
+    assert err.value.result.out == tmp_path / "art" and not list(tmp_path.glob(".art.*"))
 
 
 @pytest.mark.parametrize("v3_export", ["onnx", pytest.param("tflite", marks=pytest.mark.slow)], indirect=True)
@@ -178,3 +181,49 @@ def test_cli_export(v3_export, tmp_path):
 def test_unknown_format_from_python(tmp_path):
     with pytest.raises(ExportError, match="unknown format 'coreml'; choose one of: onnx, tflite"):
         export(make_run(tmp_path / "run"), "coreml", tmp_path / "art")
+
+
+def test_a_crashed_or_killed_export_leaves_nothing_at_out(tmp_path, monkeypatch):
+    """Exports are built under a hidden name beside --out and renamed into place when complete: an exception or a
+    killed process mid-export leaves --out as it was (absent, or the previous export), and the next export
+    clears what the killed one left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from edgetl.exporters.onnx import OnnxExporter
+
+    run = make_run(tmp_path / "run", resolution=32)
+    art = tmp_path / "art"
+
+    def crash(self, run, out, *args, **kwargs):
+        (out / "half.onnx").write_bytes(b"half")
+        raise RuntimeError("the backend fell over")
+
+    with monkeypatch.context() as m:
+        m.setattr(OnnxExporter, "lower", crash)
+        with pytest.raises(RuntimeError, match="fell over"):
+            export(run, "onnx", art, validate=False)
+    assert not art.exists() and not list(tmp_path.glob(".art.*"))
+    first = export(run, "onnx", art, validate=False, steps=1)
+    before = (art / "manifest.json").read_bytes()
+    with monkeypatch.context() as m:
+        m.setattr(OnnxExporter, "lower", crash)
+        with pytest.raises(RuntimeError):
+            export(run, "onnx", art, validate=False)
+    assert (art / "manifest.json").read_bytes() == before and first.out == art
+    # a process killed mid-export
+    script = f"from edgetl.exporters import export; export({str(run)!r}, 'onnx', {str(art)!r}, steps=1)"
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not [p for d in tmp_path.glob(".art.partial-*") for p in d.iterdir()]:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert list(tmp_path.glob(".art.partial-*")), "the export was killed before it wrote anything"
+    assert (art / "manifest.json").read_bytes() == before  # the previous export, whole
+    export(run, "onnx", art, validate=False, steps=1)
+    assert not list(tmp_path.glob(".art.*")) and (art / "manifest.json").is_file()
+    with pytest.raises(ExportError, match="is not an export directory"):
+        export(run, "onnx", tmp_path, validate=False)  # never replaces a folder of other things

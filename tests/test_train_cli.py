@@ -155,7 +155,8 @@ def test_chained_transfer_keeps_the_backbone_with_a_new_head(image_folder, tmp_p
 def test_option_errors(image_folder, tmp_path):
     _expect_error(_run(*TINY, "--data", str(image_folder), "--policy", "mobiletl:40"), "only 11 inverted-residual")
     _expect_error(_run(*TINY, "--data", str(image_folder), "--policy", "sparse"), "unknown policy 'sparse'")
-    _expect_error(_run(*TINY, "--data", str(image_folder), "--resolution", "8"), "--resolution must be at least 32")
+    _expect_error(_run(*TINY, "--data", str(image_folder), "--resolution", "8"),
+                  "--resolution must be a whole number from 32", "MobileNets downsample 32x")
     _expect_error(_run("--out", str(tmp_path / "none"), "--resume"), "nothing to resume")
     out = tmp_path / "once"
     assert _run(*TINY, "--epochs", "1", "--data", str(image_folder), "--out", str(out)).exit_code == 0

@@ -86,8 +86,6 @@ def train(ctx, resume, no_progress, **options):
 def profile(model, policies, batch_size, resolution, optimizer, num_classes, measure, layers, json_path, csv_path,
             plot_path, budget, device_profile):
     """Memory and FLOPs of a training step, per layer and per policy, analytic and measured."""
-    if batch_size < 1 or resolution < 32:
-        raise click.UsageError("--batch-size must be at least 1 and --resolution at least 32")
     policies = list(policies) or ["full", "ft:5", "mobiletl:5"]
     if budget or device_profile:
         if budget and device_profile:

@@ -6,7 +6,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .base import console, friendly_errors, main
+from .base import console, friendly_errors, main, parse_prefix_batch
 
 
 @main.group()
@@ -163,6 +163,7 @@ def deploy(artifacts, device_uri, steps, epochs, data, device_data, val_split, a
     from ..ui import DeployProgress, print_deploy_report
 
     err = Console(stderr=True)
+    prefix_batch = parse_prefix_batch(prefix_batch)
     with DeployProgress(err) as events:
         report = run_deploy(artifacts, device_uri, steps=steps, data=data, out=out, batch_size=batch_size, lr=lr,
                             verify=verify, force=force, timeout=timeout, events=events, device_data=device_data,

@@ -68,7 +68,7 @@ def fleet_run(artifacts, device_uris, devices_file, data, device_data, rounds, l
     uris = list(device_uris)
     if devices_file:
         uris += [line.strip() for line in open(devices_file) if line.strip() and not line.startswith("#")]
-    options = {"mu": mu} if strategy == "fedprox" else {"eta": server_lr} if strategy == "fedadam" else {}
+    options = {"mu": mu, "eta": server_lr}  # the API checks both and keeps the strategy's own
     with FleetTable(console) as events:
         result = run_fleet(artifacts, uris, out, data=data, device_data=device_data, rounds=rounds,
                            local_steps=local_steps, min_devices=min_devices, fraction=fraction, strategy=strategy,

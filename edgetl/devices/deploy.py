@@ -27,6 +27,7 @@ from pathlib import Path
 from ..errors import DataError
 from ..exporters import ExportError
 from ..io import atomic_write_json
+from ..limits import check_numbers
 from . import connect
 from .base import DeviceError, DeviceInfo, MemoryRefused, RunnerFailed, RuntimeMissing
 from .bundle import make_bundle, push_bundle
@@ -106,6 +107,9 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
     evaluated each epoch; ``augment`` none or flip; ``seed`` shuffles); ``prefix_batch`` (a number or auto) runs
     the frozen prefix in micro-batches, ``cache_features`` computes its features once and reuses them in later
     epochs (``cache_dtype`` float32 or float16); returns the report."""
+    check_numbers(steps=steps, epochs=epochs, val_split=val_split, seed=seed, shard_size=shard_size,
+                  batch_size=batch_size, lr=lr, timeout=timeout,
+                  prefix_batch=prefix_batch if prefix_batch != "auto" else None)
     events = events or DeployEvents()
     if data is not None and device_data:
         raise DataError("give --data (images on this machine, pushed) or --device-data (images on the device), not both")

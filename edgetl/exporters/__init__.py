@@ -20,6 +20,7 @@ from typing import Callable
 
 from torch import nn
 
+from ..limits import check_numbers
 from ..run import Run, RunError
 from .base import Exporter, ExportError, ExportResult, ValidationFailed
 from .manifest import load_manifest, verify_manifest
@@ -57,6 +58,7 @@ def export(source: Run | nn.Module | str | os.PathLike, fmt: str, out: str | os.
 
     ``data``: a Dataset for the reference batches (default: the run's validation data, else random images).
     """
+    check_numbers(steps=steps, batch_size=batch_size, lr=lr)
     exp = exporter(fmt)
     if isinstance(source, nn.Module) and data is not None:  # a model's classes and input size, from its data
         from ..trainer import class_names_of

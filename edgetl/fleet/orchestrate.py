@@ -26,12 +26,15 @@ from pathlib import Path
 from ..devices.base import DeviceError
 from ..errors import EdgeTLError
 from ..exporters.manifest import MANIFEST
+from ..limits import check_numbers
 from .processes import SuperLink, SuperNode
 from .server import DONE, RETURNING, ROUNDS, STATE
 
 FAB_DIR = Path(__file__).resolve().parent / "fab"
 EDGETL_ROOT = Path(__file__).resolve().parents[2]
 STRATEGIES = ("fedavg", "fedadam", "fedprox")
+#: the strategy options each strategy reads (others given, e.g. by the CLI's defaults, are checked and left out)
+STRATEGY_OPTIONS = {"fedavg": (), "fedadam": ("eta", "eta_l", "tau"), "fedprox": ("mu",)}
 
 
 class FleetError(EdgeTLError):
@@ -88,6 +91,10 @@ class Fleet:
                  address: str | None = None, port: int | None = None, auth: bool = False,
                  keep_client_arrays: bool = False, restarts: int = 5, restart_backoff: float = 5.0,
                  watch_s: float = 3.0, events: FleetEvents | None = None):
+        check_numbers(rounds=rounds, local_steps=local_steps, min_devices=min_devices, fraction=fraction,
+                      eval_size=eval_size, seed=seed, lr=lr, round_timeout=round_timeout, join_timeout=join_timeout,
+                      port=port, restarts=restarts, mu=(strategy_options or {}).get("mu"),
+                      server_lr=(strategy_options or {}).get("eta"))
         self.artifacts, self.out = Path(artifacts), Path(out)
         self.work = self.out / ".fleet"
         if not (self.artifacts / MANIFEST).is_file():
@@ -113,7 +120,8 @@ class Fleet:
         if not 1 <= self.min_devices <= len(devices):
             raise FleetError(f"--min-devices is from 1 to the {len(devices)} devices given, not {self.min_devices}")
         self.options = dict(rounds=rounds, local_steps=local_steps, fraction=fraction, strategy=strategy,
-                            strategy_options=strategy_options or {}, eval_size=eval_size, seed=seed, lr=lr,
+                            strategy_options={k: v for k, v in (strategy_options or {}).items()
+                                              if k in STRATEGY_OPTIONS[strategy]}, eval_size=eval_size, seed=seed, lr=lr,
                             round_timeout=round_timeout, join_timeout=join_timeout, keep_client_arrays=keep_client_arrays,
                             restarts=restarts)
         self.eval_data = eval_data
