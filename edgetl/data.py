@@ -187,6 +187,18 @@ def load_datasets(data: str | os.PathLike, resolution: int, seed: int = 0, val_f
             _Transformed(Subset(base, order[:n_val]), eval_transform(resolution)), base.classes)
 
 
+def held_out(data: str | os.PathLike, resolution: int, seed: int = 0, builtin_size: int = 1500):
+    """``(dataset, class_names)`` of held-out data, with the eval transform: every image of a folder of class
+    folders (a test set is not split), the ``val`` (or ``test``) split of ``DIR/train`` + ``DIR/val``, or the
+    validation set of ``patterns``."""
+    root = Path(data)
+    if str(data) == BUILTIN or (root / "train").is_dir():
+        _, val, classes = load_datasets(data, resolution, seed, builtin_size=builtin_size)
+        return val, classes
+    base = _image_folder(root)
+    return _Transformed(base, eval_transform(resolution)), base.classes
+
+
 def _split_bases(data: str | os.PathLike, seed: int, val_fraction: float | None):
     """``({"train": base, "val": base or None}, class_names)`` of PIL images and labels, for packing."""
     if str(data) == BUILTIN:

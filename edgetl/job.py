@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .data import load_datasets
+from .data import BUILTIN, load_datasets
 from .errors import ConfigError, WeightsError
 from .limits import check_numbers
 from .models import create_model
@@ -72,6 +72,16 @@ class TrainConfig:
         check_prefix_batch(self.prefix_batch, self.batch_size)
         self.lr = self.optimizer_spec().lr  # the default of the optimizer, recorded
 
+    def resolve_paths(self) -> None:
+        """The data, weights and cache paths made absolute, as the run directory records them: a fleet or a resume
+        started from another directory finds the same files."""
+        if self.data != BUILTIN:
+            self.data = str(Path(self.data).expanduser().resolve())
+        if self.weights.lower() not in ("auto", "imagenet", "none"):
+            self.weights = str(Path(self.weights).expanduser().resolve())
+        if self.cache_dir:
+            self.cache_dir = str(Path(self.cache_dir).expanduser().resolve())
+
     def policy_object(self) -> Policy:
         """The policy with its options from these settings (MobileTL's Hard-Swish threshold)."""
         policy = parse_policy(self.policy)
@@ -106,12 +116,13 @@ def _model(c: TrainConfig, class_names: list[str], resume: bool):
 def trainer_from_config(config: TrainConfig, resume: bool = False, callbacks=(),
                         command: list[str] | None = None) -> Trainer:
     """The :class:`Trainer` of an ``edgetl train`` job (its data, model, policy, optimizer and run directory)."""
-    out = Path(config.out) if config.out else default_out(config)
+    out = (Path(config.out) if config.out else default_out(config)).resolve()
     if resume:
         if not (out / CHECKPOINT).is_file():
             raise ConfigError(f"nothing to resume in {out}: no {CHECKPOINT}; start the run without --resume")
         config = TrainConfig(**read_checkpoint(out)["edgetl"]["config"])
     config.validate()
+    config.resolve_paths()
     c = config
     policy = c.policy_object()  # bad policy specs fail before any data is read
     torch.manual_seed(c.seed)

@@ -198,7 +198,7 @@ class Run:
         model = create_model(meta["model"], meta["num_classes"])
         model.load_state_dict(ckpt["state_dict"])
         apply_policy(model, policy)
-        path = Path(path)
+        path = Path(path).resolve()  # the exports' manifests record it: absolute, wherever they are read
         return cls(model, meta["model"], policy, list(meta["class_names"]), meta["resolution"],
                    OptimizerSpec.from_dict(meta["optimizer"]), ckpt.get("history", []), meta.get("config", {}),
                    path if path.is_dir() else path.parent)

@@ -163,7 +163,8 @@ def print_deploy_report(report: dict, console: Console | None = None) -> None:
 class FleetTable:
     """The live per-round table of ``edgetl fleet run``: one row per round as it ends (a FleetEvents)."""
 
-    HEADER = f"{'round':>5}  {'answered':>8}  {'loss':>7}  {'eval acc':>8}  {'sent':>9}  {'received':>9}  {'seconds':>7}  note"
+    HEADER = (f"{'round':>5}  {'answered':>8}  {'loss':>7}  {'eval acc':>8}  {'on':>6}  {'sent':>9}  {'received':>9}  "
+              f"{'seconds':>7}  note")
 
     def __init__(self, console: Console):
         self.console, self.devices, self.header = console, 0, False
@@ -189,7 +190,8 @@ class FleetTable:
             self.console.print(self.HEADER, style="bold")
             self.header = True
         if r.get("event") == "start":
-            self.console.print(f"{0:>5}  {'':>8}  {'':>7}  {100 * r['eval_acc']:>7.1f}%", markup=False)
+            self.console.print(f"{0:>5}  {'':>8}  {'':>7}  {100 * r['eval_acc']:>7.1f}%  {r['eval_images']:>6}",
+                               markup=False)
             return
         loss = f"{r['train_loss']:.3f}" if r.get("train_loss") is not None else "-"
         acc = f"{100 * r['eval_acc']:.1f}%" if r.get("eval_acc") is not None else "-"
@@ -197,7 +199,8 @@ class FleetTable:
         notes += [f"rejoined {', '.join(r['rejoined'])}"] if r.get("rejoined") else []
         note = r.get("skipped") or "; ".join(notes)
         self.console.print(f"{r['round']:>5}  {len(r.get('answered', [])):>3}/{len(r.get('sampled', [])):<4}  {loss:>7}  "
-                           f"{acc:>8}  {mib(r.get('bytes_sent', 0)):>9}  {mib(r.get('bytes_received', 0)):>9}  "
+                           f"{acc:>8}  {r.get('eval_images', '-'):>6}  {mib(r.get('bytes_sent', 0)):>9}  "
+                           f"{mib(r.get('bytes_received', 0)):>9}  "
                            f"{r.get('seconds', 0):>7.1f}  {note}", markup=False)
 
 

@@ -44,7 +44,8 @@ def fleet_shard(data, n, iid, resolution, count, seed, out):
 @click.option("--mu", type=float, default=0.01, show_default=True, help="FedProx's proximal weight.")
 @click.option("--server-lr", type=float, default=0.01, show_default=True, help="FedAdam's server learning rate.")
 @click.option("--run", "source_run", default=None, help="The run the artifacts came from (default: the manifest's).")
-@click.option("--eval-data", default=None, help="Held-out data for server evaluation (default: the run's data).")
+@click.option("--eval-data", default=None,
+              help="Held-out data the server evaluates whole each round (default: the run's data, its validation split).")
 @click.option("--round-timeout", type=float, default=600, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Where the SuperLink listens (0.0.0.0: all).")
 @click.option("--address", default=None, help="HOST:PORT devices reach the SuperLink by (default: 127.0.0.1).")

@@ -119,6 +119,8 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
         raise DataError(f"--cache-features needs fixed inputs, but --augment {augment} changes every image each epoch: "
                         f"use --augment none with the cache, or drop --cache-features")
     steps = 50 if steps is None and epochs is None else steps
+    artifacts = Path(artifacts).resolve()  # once, here: the runner works in its bundle on the device
+    data = data if data is None or str(data) == "patterns" else Path(data).resolve()
     bundle = make_bundle(artifacts, data, shard_size=shard_size, seed=seed, val_split=val_split)
     manifest = bundle.manifest
     fixed = manifest["input"]["shape"][0]  # a TFLite model trains at the batch size it was exported with
@@ -126,10 +128,11 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
         raise ExportError(f"{artifacts} trains at batch {fixed}, fixed at export; drop --batch-size, or export "
                           f"again with --batch-size {batch_size}")
     batch_size = batch_size or fixed or 8
-    out = Path(out or f"deploy/{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(out or f"deploy/{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     with connect(device_uri) as device:
         info = device.probe()
         events.device(info)
+        device_data = device.resolve(device_data) if device_data else device_data
         check_runtime(info, manifest["runtime"])
         if device_data:
             check_pillow(info, device_uri)

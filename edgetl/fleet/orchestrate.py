@@ -65,6 +65,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def local_path(path: str | os.PathLike | None) -> str | None:
+    """A path on this computer made absolute (None and the built-in ``patterns`` stay as they are)."""
+    if path is None or str(path) == "patterns":
+        return None if path is None else str(path)
+    return str(Path(path).expanduser().resolve())
+
+
 def _shards(data: str | None, n: int) -> list[str | None]:
     """One shard per device: ``data`` a directory of ``.npz`` shards (sorted), or one file for all, or none."""
     if data is None:
@@ -95,7 +102,9 @@ class Fleet:
                       eval_size=eval_size, seed=seed, lr=lr, round_timeout=round_timeout, join_timeout=join_timeout,
                       port=port, restarts=restarts, mu=(strategy_options or {}).get("mu"),
                       server_lr=(strategy_options or {}).get("eta"))
-        self.artifacts, self.out = Path(artifacts), Path(out)
+        # every local path once, here: the SuperLink, the ServerApp and the SuperNodes run in other directories
+        self.artifacts, self.out = Path(artifacts).resolve(), Path(out).resolve()
+        data, run, eval_data = local_path(data), local_path(run), local_path(eval_data)
         self.work = self.out / ".fleet"
         if not (self.artifacts / MANIFEST).is_file():
             raise FleetError(f"{artifacts} holds no {MANIFEST}; pass a directory written by `edgetl export`")
@@ -110,7 +119,7 @@ class Fleet:
                              "--device-data PATH (an ImageFolder on each device)")
         self.raw_manifest = (self.artifacts / MANIFEST).read_bytes()
         self.manifest = json.loads(self.raw_manifest)
-        self.source_run = run or self.manifest.get("source_run")
+        self.source_run = run or local_path(self.manifest.get("source_run"))
         if not self.source_run or not Path(self.source_run).exists():
             raise FleetError(f"the run the artifacts came from ({self.source_run}) is not here; pass --run RUN_DIR "
                              f"(the server evaluates and saves the global model with it)")
@@ -153,11 +162,20 @@ class Fleet:
             self.work.mkdir(parents=True, exist_ok=True)
 
     def _eval_data(self) -> str:
+        """The server's held-out data: the one given (evaluated whole), else the source run's (its validation split)."""
         if self.eval_data:
+            from ..data import held_out
+
+            held, classes = held_out(self.eval_data, self.manifest["input"]["shape"][-1])
+            if classes != self.manifest["class_names"]:
+                raise FleetError(f"--eval-data {self.eval_data} has the classes {', '.join(classes)}, not the model's "
+                                 f"({', '.join(self.manifest['class_names'])}): give held-out data of its classes")
+            self.events.message(f"the server evaluates each round on the {len(held):,} held-out images of "
+                                f"{self.eval_data}")
             return self.eval_data
         from ..run import Run
 
-        data = Run.load(self.source_run).data
+        data = local_path(Run.load(self.source_run).data)
         if not data:
             raise FleetError(f"the run {self.source_run} does not say what data it trained on; pass --eval-data DATA "
                              f"(an ImageFolder, or patterns) for the server's held-out evaluation")
@@ -185,7 +203,7 @@ class Fleet:
             if bundle.shard:
                 config["data"] = bundle.shard
             if self.device_data:
-                config["device-data"] = self.device_data
+                config["device-data"] = device.resolve(self.device_data)
             certs_dir = None
             if certs is not None:
                 certs_dir = f"{device.workdir}/fleet-certs"
@@ -351,7 +369,8 @@ class Fleet:
             certs = FleetCerts.ensure(self.work / "certs", self.host, self.address)
         config = {"work": str(self.work), "out": str(self.out), "source_run": str(self.source_run),
                   "artifacts": str(self.artifacts.resolve()), "data": self.data, "device_data": self.device_data,
-                  "eval_data": self._eval_data(), "devices": len(self.devices), "min_devices": self.min_devices,
+                  "eval_data": self._eval_data(), "eval_held_out": bool(self.eval_data), "devices": len(self.devices),
+                  "min_devices": self.min_devices,
                   "manifest_sha256": hashlib.sha256(self.raw_manifest).hexdigest(), "resume": self.resume,
                   "travelling": __import__("edgetl.fleet.params", fromlist=["travelling"]).travelling(self.manifest),
                   **self.options}

@@ -93,14 +93,19 @@ class Evaluator:
     def __init__(self, config: dict):
         import torch
 
-        from ..data import load_datasets
+        from ..data import held_out, load_datasets
         from ..run import Run
 
         self.torch = torch
         self.run = Run.load(config["source_run"])
         self.state = {k: v.clone() for k, v in self.run.model.state_dict().items()}
-        _, val, _ = load_datasets(config["eval_data"], self.run.resolution, seed=int(config.get("seed", 0)))
-        n = min(len(val), int(config.get("eval_size") or len(val)))
+        seed = int(config.get("seed", 0))
+        if config.get("eval_held_out"):  # data the user named as held out (its classes checked): evaluated whole
+            val, _ = held_out(config["eval_data"], self.run.resolution, seed)
+            n = len(val)
+        else:  # the run's own data: its validation split, at most eval_size images of it
+            _, val, _ = load_datasets(config["eval_data"], self.run.resolution, seed=seed)
+            n = min(len(val), int(config.get("eval_size") or len(val)))
         self.loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val, range(n)), batch_size=64)
 
     def load(self, arrays: dict[str, np.ndarray]):
