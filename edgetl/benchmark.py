@@ -18,9 +18,10 @@ machine noise hits every cell alike; medians are reported:
   and the same with ``--cache-features`` (the steps of epochs >= 2).
   With ``device`` the runner runs on that device through :func:`edgetl.devices.deploy.deploy`.
 
-Next to each measured step memory (the training peak minus the baseline) stands the analytic total of
-:mod:`edgetl.profile.analytic` for the same micro-batch and, for TFLite, the runtime's own plan: the training
-subgraph's intermediates in the order the interpreter runs them, plus every variable.
+Next to each runner's measured peak stands what deploy predicts from its measured baseline
+(:mod:`edgetl.devices.memory`), and next to each measured step memory (the training peak minus the baseline) the
+analytic total of :mod:`edgetl.profile.analytic` for the same micro-batch and, for TFLite, the runtime's own plan:
+the training subgraph's intermediates in the order the interpreter runs them, plus every variable.
 """
 
 from __future__ import annotations
@@ -254,6 +255,8 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = lambda msg:
                 else:
                     samples[policy, rt].append(_runner_sample(runner, arts[policy, rt], rt, shard, cfg,
                                                               bool(splits[policy]), tag))
+        predicted = {cell: _predicted(arts[cell], cfg.batch, _median(samples[cell])["baseline_rss_bytes"])
+                     for cell in cells if cell in arts}
     rows = []
     for policy, rt in cells:
         med = _median(samples[policy, rt])
@@ -261,9 +264,18 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = lambda msg:
         rows.append({"policy": policy, "runtime": rt, **med, "step_rss_bytes": step,
                      "analytic_bytes": analytic[policy]["training_memory_bytes"],
                      "analytic_unstreamed_bytes": analytic[policy]["unstreamed_memory_bytes"],
-                     "planned_bytes": plans.get((policy, rt)),
+                     "planned_bytes": plans.get((policy, rt)), "predicted_bytes": predicted.get((policy, rt)),
                      "where": cfg.device if cfg.device and rt != "pytorch" else "local://"})
     return {"format": "edgetl.benchmark/1", "config": asdict(cfg), "rows": rows}
+
+
+def _predicted(art: Path, batch: int, baseline: int | None) -> int | None:
+    """What deploy predicts for this cell (:mod:`edgetl.devices.memory`), from the baseline measured here."""
+    from .devices.memory import predict
+
+    if not baseline:
+        return None
+    return predict(json.loads((art / "manifest.json").read_text()), batch, baseline, art).total_bytes
 
 
 def _planned_bytes(art: Path) -> int | None:

@@ -222,7 +222,7 @@ def print_benchmark(report: dict, console: Console | None = None) -> None:
     c = report["config"]
     table = Table(title=f"{c['model']}, batch {c['batch']}, {c['resolution']}x{c['resolution']}, {c['optimizer']}, "
                         f"prefix batch {c['prefix_batch']}: medians of {c['rounds']} interleaved round(s)")
-    for col in ("policy", "runtime", "training peak MiB", "peak with results MiB", "baseline MiB",
+    for col in ("policy", "runtime", "training peak MiB", "peak with results MiB", "predicted MiB", "baseline MiB",
                 "step MiB (training peak - baseline)", "analytic MiB", "measured / analytic", "runtime plan MiB",
                 "vs ft training peak", "step ms", "cached step ms", "cached / uncached"):
         table.add_column(col, justify="left" if col in ("policy", "runtime") else "right")
@@ -232,7 +232,8 @@ def print_benchmark(report: dict, console: Console | None = None) -> None:
         ref = ft.get(r["runtime"])
         table.add_row(
             r["policy"], {"pytorch": "PyTorch", "onnx": "ONNX Runtime", "tflite": "TFLite"}[r["runtime"]],
-            _mib(r.get("train_peak_rss_bytes")), _mib(r["peak_rss_bytes"]), _mib(r["baseline_rss_bytes"]), _mib(step),
+            _mib(r.get("train_peak_rss_bytes")), _mib(r["peak_rss_bytes"]), _mib(r.get("predicted_bytes")),
+            _mib(r["baseline_rss_bytes"]), _mib(step),
             _mib(analytic),
             f"{step / analytic:.2f}" if step and analytic else "-", _mib(r.get("planned_bytes")),
             f"{r['train_peak_rss_bytes'] / ref['train_peak_rss_bytes']:.2f}" if ref and r.get("train_peak_rss_bytes")

@@ -8,10 +8,11 @@ Data: ``data`` is on the laptop (an ImageFolder, packed into a uint8 shard and p
 ``device_data`` is an ImageFolder already on the device, which the runner decodes and streams there: the
 images never leave it, and only metrics, weights and the checkpoint come back (the report says so).
 
-Steps: probe the device; check that its runtime is there and that the predicted training memory fits its
-available RAM (refusing with the fix, unless ``force``); push the bundle (atomic, resumable); optionally
-repeat the export's parity check there (``verify``); run the runner with live progress; pull back the
-metrics, trained weights and checkpoint; write ``report.json`` and plot the loss curve. It draws nothing:
+Steps: probe the device; check that its runtime is there; push the bundle (atomic, resumable); measure the
+runner's baseline there and check that the predicted training memory (:mod:`.memory`), plus a margin, fits the
+available RAM (refusing with the fix, unless ``force``); optionally repeat the export's parity check there
+(``verify``); run the runner with live progress; pull back the metrics, trained weights and checkpoint; write
+``report.json`` (the predicted memory beside the measured peak) and plot the loss curve. It draws nothing:
 what a person sees comes through :class:`DeployEvents` (the CLI's are rich progress bars and a table).
 """
 
@@ -29,12 +30,11 @@ from ..exporters import ExportError
 from ..io import atomic_write_json
 from ..limits import check_numbers
 from . import connect
-from .base import DeviceError, DeviceInfo, MemoryRefused, RunnerFailed, RuntimeMissing
+from .base import DeviceError, DeviceInfo, RunnerFailed, RuntimeMissing
 from .bundle import make_bundle, push_bundle
+from .memory import check_memory
 from .runtimes import check_runtime
 
-#: resident memory of the runner itself before training (Python, numpy, the runtime), measured on x86_64
-RUNTIME_BASELINE_BYTES = {"onnxruntime-training": 120 * 2**20, "ai-edge-litert": 60 * 2**20}
 PULLED = ("metrics.json", "params.npz", "checkpoint", "checkpoint.npz", "inference.onnx")
 
 
@@ -81,21 +81,6 @@ def parse_epoch(line: str) -> dict | None:
     return record
 
 
-def predicted_memory(manifest: dict, batch_size: int) -> int:
-    """Training memory on the device at ``batch_size``: the export's analytic figure plus the runtime's own."""
-    memory = manifest.get("memory")
-    if memory is None:  # an export made before manifests carried the figure: compute it as the export would
-        from ..optim import OptimizerSpec
-        from ..profile.analytic import analyze
-
-        prof = analyze(manifest["model"], manifest["policy"], manifest["input"]["shape"][-1],
-                       len(manifest["class_names"]))
-        need = prof.totals(batch_size, OptimizerSpec.from_dict(manifest["optimizer"]))["training_memory_bytes"]
-    else:
-        need = memory["fixed_bytes"] + memory["per_sample_bytes"] * batch_size
-    return int(need) + RUNTIME_BASELINE_BYTES[manifest["runtime"]]
-
-
 def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, data: str | Path | None = None,
            out: str | Path | None = None, batch_size: int | None = None, lr: float | None = None, verify: bool = False,
            force: bool = False, timeout: float = 3600, events: DeployEvents | None = None,
@@ -136,15 +121,6 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
         check_runtime(info, manifest["runtime"])
         if device_data:
             check_pillow(info, device_uri)
-        need = predicted_memory(manifest, batch_size)
-        if info.mem_available_bytes and need > info.mem_available_bytes:
-            message = (f"training {manifest['model']} {manifest['policy']} at batch {batch_size} needs about "
-                       f"{need / 2**20:,.0f} MiB but {info.uri} has {info.mem_available_bytes / 2**20:,.0f} MiB "
-                       f"available: lower --batch-size, export with a smaller K (`edgetl profile --budget` finds "
-                       f"what fits), or pass --force to try anyway")
-            if not force:
-                raise MemoryRefused(message)
-            events.message(f"warning: {message}")
         sent = [0]
 
         def on_bytes(n: int) -> None:
@@ -155,6 +131,10 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
         events.push(bundle.size, bundle.size)
         python = shlex.quote(info.python_bin or "python3")
         runner = f"cd {shlex.quote(remote)} && {python} {bundle.runner} --artifacts ."
+        micro = f" --prefix-batch {shlex.quote(str(prefix_batch))}" if prefix_batch not in (None, "auto") else ""
+        # the runner's baseline measured there, plus the step and the results: refused before training when it
+        # does not fit (the bundle stays, so the same deploy with --force or a smaller batch sends nothing again)
+        memory = check_memory(device, runner + micro, manifest, batch_size, info, bundle.root, force, events.message)
         verified = None
         if verify:
             result = device.run(f"{runner} --verify", timeout=timeout)
@@ -172,7 +152,7 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
         args += f" --device-data {shlex.quote(device_data)}" if device_data else ""
         args += f" --val-split {val_split}" if device_data and val_split else ""
         args += f" --lr {lr}" if lr is not None else ""
-        args += f" --prefix-batch {shlex.quote(str(prefix_batch))}" if prefix_batch not in (None, "auto") else ""
+        args += micro
         args += f" --cache-features --cache-dtype {cache_dtype}" if cache_features else ""
         # the same bundle and settings train in the same directory, so running the same deploy again after an
         # interruption continues from the device's last checkpoint
@@ -207,7 +187,8 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
     metrics = json.loads((partial / "metrics.json").read_text())
     report = {"device": info.as_dict(), "bundle": bundle.id, "remote": remote, "run": run_dir,
               "model": manifest["model"], "policy": manifest["policy"], "format": manifest["format"],
-              "steps": metrics["steps"], "batch_size": batch_size, "predicted_memory_bytes": need,
+              "steps": metrics["steps"], "batch_size": batch_size, "predicted_memory_bytes": memory.total_bytes,
+              "predicted_memory": memory.as_dict(),
               "data": _data_report(metrics, bundle, device_data), "epochs": metrics.get("epochs", []),
               "augment": augment, "seed": seed, "prefix_batch": metrics.get("prefix_batch"),
               "cache": metrics.get("cache"), "resumed_from_epoch": metrics.get("resumed_from_epoch"),
