@@ -85,7 +85,7 @@ def test_runner_memory_stays_flat_over_2000_steps_with_checkpoints(soak_export, 
     early = max(rss for s, rss in samples if 100 < s <= 300)
     late = max(rss for s, rss in samples if 1800 < s <= 2000)
     at_100 = next(rss for s, rss in samples if s >= 100)
-    at_2000 = [rss for s, rss in samples if s >= 2000][-1] if any(s >= 2000 for s, _ in samples) else late
+    at_2000 = next((rss for s, rss in samples if s >= 2000), late)  # as the last step ends, before the results
     seconds = sum(metrics["step_seconds"])
     print(f"\nsoak: {metrics['steps']} steps in {seconds:.1f} s of training; RSS at step 100 {at_100 / MiB:.1f} MiB, at "
           f"step 2000 {at_2000 / MiB:.1f} MiB; highest in steps 101-300 {early / MiB:.2f} MiB, in 1801-2000 "
