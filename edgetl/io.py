@@ -6,6 +6,7 @@
     with staged_dir(path) as tmp:   # a directory built under a temporary name, renamed into place when whole
         ...
     file_sha256(path)               # checksums of manifests and bundles
+    absolute("runs/x")              # a path the user gave, made absolute where a command receives it
 
 A crash mid-write leaves the previous file intact (or none), never a truncated one.
 """
@@ -44,6 +45,14 @@ def file_sha256(path: str | os.PathLike) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def absolute(path: str | os.PathLike | None, *names: str) -> str | None:
+    """``path`` made absolute on this computer (``~`` expanded), so that a process started in another directory
+    finds it; None and the ``names`` that are no path (a built-in data set, ``auto``) stay as they are."""
+    if path is None or str(path) in names:
+        return None if path is None else str(path)
+    return str(Path(path).expanduser().resolve())
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:

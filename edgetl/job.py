@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from .data import BUILTIN, load_datasets
 from .errors import ConfigError, WeightsError
+from .io import absolute
 from .limits import check_numbers
 from .models import create_model
 from .optim import OptimizerSpec
@@ -75,12 +76,10 @@ class TrainConfig:
     def resolve_paths(self) -> None:
         """The data, weights and cache paths made absolute, as the run directory records them: a fleet or a resume
         started from another directory finds the same files."""
-        if self.data != BUILTIN:
-            self.data = str(Path(self.data).expanduser().resolve())
+        self.data = absolute(self.data, BUILTIN)
         if self.weights.lower() not in ("auto", "imagenet", "none"):
-            self.weights = str(Path(self.weights).expanduser().resolve())
-        if self.cache_dir:
-            self.cache_dir = str(Path(self.cache_dir).expanduser().resolve())
+            self.weights = absolute(self.weights)
+        self.cache_dir = absolute(self.cache_dir)
 
     def policy_object(self) -> Policy:
         """The policy with its options from these settings (MobileTL's Hard-Swish threshold)."""

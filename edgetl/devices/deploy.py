@@ -25,9 +25,10 @@ import shutil
 import time
 from pathlib import Path
 
+from ..data import BUILTIN
 from ..errors import DataError
 from ..exporters import ExportError
-from ..io import atomic_write_json
+from ..io import absolute, atomic_write_json
 from ..limits import check_numbers
 from . import connect
 from .base import DeviceError, DeviceInfo, RunnerFailed, RuntimeMissing
@@ -105,7 +106,7 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
                         f"use --augment none with the cache, or drop --cache-features")
     steps = 50 if steps is None and epochs is None else steps
     artifacts = Path(artifacts).resolve()  # once, here: the runner works in its bundle on the device
-    data = data if data is None or str(data) == "patterns" else Path(data).resolve()
+    data = absolute(data, BUILTIN)
     bundle = make_bundle(artifacts, data, shard_size=shard_size, seed=seed, val_split=val_split)
     manifest = bundle.manifest
     fixed = manifest["input"]["shape"][0]  # a TFLite model trains at the batch size it was exported with

@@ -23,9 +23,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data import BUILTIN
 from ..devices.base import DeviceError
 from ..errors import EdgeTLError
 from ..exporters.manifest import MANIFEST
+from ..io import absolute
 from ..limits import check_numbers
 from .processes import SuperLink, SuperNode
 from .server import DONE, RETURNING, ROUNDS, STATE
@@ -65,13 +67,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def local_path(path: str | os.PathLike | None) -> str | None:
-    """A path on this computer made absolute (None and the built-in ``patterns`` stay as they are)."""
-    if path is None or str(path) == "patterns":
-        return None if path is None else str(path)
-    return str(Path(path).expanduser().resolve())
-
-
 def _shards(data: str | None, n: int) -> list[str | None]:
     """One shard per device: ``data`` a directory of ``.npz`` shards (sorted), or one file for all, or none."""
     if data is None:
@@ -104,7 +99,7 @@ class Fleet:
                       server_lr=(strategy_options or {}).get("eta"))
         # every local path once, here: the SuperLink, the ServerApp and the SuperNodes run in other directories
         self.artifacts, self.out = Path(artifacts).resolve(), Path(out).resolve()
-        data, run, eval_data = local_path(data), local_path(run), local_path(eval_data)
+        data, run, eval_data = absolute(data), absolute(run), absolute(eval_data, BUILTIN)
         self.work = self.out / ".fleet"
         if not (self.artifacts / MANIFEST).is_file():
             raise FleetError(f"{artifacts} holds no {MANIFEST}; pass a directory written by `edgetl export`")
@@ -119,7 +114,7 @@ class Fleet:
                              "--device-data PATH (an ImageFolder on each device)")
         self.raw_manifest = (self.artifacts / MANIFEST).read_bytes()
         self.manifest = json.loads(self.raw_manifest)
-        self.source_run = run or local_path(self.manifest.get("source_run"))
+        self.source_run = run or absolute(self.manifest.get("source_run"))
         if not self.source_run or not Path(self.source_run).exists():
             raise FleetError(f"the run the artifacts came from ({self.source_run}) is not here; pass --run RUN_DIR "
                              f"(the server evaluates and saves the global model with it)")
@@ -175,7 +170,7 @@ class Fleet:
             return self.eval_data
         from ..run import Run
 
-        data = local_path(Run.load(self.source_run).data)
+        data = absolute(Run.load(self.source_run).data, BUILTIN)
         if not data:
             raise FleetError(f"the run {self.source_run} does not say what data it trained on; pass --eval-data DATA "
                              f"(an ImageFolder, or patterns) for the server's held-out evaluation")
