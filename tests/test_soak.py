@@ -22,6 +22,7 @@ from edgetl.data import pack_uint8_shard
 
 from .exportutil import blocked_env, make_run
 
+pytestmark = pytest.mark.slow  # every test here: CI's second stage
 pytest.importorskip("tensorflow")
 MiB = 2**20
 
@@ -168,6 +169,7 @@ def _ours(root: Path) -> list[str]:
     return found
 
 
+@pytest.mark.timeout(2400)  # 30 rounds: each starts a ClientApp process per device (about 10 s a round here)
 def test_a_fleet_of_3_survives_30_rounds_with_a_device_killed_every_5(soak_export, tmp_path):
     """Three local devices, 30 rounds of 1 step; after rounds 5, 10, 15, 20 and 25 one device's SuperNode is killed
     (with its ClientApp), in turn. Every round is recorded and counts, each killed device is restarted and
