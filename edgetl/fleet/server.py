@@ -100,8 +100,8 @@ class Evaluator:
         self.run = Run.load(config["source_run"])
         self.state = {k: v.clone() for k, v in self.run.model.state_dict().items()}
         seed = int(config.get("seed", 0))
-        if config.get("eval_held_out"):  # data the user named as held out (its classes checked): evaluated whole
-            val, _ = held_out(config["eval_data"], self.run.resolution, seed)
+        if config.get("eval_held_out"):  # data the user named as held out, classes matched by name: evaluated whole
+            val, _ = held_out(config["eval_data"], self.run.resolution, seed, class_names=self.run.class_names)
             n = len(val)
         else:  # the run's own data: its validation split, at most eval_size images of it
             _, val, _ = load_datasets(config["eval_data"], self.run.resolution, seed=seed)
