@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -157,16 +156,8 @@ class _Remote:
                       prefix_batch=micro, cache_features=cached, cache_dtype=cfg.cache_dtype, force=True)
 
     def baseline(self, art: Path, fmt: str, prefix_batch, report: dict | None = None) -> int | None:
-        from .devices import connect
-
-        if report is None:
-            return None
-        with connect(self.uri) as device:
-            python = shlex.quote(report["device"].get("python_bin") or "python3")
-            result = device.run(f"cd {shlex.quote(report['remote'])} && {python} {RUNNERS[fmt]} --artifacts . "
-                                f"--baseline {' '.join(_prefix_args(prefix_batch))}", timeout=RUN_TIMEOUT_S)
-        lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-        return int(json.loads(lines[-1])["baseline_rss_bytes"]) if result.returncode == 0 and lines else None
+        """The runner's baseline as deploy measured it there (``--baseline``, for its memory gate)."""
+        return report["predicted_memory"]["baseline_bytes"] if report else None
 
     def train(self, art: Path, fmt: str, shard, cfg: BenchmarkConfig, cached: bool, tag: str) -> dict:
         report = self._deploy(art, cfg, cached, tag)
