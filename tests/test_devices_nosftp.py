@@ -2,7 +2,7 @@
 its sftp-server hidden (as on OpenWrt and minimal images). Files then travel over the command channel, with the
 same ``.part`` names, sha256 checks and resume as over SFTP; a device where neither way works is named in one line.
 
-The default stage deploys over the OpenSSH server (this run's interpreter) and copies files through dropbear; the
+The default stage pushes a bundle over the OpenSSH server (cut and resumed) and copies files through dropbear; the
 slow stage sets up, deploys and cleans the Raspberry-Pi-like device through each server, with a dropped connection
 and a resume in both setup and deploy."""
 
@@ -10,15 +10,13 @@ import json
 import logging
 import os
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from edgetl.cli import main
 from edgetl.devices import connect
 from edgetl.devices.base import DeviceError, Disconnected, file_sha256
-from edgetl.devices.bundle import make_bundle
-from edgetl.devices.deploy import DeployEvents, deploy
+from edgetl.devices.bundle import make_bundle, push_bundle
 
 from .devicefixtures import DroppingProxy
 
@@ -26,14 +24,6 @@ from .devicefixtures import DroppingProxy
 def cli(*args):
     result = CliRunner().invoke(main, [str(a) for a in args])
     return result.exit_code, result.output
-
-
-class Messages(DeployEvents):
-    def __init__(self):
-        self.lines = []
-
-    def message(self, text):
-        self.lines.append(text)
 
 
 def _partial_is_whole_files(bundles, bundle) -> set[str]:
@@ -45,35 +35,33 @@ def _partial_is_whole_files(bundles, bundle) -> set[str]:
     return arrived
 
 
-def test_openssh_without_sftp_deploy_resumes_after_a_drop_and_cleans(sshd_nosftp, artifacts, tmp_path, caplog):
-    pytest.importorskip("onnxruntime.training")
-    art, root = artifacts
+def test_openssh_without_sftp_push_resumes_after_a_drop_pulls_and_cleans(sshd_nosftp, artifacts, tmp_path, caplog):
+    """A bundle pushed over the command channel: cut mid-way (whole files keep their names, sha256 intact), pushed
+    again (only what is missing travels, verified on the device), a file pulled back byte for byte, and clean."""
+    art, _ = artifacts
     uri = sshd_nosftp.uri(tmp_path / "pi", tmp_path / "known_hosts")
-    bundle = make_bundle(art, root / "data")
+    bundle = make_bundle(art)
     proxy = DroppingProxy(sshd_nosftp.port, limit=int(0.6 * bundle.size))  # mid-bundle, after whole files
     try:
-        with pytest.raises(Disconnected, match="run the same deploy again"):
-            deploy(art, sshd_nosftp.uri(tmp_path / "pi", tmp_path / "known_hosts", port=proxy.port), steps=1,
-                   data=root / "data", out=tmp_path / "r1")
+        with connect(sshd_nosftp.uri(tmp_path / "pi", tmp_path / "known_hosts", port=proxy.port)) as dev:
+            with pytest.raises(Disconnected, match="run the same deploy again"):
+                push_bundle(dev, bundle)
     finally:
         proxy.close()
     assert proxy.dropped
     bundles = tmp_path / "pi" / "bundles"
     arrived = _partial_is_whole_files(bundles, bundle)
     assert 0 < len(arrived) < len(bundle.files)
-    events = Messages()
-    with caplog.at_level(logging.INFO, logger="edgetl"):
-        report = deploy(art, uri, steps=3, data=root / "data", out=tmp_path / "r2", batch_size=4, events=events)
+    said, sent = [], []
+    with caplog.at_level(logging.INFO, logger="edgetl"), connect(uri) as dev:
+        remote = push_bundle(dev, bundle, on_bytes=sent.append, log=said.append)
+        dev.pull_file(f"{remote}/manifest.json", tmp_path / "back" / "manifest.json")
     assert any("offers no SFTP" in r.message and "command channel" in r.message for r in caplog.records)
-    assert any(f"{len(arrived)} of {len(bundle.files)} files are already on the device" in line for line in events.lines)
-    final = bundles / bundle.id
-    assert all(file_sha256(final / rel) == digest for rel, digest in bundle.files.items())
-    # the results came back over the same channel, whole
-    assert len(report["losses"]) == 3 and all(np.isfinite(report["losses"]))
-    remote_run = final / report["run"]
-    for name in ("metrics.json", "params.npz"):
-        assert file_sha256(tmp_path / "r2" / name) == file_sha256(remote_run / name)
-    assert not list((tmp_path / "r2").glob("*.part"))
+    assert said == [f"resuming: {len(arrived)} of {len(bundle.files)} files are already on the device"]
+    assert sum(sent) == sum((bundle.root / rel).stat().st_size for rel in bundle.files if rel not in arrived)
+    assert all(file_sha256(bundles / bundle.id / rel) == digest for rel, digest in bundle.files.items())
+    assert (tmp_path / "back" / "manifest.json").read_bytes() == (art / "manifest.json").read_bytes()
+    assert not list((tmp_path / "back").glob("*.part"))
     code, out = cli("devices", "clean", uri)
     assert code == 0 and "removed 1 bundle" in out, out
     assert not list(bundles.iterdir())

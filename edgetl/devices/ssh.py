@@ -89,13 +89,25 @@ class SSHDevice(Device):
         super().__init__(uri, u.path if u.path not in ("", "/") else self._home() + "/edgetl")
 
     def _home(self) -> str:
-        _, stdout, _ = self.client.exec_command("echo $HOME", timeout=30)
-        return stdout.read().decode().strip() or "/tmp"
+        return self.run("echo $HOME", timeout=30).stdout.strip() or "/tmp"
+
+    def _session(self, command: str, tries: int = 4):
+        """A channel running ``command``. Dropbear refuses or closes a session opened while the last one's command
+        is still being reaped (after a refused SFTP subsystem too): with the connection up, it is tried again."""
+        for attempt in range(tries):
+            transport = self.client.get_transport()
+            try:
+                chan = transport.open_session(timeout=CONNECT_TIMEOUT_S)
+                chan.exec_command(command)
+                return chan
+            except self._paramiko.SSHException:
+                if attempt == tries - 1 or not transport.is_active():
+                    raise
+                time.sleep(0.1 * 2**attempt)
 
     def run(self, command, timeout=600, on_line=None):
         try:
-            chan = self.client.get_transport().open_session(timeout=CONNECT_TIMEOUT_S)
-            chan.exec_command(command)
+            chan = self._session(command)
             out, err, buf = [], [], b""
             deadline = time.monotonic() + timeout
             while True:
@@ -125,7 +137,9 @@ class SSHDevice(Device):
                 out.append(buf.decode(errors="replace"))
                 if on_line:
                     on_line(buf.decode(errors="replace"))
-            return RunResult(chan.recv_exit_status(), "".join(out), "".join(err))
+            status = chan.recv_exit_status()
+            chan.close()  # ended whole before the next opens (see _session)
+            return RunResult(status, "".join(out), "".join(err))
         except (self._paramiko.SSHException, EOFError, OSError) as exc:
             raise Disconnected(f"the connection to {self.label} dropped ({exc}); run the same command again "
                                f"(deploys resume where they stopped)") from None
@@ -195,9 +209,8 @@ class SSHDevice(Device):
         """``cat > remote`` fed with the file; the device then reports the bytes it holds, which must match."""
         size = local.stat().st_size
         try:
-            chan = self.client.get_transport().open_session(timeout=CONNECT_TIMEOUT_S)
+            chan = self._session(f"cat > {shlex.quote(remote)} && wc -c < {shlex.quote(remote)}")
             try:
-                chan.exec_command(f"cat > {shlex.quote(remote)} && wc -c < {shlex.quote(remote)}")
                 with open(local, "rb") as f:
                     while chunk := f.read(CHUNK):
                         chan.sendall(chunk)
@@ -223,8 +236,7 @@ class SSHDevice(Device):
     def _pull_exec(self, remote: str, local: Path) -> None:
         part = local.with_name(local.name + ".part")
         try:
-            chan = self.client.get_transport().open_session(timeout=CONNECT_TIMEOUT_S)
-            chan.exec_command(f"cat {shlex.quote(remote)}")
+            chan = self._session(f"cat {shlex.quote(remote)}")
             with open(part, "wb") as f:
                 while data := chan.recv(CHUNK):
                     f.write(data)
