@@ -18,9 +18,10 @@ machine noise hits every cell alike; medians are reported:
   and the same with ``--cache-features`` (the steps of epochs >= 2).
   With ``device`` the runner runs on that device through :func:`edgetl.devices.deploy.deploy`.
 
-Next to each measured step memory (the training peak minus the baseline) stands the analytic total of
-:mod:`edgetl.profile.analytic` for the same micro-batch and, for TFLite, the runtime's own plan: the training
-subgraph's intermediates in the order the interpreter runs them, plus every variable.
+Next to each runner's measured peak stands what deploy predicts from its measured baseline
+(:mod:`edgetl.devices.memory`), and next to each measured step memory (the training peak minus the baseline) the
+analytic total of :mod:`edgetl.profile.analytic` for the same micro-batch and, for TFLite, the runtime's own plan:
+the training subgraph's intermediates in the order the interpreter runs them, plus every variable.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -38,6 +38,9 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import ConfigError, EdgeTLError
+from .limits import Limit, check_numbers
+from .policies import parse_policy
+from .prefix import check_prefix_batch
 
 RUNTIMES = {"pytorch": "PyTorch", "onnx": "ONNX Runtime", "tflite": "TFLite"}
 RUNNERS = {"onnx": "ort_runner.py", "tflite": "tflite_runner.py"}
@@ -65,13 +68,12 @@ class BenchmarkConfig:
         unknown = [r for r in self.runtimes if r not in RUNTIMES]
         if unknown:
             raise ConfigError(f"unknown runtime {', '.join(unknown)}; choose from {', '.join(RUNTIMES)}")
-        for name in ("batch", "rounds", "steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if self.epochs < 2:
-            raise ConfigError("--epochs must be at least 2: the cached step time is read from epochs after the first")
-        if self.resolution < 32:
-            raise ConfigError(f"--resolution must be at least 32, got {self.resolution}")
+        check_numbers(batch_size=self.batch, rounds=(self.rounds, Limit(1, 1000)), steps=(self.steps, Limit(1, 10_000)),
+                      epochs=(self.epochs, Limit(2, 1000, why="the cached step time is read from epochs after the first")),
+                      resolution=self.resolution, threads=self.threads)
+        check_prefix_batch(self.prefix_batch, self.batch)
+        for policy in self.policies:  # a bad spec is refused before anything is exported or measured
+            parse_policy(policy)
 
 
 def blocked_env(work: Path) -> dict:
@@ -154,16 +156,8 @@ class _Remote:
                       prefix_batch=micro, cache_features=cached, cache_dtype=cfg.cache_dtype, force=True)
 
     def baseline(self, art: Path, fmt: str, prefix_batch, report: dict | None = None) -> int | None:
-        from .devices import connect
-
-        if report is None:
-            return None
-        with connect(self.uri) as device:
-            python = shlex.quote(report["device"].get("python_bin") or "python3")
-            result = device.run(f"cd {shlex.quote(report['remote'])} && {python} {RUNNERS[fmt]} --artifacts . "
-                                f"--baseline {' '.join(_prefix_args(prefix_batch))}", timeout=RUN_TIMEOUT_S)
-        lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-        return int(json.loads(lines[-1])["baseline_rss_bytes"]) if result.returncode == 0 and lines else None
+        """The runner's baseline as deploy measured it there (``--baseline``, for its memory gate)."""
+        return report["predicted_memory"]["baseline_bytes"] if report else None
 
     def train(self, art: Path, fmt: str, shard, cfg: BenchmarkConfig, cached: bool, tag: str) -> dict:
         report = self._deploy(art, cfg, cached, tag)
@@ -252,6 +246,8 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = lambda msg:
                 else:
                     samples[policy, rt].append(_runner_sample(runner, arts[policy, rt], rt, shard, cfg,
                                                               bool(splits[policy]), tag))
+        predicted = {cell: _predicted(arts[cell], cfg.batch, _median(samples[cell])["baseline_rss_bytes"])
+                     for cell in cells if cell in arts}
     rows = []
     for policy, rt in cells:
         med = _median(samples[policy, rt])
@@ -259,9 +255,18 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = lambda msg:
         rows.append({"policy": policy, "runtime": rt, **med, "step_rss_bytes": step,
                      "analytic_bytes": analytic[policy]["training_memory_bytes"],
                      "analytic_unstreamed_bytes": analytic[policy]["unstreamed_memory_bytes"],
-                     "planned_bytes": plans.get((policy, rt)),
+                     "planned_bytes": plans.get((policy, rt)), "predicted_bytes": predicted.get((policy, rt)),
                      "where": cfg.device if cfg.device and rt != "pytorch" else "local://"})
     return {"format": "edgetl.benchmark/1", "config": asdict(cfg), "rows": rows}
+
+
+def _predicted(art: Path, batch: int, baseline: int | None) -> int | None:
+    """What deploy predicts for this cell (:mod:`edgetl.devices.memory`), from the baseline measured here."""
+    from .devices.memory import predict
+
+    if not baseline:
+        return None
+    return predict(json.loads((art / "manifest.json").read_text()), batch, baseline, art).total_bytes
 
 
 def _planned_bytes(art: Path) -> int | None:

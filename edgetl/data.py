@@ -204,6 +204,42 @@ def load_datasets(data: str | os.PathLike, resolution: int, seed: int = 0, val_f
             _Transformed(Subset(base, order[:n_val]), eval_transform(resolution)), base.classes)
 
 
+def held_out(data: str | os.PathLike, resolution: int, seed: int = 0, class_names: list[str] | None = None,
+             builtin_size: int = 1500):
+    """``(dataset, class_names)`` of held-out data, with the eval transform: every image of a folder of class
+    folders (a test set is not split), the ``val`` (or ``test``) split of ``DIR/train`` + ``DIR/val``, or the
+    validation set of ``patterns``. With ``class_names`` (a model's), its classes are matched to them by name and
+    its labels given in the model's order; other classes are refused, naming the difference."""
+    root = Path(data)
+    if str(data) == BUILTIN or (root / "train").is_dir():
+        _, val, classes = load_datasets(data, resolution, seed, builtin_size=builtin_size)
+    else:
+        base = _image_folder(root)
+        val, classes = _Transformed(base, eval_transform(resolution)), base.classes
+    if class_names is None or list(classes) == list(class_names):
+        return val, list(classes)
+    if set(classes) != set(class_names):
+        missing, extra = sorted(set(class_names) - set(classes)), sorted(set(classes) - set(class_names))
+        raise DataError(f"{data} does not hold the model's classes (missing: {', '.join(missing) or 'none'}; not the "
+                        f"model's: {', '.join(extra) or 'none'}): give held-out data of the classes "
+                        f"{', '.join(class_names)}")
+    return _Relabelled(val, [list(class_names).index(c) for c in classes]), list(class_names)
+
+
+class _Relabelled(Dataset):
+    """A data set whose label ``i`` is given as ``order[i]`` (its classes matched to a model's by name)."""
+
+    def __init__(self, base: Dataset, order: list[int]):
+        self.base, self.order = base, order
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        image, label = self.base[i]
+        return image, self.order[label]
+
+
 def _split_bases(data: str | os.PathLike, seed: int, val_fraction: float | None):
     """``({"train": base, "val": base or None}, class_names)`` of PIL images and labels, for packing."""
     if str(data) == BUILTIN:

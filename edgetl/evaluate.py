@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .io import atomic_write_json
+from .limits import check_numbers
 from .runtime import runner_data, runner_eval
 from .sources import ModelSource, open_source, runner_errors
 
@@ -157,6 +158,7 @@ def evaluate(source, data: str | os.PathLike, batch_size: int | None = None, thr
              progress=None) -> EvalResult:
     """Evaluate ``source`` (a path or a :class:`ModelSource`) on ``data``, an ImageFolder ``DATA/<class>/*`` whose
     folders are the model's class names (some may be absent); ``progress(done, total)`` after each batch."""
+    check_numbers(batch_size=batch_size, threads=threads)
     src = _source(source)
     with runner_errors():
         split, notes = runner_data.labelled_folder(str(data), src.class_names, src.preprocessing)
@@ -171,10 +173,7 @@ def predict(source, images, top_k: int = 5, batch_size: int | None = None, threa
             progress=None) -> Predictions:
     """The ``top_k`` most probable classes of every image in ``images`` (files or folders, searched recursively),
     by ``source``; unreadable images are listed apart."""
-    if top_k < 1:
-        from .errors import ConfigError
-
-        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+    check_numbers(top_k=top_k, batch_size=batch_size, threads=threads)
     src = _source(source)
     names = [str(images)] if isinstance(images, (str, os.PathLike)) else [str(i) for i in images]
     with runner_errors():

@@ -3,16 +3,21 @@
     atomic_save(obj, path)          # torch.save
     atomic_write_json(data, path)
     atomic_write_bytes(data, path)
+    with staged_dir(path) as tmp:   # a directory built under a temporary name, renamed into place when whole
+        ...
     file_sha256(path)               # checksums of manifests and bundles
+    absolute("runs/x")              # a path the user gave, made absolute where a command receives it
 
 A crash mid-write leaves the previous file intact (or none), never a truncated one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -42,6 +47,14 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def absolute(path: str | os.PathLike | None, *names: str) -> str | None:
+    """``path`` made absolute on this computer (``~`` expanded), so that a process started in another directory
+    finds it; None and the ``names`` that are no path (a built-in data set, ``auto``) stay as they are."""
+    if path is None or str(path) in names:
+        return None if path is None else str(path)
+    return str(Path(path).expanduser().resolve())
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
 
@@ -61,3 +74,28 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
             f.write(data)
 
     _atomic(Path(path), write)
+
+
+@contextlib.contextmanager
+def staged_dir(path: str | os.PathLike, partial: str = "partial"):
+    """Yield a new directory beside ``path`` (``.NAME.partial-XXXX``) to build in; when the block ends without an
+    exception it replaces ``path`` (a previous one is removed only then), else it is removed: ``path`` never holds a
+    half-built directory. A process killed mid-build leaves only the hidden one, which the next build removes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.{partial}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{partial}-", dir=path.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.{partial}-old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -22,11 +22,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .data import load_datasets
+from .data import BUILTIN, load_datasets
 from .errors import ConfigError, WeightsError
+from .io import absolute
+from .limits import check_numbers
 from .models import create_model
 from .optim import OptimizerSpec
 from .policies import Policy, parse_policy
+from .prefix import check_prefix_batch
 from .run import CHECKPOINT, read_checkpoint
 from .surgery import apply_policy
 from .trainer import Trainer, TrainResult, calibrate_batchnorm
@@ -41,6 +44,8 @@ class TrainConfig:
     data: str = "patterns"
     #: "auto" = ImageNet when obtainable, else random init (said in one line); "imagenet", "none", a path or a run
     weights: str = "auto"
+    #: with a run as weights: keep its head even when it was trained for other classes (same count only)
+    keep_head: bool = False
     epochs: int = 10
     batch_size: int = 32
     resolution: int = 96
@@ -61,9 +66,20 @@ class TrainConfig:
     cache_budget_mb: float = 512
 
     def validate(self) -> None:
-        if self.resolution < 32:
-            raise ConfigError(f"--resolution must be at least 32 (MobileNets downsample 32x), got {self.resolution}")
+        """Every setting in its range (one line naming the first that is not), before any data is read."""
+        check_numbers(epochs=self.epochs, batch_size=self.batch_size, resolution=self.resolution, lr=self.lr,
+                      weight_decay=self.weight_decay, seed=self.seed, workers=self.workers,
+                      hardswish_threshold=self.hardswish_threshold, cache_budget_mb=self.cache_budget_mb)
+        check_prefix_batch(self.prefix_batch, self.batch_size)
         self.lr = self.optimizer_spec().lr  # the default of the optimizer, recorded
+
+    def resolve_paths(self) -> None:
+        """The data, weights and cache paths made absolute, as the run directory records them: a fleet or a resume
+        started from another directory finds the same files."""
+        self.data = absolute(self.data, BUILTIN)
+        if self.weights.lower() not in ("auto", "imagenet", "none"):
+            self.weights = absolute(self.weights)
+        self.cache_dir = absolute(self.cache_dir)
 
     def policy_object(self) -> Policy:
         """The policy with its options from these settings (MobileTL's Hard-Swish threshold)."""
@@ -81,12 +97,14 @@ def default_out(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.model}-{config.policy.replace(':', '')}-{stamp}"
 
 
-def _model(c: TrainConfig, num_classes: int, resume: bool):
+def _model(c: TrainConfig, class_names: list[str], resume: bool):
     """(model, started from random weights?)"""
+    num_classes = len(class_names)
     if resume:  # the checkpoint supplies every weight
         return create_model(c.model, num_classes, weights=None), False
     if c.weights != "auto":
-        return create_model(c.model, num_classes, weights=c.weights), str(c.weights).lower() == "none"
+        return (create_model(c.model, num_classes, weights=c.weights, class_names=class_names, keep_head=c.keep_head),
+                str(c.weights).lower() == "none")
     try:
         return create_model(c.model, num_classes, weights="imagenet"), False
     except WeightsError as exc:
@@ -97,17 +115,18 @@ def _model(c: TrainConfig, num_classes: int, resume: bool):
 def trainer_from_config(config: TrainConfig, resume: bool = False, callbacks=(),
                         command: list[str] | None = None) -> Trainer:
     """The :class:`Trainer` of an ``edgetl train`` job (its data, model, policy, optimizer and run directory)."""
-    out = Path(config.out) if config.out else default_out(config)
+    out = (Path(config.out) if config.out else default_out(config)).resolve()
     if resume:
         if not (out / CHECKPOINT).is_file():
             raise ConfigError(f"nothing to resume in {out}: no {CHECKPOINT}; start the run without --resume")
         config = TrainConfig(**read_checkpoint(out)["edgetl"]["config"])
     config.validate()
+    config.resolve_paths()
     c = config
     policy = c.policy_object()  # bad policy specs fail before any data is read
     torch.manual_seed(c.seed)
     train_ds, val_ds, class_names = load_datasets(c.data, c.resolution, c.seed, augment=c.augment)
-    model, random_init = _model(c, len(class_names), resume)
+    model, random_init = _model(c, class_names, resume)
     if random_init:
         calibrate_batchnorm(model, DataLoader(train_ds, batch_size=c.batch_size, shuffle=True, drop_last=True,
                                               generator=torch.Generator().manual_seed(c.seed)))

@@ -10,8 +10,9 @@ Weights:
   :class:`~edgetl.errors.WeightsError` naming the file to place. ``EDGETL_OFFLINE=1`` skips the
   download attempt.
 - a path: a torchvision state_dict, an edgetl checkpoint, or a run directory. A head of another size
-  (ImageNet's 1000 classes, or a run trained on other classes) is replaced by a new one, and an edgetl
-  run says so in one line: chained transfer keeps the backbone.
+  (ImageNet's 1000 classes) is replaced by a new one. An edgetl run trained on other classes (other names,
+  ``class_names``, whether or not their count is the same) gives a new head too, said in one line: chained
+  transfer keeps the backbone. ``keep_head=True`` keeps the run's head (same count only).
 - ``None`` / ``"none"``: random initialisation.
 
 Models are registered in ``MODELS``; adding one is one :class:`ModelSpec` entry.
@@ -87,8 +88,11 @@ def inverted_residual_blocks(model: nn.Module) -> list[tuple[int, nn.Module]]:
     return [(i, m) for i, m in enumerate(model.features) if isinstance(m, IRB_TYPES)]
 
 
-def create_model(name: str, num_classes: int = 1000, weights: str | os.PathLike | None = None) -> nn.Module:
-    """A torchvision MobileNet with a head of ``num_classes``, loaded with ``weights``."""
+def create_model(name: str, num_classes: int = 1000, weights: str | os.PathLike | None = None,
+                 class_names: list[str] | None = None, keep_head: bool = False) -> nn.Module:
+    """A torchvision MobileNet with a head of ``num_classes``, loaded with ``weights``. With an edgetl run as
+    ``weights``, ``class_names`` (the new data's) decide whether its head is kept: only for the same classes,
+    unless ``keep_head``."""
     spec = model_spec(name)
     if num_classes < 1:
         raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
@@ -97,14 +101,46 @@ def create_model(name: str, num_classes: int = 1000, weights: str | os.PathLike 
     if weights is None or str(weights).lower() == "none":
         _replace_head(model, num_classes)
         return model
+    meta = None
     if str(weights).lower() == "imagenet":
         state = _imagenet_state_dict(spec)
         source = "ImageNet weights"
     else:
-        state = load_weights_file(weights, name, num_classes)
+        state, meta = read_weights(weights, name)
         source = str(weights)
-    _load_backbone_and_head(model, state, num_classes, name, source)
+    _load_backbone_and_head(model, state, num_classes, name, source,
+                            new_head=meta is not None and _new_head(meta, source, num_classes, class_names, keep_head))
     return model
+
+
+def _classes(names: list[str]) -> str:
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    return f"{len(names)}: {shown}"
+
+
+def _new_head(meta: dict, source: str, num_classes: int, class_names: list[str] | None, keep_head: bool) -> bool:
+    """Whether an edgetl run's head gives way to a new one: when it was trained for other classes (by name when
+    both runs name them, else by count), unless ``keep_head``. Says which in one line."""
+    old_names, old_count = meta.get("class_names"), meta.get("num_classes")
+    if keep_head:
+        if old_count != num_classes:
+            raise ConfigError(f"--keep-head keeps the head of {source}, which has {old_count} classes, but the data "
+                              f"has {num_classes}: drop --keep-head (a new head starts)")
+        if class_names is not None and old_names is not None and list(old_names) != list(class_names):
+            log.warning(f"--keep-head: keeping the head of {source}, trained for other classes ({_classes(old_names)}) "
+                        f"than these ({_classes(class_names)})")
+        return False
+    if class_names is not None and old_names is not None:
+        if list(old_names) == list(class_names):
+            return False
+        same = " (the same number: --keep-head keeps the old head)" if len(old_names) == len(class_names) else ""
+        log.warning(f"{source} was trained for other classes ({_classes(old_names)}) than these "
+                    f"({_classes(class_names)}){same}: keeping its backbone, starting a new head")
+        return True
+    if old_count != num_classes:
+        log.warning(f"{source} was trained for {old_count} classes and the new head has {num_classes}: keeping its "
+                    f"backbone, starting a new head")
+    return old_count != num_classes
 
 
 def _replace_head(model: nn.Module, num_classes: int) -> None:
@@ -117,7 +153,8 @@ def _replace_head(model: nn.Module, num_classes: int) -> None:
         model.classifier[-1] = new
 
 
-def _load_backbone_and_head(model: nn.Module, state: dict, num_classes: int, name: str, source: str) -> None:
+def _load_backbone_and_head(model: nn.Module, state: dict, num_classes: int, name: str, source: str,
+                            new_head: bool = False) -> None:
     head_key = f"classifier.{len(model.classifier) - 1}"
     head_w = state.get(f"{head_key}.weight")
     expected = model.state_dict()
@@ -134,15 +171,22 @@ def _load_backbone_and_head(model: nn.Module, state: dict, num_classes: int, nam
         )
     model.load_state_dict(backbone, strict=False)
     _replace_head(model, num_classes)
-    # a head of the right size is kept; one of another size (e.g. ImageNet's 1000) starts fresh
-    if head_w.shape[0] == num_classes:
+    # a head of the right size is kept (unless trained for other classes); one of another size (e.g. ImageNet's
+    # 1000) starts fresh
+    if head_w.shape[0] == num_classes and not new_head:
         model.classifier[-1].load_state_dict({"weight": head_w, "bias": state[f"{head_key}.bias"]})
 
 
-def load_weights_file(path: str | os.PathLike, name: str | None = None, num_classes: int | None = None) -> dict:
+def load_weights_file(path: str | os.PathLike, name: str | None = None) -> dict:
     """The torchvision-layout state_dict in a weights file: a torchvision state_dict, an edgetl checkpoint or an
-    edgetl run directory (whose model must be ``name``; a class count other than ``num_classes`` is said in a note)."""
-    from .run import is_checkpoint, read_checkpoint  # the run format's one reader; run imports this module
+    edgetl run directory (whose model must be ``name``)."""
+    return read_weights(path, name)[0]
+
+
+def read_weights(path: str | os.PathLike, name: str | None = None) -> tuple[dict, dict | None]:
+    """(state_dict, the edgetl run's metadata or None) of a weights file, checkpoint or run directory; read with
+    ``weights_only=True``, so a file that would run code is refused."""
+    from .run import UnsafeFile, is_checkpoint, load_tensors, read_checkpoint  # the run format's one reader
 
     path = Path(path)
     if path.is_dir():
@@ -153,25 +197,25 @@ def load_weights_file(path: str | os.PathLike, name: str | None = None, num_clas
         )
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = load_tensors(path)
+        except UnsafeFile:
+            raise
         except Exception as exc:  # torch raises several types for truncated or foreign files
             raise WeightsError(
                 f"weights file {path} is corrupt or not a PyTorch file ({type(exc).__name__}); re-download or "
                 f"re-export it"
             ) from None
+    meta = None
     if is_checkpoint(obj):
         meta = obj["edgetl"]
         if name is not None and meta.get("model") != name:
             raise WeightsError(
                 f"{path} is an edgetl checkpoint of {meta.get('model')}, not {name}; pass --model {meta.get('model')}"
             )
-        if num_classes is not None and meta.get("num_classes") != num_classes:
-            log.warning(f"{path} was trained for {meta.get('num_classes')} classes and the new head has "
-                        f"{num_classes}: keeping its backbone, starting a new head")
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path} holds no state_dict of tensors; pass a torchvision .pth or an edgetl checkpoint")
-    return obj
+    return obj, meta
 
 
 def imagenet_weights_path(name: str) -> Path:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import ConfigError
+from .limits import check_numbers
 
 SGD_MOMENTUM = 0.9
 #: the learning rate each optimizer starts from when none is given
@@ -43,8 +44,7 @@ class OptimizerSpec:
             raise ConfigError(f"unknown optimizer {self.name!r}; choose one of: {', '.join(DEFAULT_LR)}")
         if self.lr is None:
             object.__setattr__(self, "lr", DEFAULT_LR[self.name])
-        if self.lr <= 0:
-            raise ConfigError(f"the learning rate must be positive, got {self.lr}")
+        check_numbers(lr=self.lr, weight_decay=self.weight_decay)
         momentum = (SGD_MOMENTUM if self.momentum is None else float(self.momentum)) if self.name == "sgd" else 0.0
         object.__setattr__(self, "momentum", momentum)
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,14 +75,41 @@ def is_checkpoint(obj) -> bool:
     return isinstance(obj, dict) and "state_dict" in obj and "edgetl" in obj
 
 
+#: pickle opcodes that name or build objects (GLOBAL, STACK_GLOBAL, INST, OBJ): what weights_only refuses to run
+CALLING_OPCODES = {ord("c"), 0x93, ord("i"), ord("o")}
+
+
+class UnsafeFile(RunError):
+    """A checkpoint or weights file that would run code when loaded."""
+
+
+def load_tensors(path: str | os.PathLike):
+    """What a PyTorch file holds, read with ``weights_only=True``: tensors and plain values, never code. A file
+    whose pickle names anything else (a class or function, which loading would call) is refused in one line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        named = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        operand = re.search(r"Unsupported operand (\d+)", str(exc))
+        if not named and not (operand and int(operand.group(1)) in CALLING_OPCODES):
+            raise  # not a pickle of anything that runs (garbage, a truncated file): the caller calls it corrupt
+        what = f"it names {named.group(1)}, which loading would call" if named else "it builds pickled objects"
+        raise UnsafeFile(f"{path} holds more than tensors and plain values ({what}), so edgetl does not open it: "
+                         f"checkpoints hold weights and metadata only; use one written by edgetl, or ask its sender "
+                         f"for one") from None
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The checkpoint of a run directory (or a checkpoint file), its metadata upgraded to the current schema."""
+    """The checkpoint of a run directory (or a checkpoint file), its metadata upgraded to the current schema.
+    Loaded with ``weights_only=True``: a file that would run code is refused (:class:`UnsafeFile`)."""
     path = Path(path)
     ckpt_path = path / CHECKPOINT if path.is_dir() else path
     if not ckpt_path.is_file():
         raise RunError(f"no {CHECKPOINT} in {path}; pass the directory of an `edgetl train` run (e.g. runs/last)")
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = load_tensors(ckpt_path)
+    except UnsafeFile:
+        raise
     except Exception:  # torch raises several types for truncated or foreign files
         ckpt = None
     if not is_checkpoint(ckpt):
@@ -173,7 +202,7 @@ class Run:
         model = create_model(meta["model"], meta["num_classes"])
         model.load_state_dict(ckpt["state_dict"])
         apply_policy(model, policy)
-        path = Path(path)
+        path = Path(path).resolve()  # the exports' manifests record it: absolute, wherever they are read
         return cls(model, meta["model"], policy, list(meta["class_names"]), meta["resolution"],
                    OptimizerSpec.from_dict(meta["optimizer"]), ckpt.get("history", []), meta.get("config", {}),
                    path if path.is_dir() else path.parent, schedule=meta.get("schedule", "cosine"))

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .cache import FeatureCache, cache_key, check_dtype, data_identity, random_transform
 from .errors import CacheError, ConfigError
+from .limits import check_numbers
 from .models import num_classes_of
 from .optim import OptimizerSpec
 from .policies import Full
@@ -124,9 +125,7 @@ class Trainer:
                  resolution: int | None = None, config: dict | None = None, command: list[str] | None = None,
                  prefix_batch: int | str | None = None, cache_features: bool = False, cache_dtype: str = "float32",
                  cache_dir: str | Path | None = None, cache_budget_mb: float = 512):
-        for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-            if value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        check_numbers(epochs=epochs, batch_size=batch_size, seed=seed, workers=workers, cache_budget_mb=cache_budget_mb)
         if schedule not in ("cosine", "constant"):
             raise ConfigError(f"unknown schedule {schedule!r}; choose cosine or constant")
         self.model, self.train_data, self.val_data, self.schedule = model, train_data, val_data, schedule

@@ -201,7 +201,8 @@ def _print_device_use(report: dict, console: Console) -> None:
 class FleetTable:
     """The live per-round table of ``edgetl fleet run``: one row per round as it ends (a FleetEvents)."""
 
-    HEADER = f"{'round':>5}  {'answered':>8}  {'loss':>7}  {'eval acc':>8}  {'sent':>9}  {'received':>9}  {'seconds':>7}  note"
+    HEADER = (f"{'round':>5}  {'answered':>8}  {'loss':>7}  {'eval acc':>8}  {'on':>6}  {'sent':>9}  {'received':>9}  "
+              f"{'seconds':>7}  note")
 
     def __init__(self, console: Console):
         self.console, self.devices, self.header = console, 0, False
@@ -227,7 +228,8 @@ class FleetTable:
             self.console.print(self.HEADER, style="bold")
             self.header = True
         if r.get("event") == "start":
-            self.console.print(f"{0:>5}  {'':>8}  {'':>7}  {100 * r['eval_acc']:>7.1f}%", markup=False)
+            self.console.print(f"{0:>5}  {'':>8}  {'':>7}  {100 * r['eval_acc']:>7.1f}%  {r['eval_images']:>6}",
+                               markup=False)
             return
         loss = f"{r['train_loss']:.3f}" if r.get("train_loss") is not None else "-"
         acc = f"{100 * r['eval_acc']:.1f}%" if r.get("eval_acc") is not None else "-"
@@ -235,7 +237,8 @@ class FleetTable:
         notes += [f"rejoined {', '.join(r['rejoined'])}"] if r.get("rejoined") else []
         note = r.get("skipped") or "; ".join(notes)
         self.console.print(f"{r['round']:>5}  {len(r.get('answered', [])):>3}/{len(r.get('sampled', [])):<4}  {loss:>7}  "
-                           f"{acc:>8}  {mib(r.get('bytes_sent', 0)):>9}  {mib(r.get('bytes_received', 0)):>9}  "
+                           f"{acc:>8}  {r.get('eval_images', '-'):>6}  {mib(r.get('bytes_sent', 0)):>9}  "
+                           f"{mib(r.get('bytes_received', 0)):>9}  "
                            f"{r.get('seconds', 0):>7.1f}  {note}", markup=False)
 
 
@@ -257,7 +260,7 @@ def print_benchmark(report: dict, console: Console | None = None) -> None:
     c = report["config"]
     table = Table(title=f"{c['model']}, batch {c['batch']}, {c['resolution']}x{c['resolution']}, {c['optimizer']}, "
                         f"prefix batch {c['prefix_batch']}: medians of {c['rounds']} interleaved round(s)")
-    for col in ("policy", "runtime", "training peak MiB", "peak with results MiB", "baseline MiB",
+    for col in ("policy", "runtime", "training peak MiB", "peak with results MiB", "predicted MiB", "baseline MiB",
                 "step MiB (training peak - baseline)", "analytic MiB", "measured / analytic", "runtime plan MiB",
                 "vs ft training peak", "step ms", "cached step ms", "cached / uncached"):
         table.add_column(col, justify="left" if col in ("policy", "runtime") else "right")
@@ -267,7 +270,8 @@ def print_benchmark(report: dict, console: Console | None = None) -> None:
         ref = ft.get(r["runtime"])
         table.add_row(
             r["policy"], {"pytorch": "PyTorch", "onnx": "ONNX Runtime", "tflite": "TFLite"}[r["runtime"]],
-            _mib(r.get("train_peak_rss_bytes")), _mib(r["peak_rss_bytes"]), _mib(r["baseline_rss_bytes"]), _mib(step),
+            _mib(r.get("train_peak_rss_bytes")), _mib(r["peak_rss_bytes"]), _mib(r.get("predicted_bytes")),
+            _mib(r["baseline_rss_bytes"]), _mib(step),
             _mib(analytic),
             f"{step / analytic:.2f}" if step and analytic else "-", _mib(r.get("planned_bytes")),
             f"{r['train_peak_rss_bytes'] / ref['train_peak_rss_bytes']:.2f}" if ref and r.get("train_peak_rss_bytes")

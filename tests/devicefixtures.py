@@ -28,6 +28,9 @@ import pytest
 from .adbpeer import ADBPeer
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+DROPBEAR = shutil.which("dropbear") or "/usr/sbin/dropbear"
+#: where Debian's dropbear finds its SFTP server (openssh-sftp-server's)
+DROPBEAR_SFTP = "/usr/lib/sftp-server"
 
 
 def require(ok, reason: str) -> None:
@@ -74,8 +77,17 @@ class SSHServer:
 
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory):
+    yield from _sshd(tmp_path_factory.mktemp("sshd"), sftp=True)
+
+
+@pytest.fixture(scope="session")
+def sshd_nosftp(tmp_path_factory):
+    """An OpenSSH sshd configured without ``Subsystem sftp``: files travel over the command channel."""
+    yield from _sshd(tmp_path_factory.mktemp("sshd-nosftp"), sftp=False)
+
+
+def _sshd(root: Path, sftp: bool):
     require(os.path.exists(SSHD), "OpenSSH's sshd is missing: apt-get install openssh-server (.ci/run does)")
-    root = tmp_path_factory.mktemp("sshd")
     for name in ("host_key", "client_key", "other_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True)
     (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
@@ -83,8 +95,8 @@ def sshd(tmp_path_factory):
     (root / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\nPidFile {root / 'sshd.pid'}\n"
         f"AuthorizedKeysFile {root / 'authorized_keys'}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
-        f"KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n"
-        f"LogLevel ERROR\n")
+        f"KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+        + ("Subsystem sftp internal-sftp\n" if sftp else "") + "LogLevel ERROR\n")
     os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation directory
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(root / "sshd_config")], stderr=subprocess.PIPE)
     try:
@@ -257,14 +269,32 @@ class PiDevice:
         for rel in (".cache/edgetl", "edgetl", ".config/pip", "bin"):
             shutil.rmtree(self.home / rel, ignore_errors=True)
 
-    def start_sshd(self, mounts: list[str] = ()) -> int:
+    def start_sshd(self, mounts: list[str] = (), sftp: bool = True) -> int:
         """Another sshd for this user whose sessions see ``mounts`` (mount(8) argument strings) in a private
-        mount namespace: a device that lacks a package, or has a small disk. Returns its port."""
+        mount namespace: a device that lacks a package, or has a small disk; ``sftp=False``: an sshd without
+        ``Subsystem sftp``. Returns its port."""
         port = free_port()
         config = self.root / f"sshd_config.{port}"
-        config.write_text((self.root / "sshd_config").read_text().replace(f"Port {self.port}", f"Port {port}")
-                          .replace("sshd.pid", f"sshd.{port}.pid"))
-        script = "".join(f"mount {m} && " for m in mounts) + f"exec {SSHD} -D -e -f {config}"
+        text = (self.root / "sshd_config").read_text().replace(f"Port {self.port}", f"Port {port}")
+        config.write_text(text.replace("sshd.pid", f"sshd.{port}.pid")
+                          .replace("" if sftp else "Subsystem sftp internal-sftp\n", ""))
+        return self._serve(port, mounts, f"exec {SSHD} -D -e -f {config}")
+
+    def start_dropbear(self, mounts: list[str] = (), sftp: bool = False) -> int:
+        """Debian's dropbear for this user (root logins refused, keys only), as on OpenWrt and minimal images.
+        Dropbear runs /usr/lib/sftp-server for SFTP; ``sftp=False`` hides it from its sessions (a build without
+        it). Returns its port."""
+        require(os.path.exists(DROPBEAR), "dropbear is missing: apt-get install dropbear-bin (.ci/run does)")
+        key = self.root / "dropbear_host_key"
+        if not key.exists():
+            subprocess.run(["dropbearkey", "-t", "ed25519", "-f", str(key)], check=True, capture_output=True)
+        port = free_port()
+        hide = [] if sftp else [f"--bind /dev/null {os.path.realpath(DROPBEAR_SFTP)}"]
+        return self._serve(port, [*hide, *mounts], f"exec {DROPBEAR} -F -E -s -w -r {key} -p 127.0.0.1:{port} "
+                                                   f"-P {self.root / f'dropbear.{port}.pid'}")
+
+    def _serve(self, port: int, mounts, command: str) -> int:
+        script = "".join(f"mount {m} && " for m in mounts) + command
         proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                                 stderr=subprocess.PIPE)
         self.procs.append(proc)
@@ -272,8 +302,8 @@ class PiDevice:
             wait_port(port)
         except RuntimeError:
             proc.kill()
-            raise RuntimeError(f"sshd in a mount namespace did not start: {proc.communicate()[1].decode()[-500:]}") \
-                from None
+            raise RuntimeError(f"{command.split()[1]} in a mount namespace did not start: "
+                               f"{proc.communicate()[1].decode()[-500:]}") from None
         return port
 
 

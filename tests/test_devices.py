@@ -46,6 +46,10 @@ def _check_report(out, steps, art):
     report = json.loads((out / "report.json").read_text())
     assert len(report["losses"]) == steps and all(np.isfinite(report["losses"]))
     assert report["peak_rss_bytes"] > 0 and report["median_step_seconds"] > 0
+    # the prediction (the runner's baseline measured on the device, the step, the results) is never 10 % short
+    memory = report["predicted_memory"]
+    assert report["predicted_memory_bytes"] == memory["total_bytes"] >= 0.9 * report["peak_rss_bytes"], memory
+    assert 0 < memory["baseline_bytes"] < report["peak_rss_bytes"] and memory["gate_bytes"] > memory["total_bytes"]
     manifest = json.loads((art / "manifest.json").read_text())
     # parameters the policy trains, and the running statistics of the norms it trains fully
     stats = [f"{n['name']}.{k}" for n in manifest.get("running_stats", []) for k in ("running_mean", "running_var")]

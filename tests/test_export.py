@@ -121,7 +121,7 @@ def test_weights_round_trip_through_the_device(v3_export, tmp_path):
     assert result.exit_code == 0, result.output
     import torchvision
     model = torchvision.models.mobilenet_v3_small(num_classes=5)
-    model.load_state_dict(torch.load(imported, weights_only=False)["state_dict"])
+    model.load_state_dict(torch.load(imported, weights_only=True)["state_dict"])
     params = np.load(out / "params.npz")
     for name in params.files:
         np.testing.assert_array_equal(model.state_dict()[name].numpy(), params[name])
@@ -160,6 +160,9 @@ def test_a_failed_check_carries_the_result(v3_export, tmp_path, monkeypatch):
     with pytest.raises(ValidationFailed, match="inference logits differs by") as err:
         export(v3_export.run, v3_export.fmt, tmp_path / "art", steps=1, batch_size=4)
     assert not err.value.result.validation.ok and err.value.result.manifest["validation"]["ok"] is False
+    # refused, not crashed: the files stay at --out for inspection, their manifest saying so
+    assert json.loads((tmp_path / "art" / "manifest.json").read_text())["validation"]["ok"] is False
+    assert err.value.result.out == tmp_path / "art" and not list(tmp_path.glob(".art.*"))
 
 
 @pytest.mark.parametrize("v3_export", ["onnx", pytest.param("tflite", marks=pytest.mark.slow)], indirect=True)
@@ -178,3 +181,56 @@ def test_cli_export(v3_export, tmp_path):
 def test_unknown_format_from_python(tmp_path):
     with pytest.raises(ExportError, match="unknown format 'coreml'; choose one of: onnx, tflite"):
         export(make_run(tmp_path / "run"), "coreml", tmp_path / "art")
+
+
+def _crash(self, run, out, *args, **kwargs):
+    (out / "half.onnx").write_bytes(b"half")
+    raise RuntimeError("the backend fell over")
+
+
+def test_a_crashed_export_leaves_nothing_at_out(tmp_path, monkeypatch):
+    """Exports are built under a hidden name beside --out and renamed into place when complete: an exception
+    mid-export leaves --out as it was (absent, or the previous export); what a killed one left is cleared by the
+    next; a folder that is not an export is never replaced."""
+    from edgetl.exporters.onnx import OnnxExporter
+
+    run = make_run(tmp_path / "run", resolution=32)
+    art = tmp_path / "art"
+    with monkeypatch.context() as m:
+        m.setattr(OnnxExporter, "lower", _crash)
+        with pytest.raises(RuntimeError, match="fell over"):
+            export(run, "onnx", art, validate=False)
+    assert not art.exists() and not list(tmp_path.glob(".art.*"))
+    first = export(run, "onnx", art, validate=False, steps=1)
+    before = (art / "manifest.json").read_bytes()
+    (tmp_path / ".art.partial-left").mkdir()  # what a killed export leaves
+    with monkeypatch.context() as m:
+        m.setattr(OnnxExporter, "lower", _crash)
+        with pytest.raises(RuntimeError):
+            export(run, "onnx", art, validate=False)
+    assert (art / "manifest.json").read_bytes() == before and first.out == art
+    assert not list(tmp_path.glob(".art.*"))
+    with pytest.raises(ExportError, match="is not an export directory"):
+        export(run, "onnx", tmp_path, validate=False)  # never replaces a folder of other things
+
+
+@pytest.mark.slow  # a fresh process that imports torch and exports, killed mid-way
+def test_a_killed_export_leaves_the_previous_one_whole(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = make_run(tmp_path / "run", resolution=32)
+    art = tmp_path / "art"
+    export(run, "onnx", art, validate=False, steps=1)
+    before = (art / "manifest.json").read_bytes()
+    script = f"from edgetl.exporters import export; export({str(run)!r}, 'onnx', {str(art)!r}, steps=1)"
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not [p for d in tmp_path.glob(".art.partial-*") for p in d.iterdir()]:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert list(tmp_path.glob(".art.partial-*")), "the export was killed before it wrote anything"
+    assert (art / "manifest.json").read_bytes() == before  # the previous export, whole

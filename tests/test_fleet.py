@@ -132,6 +132,24 @@ def test_fleet_refuses_bad_settings_in_one_line(fleet_export, tmp_path):
         Fleet(art, [local(tmp_path, "a")], tmp_path / "o", data=str(shards), insecure=True, auth=True)
 
 
+def test_held_out_eval_data_is_evaluated_whole_with_the_models_classes_by_name(tmp_path):
+    """--eval-data DIR: every image of a folder of class folders (not a 90/10 split), labelled in the model's class
+    order by name; a folder of other classes is refused naming the difference."""
+    from edgetl.data import held_out
+    from edgetl.errors import DataError
+
+    from .conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "test", classes=("stripes_vertical", "checkerboard", "dots"), per_class=3)
+    model = ["stripes_vertical", "dots", "checkerboard"]
+    data, names = held_out(folder, 32, class_names=model)
+    assert names == model and len(data) == 9
+    by_file = sorted(p.parent.name for p in folder.rglob("*.png"))  # ImageFolder's order: sorted folders, files
+    assert [model[data[i][1]] for i in range(len(data))] == by_file
+    with pytest.raises(DataError, match="missing: rings; not the model's: dots"):
+        held_out(folder, 32, class_names=["stripes_vertical", "checkerboard", "rings"])
+
+
 def test_a_round_waits_for_the_devices_being_restarted_until_they_are_back(tmp_path):
     """The server's side of a restart: the restarts in returning.json whose device is not connected under an
     accepted id, each waited for by one round only."""

@@ -100,3 +100,31 @@ def test_edgetl_checkpoint_of_another_class_count_gives_a_new_head(tmp_path, cap
         f"{path} was trained for 4 classes and the new head has 6: keeping its backbone, starting a new head"]
     with pytest.raises(WeightsError, match="checkpoint of mobilenet_v3_small, not mobilenet_v2"):
         create_model("mobilenet_v2", 4, weights=path)
+
+
+def test_a_run_of_other_classes_gives_a_new_head_even_with_the_same_count(tmp_path, caplog):
+    """Chained transfer by class names: the same names keep the head, other names (same count or not) get a new one
+    with one line saying so; keep_head keeps it anyway (same count only)."""
+    from edgetl.errors import ConfigError
+
+    model = create_model("mobilenet_v3_small", 3)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"edgetl": {"model": "mobilenet_v3_small", "num_classes": 3, "class_names": ["a", "b", "c"]},
+                "state_dict": model.state_dict()}, path)
+    head = model.classifier[-1].weight
+    same = create_model("mobilenet_v3_small", 3, weights=path, class_names=["a", "b", "c"])
+    assert torch.equal(same.classifier[-1].weight, head) and not caplog.records
+    other = create_model("mobilenet_v3_small", 3, weights=path, class_names=["cat", "dog", "eel"])
+    assert not torch.equal(other.classifier[-1].weight, head)
+    assert torch.all(other.classifier[-1].bias == 0)  # a fresh head: torchvision's init
+    assert torch.equal(other.features[3].block[0][0].weight, model.features[3].block[0][0].weight)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path} was trained for other classes (3: a, b, c) than these (3: cat, dog, eel) (the same number: "
+        f"--keep-head keeps the old head): keeping its backbone, starting a new head"]
+    caplog.clear()
+    kept = create_model("mobilenet_v3_small", 3, weights=path, class_names=["cat", "dog", "eel"], keep_head=True)
+    assert torch.equal(kept.classifier[-1].weight, head)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"--keep-head: keeping the head of {path}, trained for other classes (3: a, b, c) than these (3: cat, dog, eel)"]
+    with pytest.raises(ConfigError, match="--keep-head keeps the head of .* 3 classes, but the data has 5"):
+        create_model("mobilenet_v3_small", 5, weights=path, class_names=list("vwxyz"), keep_head=True)

@@ -33,7 +33,7 @@ def test_train_writes_checkpoint_metrics_and_command(image_folder, tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "finished" and run["policy"] == "mobiletl:2"
     assert run["class_names"] == ["checkerboard", "stripes_horizontal", "stripes_vertical"]
-    ckpt = torch.load(out / CHECKPOINT, weights_only=False)
+    ckpt = torch.load(out / CHECKPOINT, weights_only=True)
     assert ckpt["edgetl"]["num_classes"] == 3 and len(ckpt["history"]) == 2
     # the checkpoint is a torchvision state_dict and evaluates to the accuracy the run reported
     import torchvision
@@ -68,8 +68,8 @@ def test_interrupted_run_resumes_to_identical_weights(image_folder, tmp_path, mo
 
     resumed = _run("--out", str(tmp_path / "resumed"), "--resume", "--no-progress")
     assert resumed.exit_code == 0, resumed.output
-    a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=False)
-    b = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=False)
+    a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)
     assert a["history"][-1]["val_acc"] == b["history"][-1]["val_acc"]
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
@@ -132,18 +132,31 @@ def test_chained_transfer_keeps_the_backbone_with_a_new_head(image_folder, tmp_p
         result = _run(*TINY, "--epochs", "1", "--data", str(two), "--weights", str(weights), "--out", str(out))
         assert result.exit_code == 0, result.output
         notes = [line for line in result.output.splitlines() if "keeping its backbone, starting a new head" in line]
-        assert len(notes) == 1 and "trained for 3 classes and the new head has 2" in notes[0]
+        assert len(notes) == 1 and "trained for other classes (3: checkerboard, stripes_horizontal, " \
+            "stripes_vertical) than these (2: dots, rings)" in notes[0], result.output
     # the frozen layers are the first run's, bit for bit; the head has the new size
-    a = torch.load(first / CHECKPOINT, weights_only=False)["state_dict"]
-    b = torch.load(out / CHECKPOINT, weights_only=False)["state_dict"]
+    a = torch.load(first / CHECKPOINT, weights_only=True)["state_dict"]
+    b = torch.load(out / CHECKPOINT, weights_only=True)["state_dict"]
     assert torch.equal(a["features.0.0.weight"], b["features.0.0.weight"])
     assert a["classifier.3.weight"].shape[0] == 3 and b["classifier.3.weight"].shape[0] == 2
+    # three other classes: the same count, yet a new head, said with the way to keep the old one
+    three = make_image_folder(tmp_path / "three", classes=("dots", "rings", "stripes_vertical"))
+    result = _run(*TINY, "--epochs", "1", "--data", str(three), "--weights", str(first), "--out", str(tmp_path / "c3"))
+    notes = [line for line in result.output.splitlines() if "new head" in line]
+    assert result.exit_code == 0 and len(notes) == 1 and "the same number: --keep-head keeps the old head" in notes[0]
+    result = _run(*TINY, "--epochs", "1", "--data", str(three), "--weights", str(first), "--keep-head", "--out",
+                  str(tmp_path / "k3"))
+    assert result.exit_code == 0 and "new head" not in result.output and "--keep-head: keeping the head" in result.output
+    assert "--keep-head" in json.loads((tmp_path / "k3" / "run.json").read_text())["command"]
+    _expect_error(_run(*TINY, "--data", str(two), "--weights", str(first), "--keep-head"), "--keep-head",
+                  "3 classes", "data has 2")
 
 
 def test_option_errors(image_folder, tmp_path):
     _expect_error(_run(*TINY, "--data", str(image_folder), "--policy", "mobiletl:40"), "only 11 inverted-residual")
     _expect_error(_run(*TINY, "--data", str(image_folder), "--policy", "sparse"), "unknown policy 'sparse'")
-    _expect_error(_run(*TINY, "--data", str(image_folder), "--resolution", "8"), "--resolution must be at least 32")
+    _expect_error(_run(*TINY, "--data", str(image_folder), "--resolution", "8"),
+                  "--resolution must be a whole number from 32", "MobileNets downsample 32x")
     _expect_error(_run("--out", str(tmp_path / "none"), "--resume"), "nothing to resume")
     out = tmp_path / "once"
     assert _run(*TINY, "--epochs", "1", "--data", str(image_folder), "--out", str(out)).exit_code == 0

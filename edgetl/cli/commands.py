@@ -26,6 +26,8 @@ _DEFAULTS = TrainConfig()
 @click.option("--data", default=_DEFAULTS.data, show_default=True, help="ImageFolder directory, or 'patterns' (built in)")
 @click.option("--weights", default=_DEFAULTS.weights, show_default=True,
               help="auto (ImageNet if obtainable, else random), imagenet, none, or a .pth path")
+@click.option("--keep-head", is_flag=True,
+              help="with --weights RUN: keep its classifier head even when it was trained for other classes")
 @click.option("--epochs", default=_DEFAULTS.epochs, show_default=True, type=int)
 @click.option("--batch-size", default=_DEFAULTS.batch_size, show_default=True, type=int)
 @click.option("--resolution", default=_DEFAULTS.resolution, show_default=True, type=int)
@@ -85,8 +87,6 @@ def train(ctx, resume, no_progress, **options):
 def profile(model, policies, batch_size, resolution, optimizer, num_classes, measure, layers, json_path, csv_path,
             plot_path, budget, device_profile):
     """Memory and FLOPs of a training step, per layer and per policy, analytic and measured."""
-    if batch_size < 1 or resolution < 32:
-        raise click.UsageError("--batch-size must be at least 1 and --resolution at least 32")
     policies = list(policies) or ["full", "ft:5", "mobiletl:5"]
     if budget or device_profile:
         if budget and device_profile:
@@ -142,7 +142,7 @@ def _print_fit(model, policies, limit, batch_size, resolution, optimizer, num_cl
               help="with --inference: post-training integer quantization calibrated on --calibration [default: fp32]")
 @click.option("--calibration", type=click.Path(), default=None,
               help="images the int8 quantization calibrates on (a folder; class folders give the accuracy change)")
-@click.option("--calibration-images", default=200, show_default=True, type=click.IntRange(1, 100_000),
+@click.option("--calibration-images", default=200, show_default=True, type=int,
               help="images from --calibration used to calibrate (the others validate)")
 @click.option("--validation-data", type=click.Path(), default=None,
               help="images the inference export is checked on [default: --calibration's others, else the run's data]")

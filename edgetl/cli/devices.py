@@ -6,7 +6,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .base import console, friendly_errors, main
+from .base import console, friendly_errors, main, parse_prefix_batch
 
 
 @main.group()
@@ -160,7 +160,7 @@ def devices_clean(uri, keep_results):
 @click.option("--weights", default="latest", show_default=True,
               help="for --predict/--evaluate: latest (the newest training of this export on the device), export "
                    "(its own weights), or a deploy result / params.npz here (pushed)")
-@click.option("--top-k", default=3, show_default=True, type=click.IntRange(1, 1000), help="classes per image (--predict)")
+@click.option("--top-k", default=3, show_default=True, type=int, help="classes per image (--predict)")
 @click.option("--out", default=None, help="where results land [default: deploy/<time>]")
 @click.option("--batch-size", default=None, type=int, help="[default: the export's fixed batch (tflite), else 8]")
 @click.option("--lr", default=None, type=float, help="learning rate [default: the export's]")
@@ -177,6 +177,7 @@ def deploy(artifacts, device_uri, steps, epochs, data, device_data, val_split, a
     from ..ui import DeployProgress, print_deploy_report
 
     err = Console(stderr=True)
+    prefix_batch = parse_prefix_batch(prefix_batch)
     with DeployProgress(err) as events:
         report = run_deploy(artifacts, device_uri, steps=steps, data=data, out=out, batch_size=batch_size, lr=lr,
                             verify=verify, force=force, timeout=timeout, events=events, device_data=device_data,

@@ -53,9 +53,9 @@ def _write(target: str, write_file, text: str) -> None:
 @click.option("--json", "json_path", is_flag=False, flag_value="-", default=None, metavar="[PATH]",
               help="write the result as JSON (schema edgetl.eval/1) to PATH, or to standard output")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="write the confusion matrix as a PNG")
-@click.option("--batch-size", default=None, type=click.IntRange(1, 4096),
+@click.option("--batch-size", default=None, type=int,
               help="images per call [default: the export's fixed batch, else 16]")
-@click.option("--threads", default=None, type=click.IntRange(1, 1024), help="CPU threads of an export's runtime")
+@click.option("--threads", default=None, type=int, help="CPU threads of an export's runtime")
 @friendly_errors
 def evaluate_cmd(source, data, json_path, plot_path, batch_size, threads):
     """Accuracy, per-class precision and recall, and the confusion matrix of a model on labelled images."""
@@ -78,14 +78,14 @@ def evaluate_cmd(source, data, json_path, plot_path, batch_size, threads):
 @main.command("predict")
 @click.argument("source", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--top-k", default=3, show_default=True, type=click.IntRange(1, 1000), help="classes per image")
+@click.option("--top-k", default=3, show_default=True, type=int, help="classes per image")
 @click.option("--json", "json_path", is_flag=False, flag_value="-", default=None, metavar="[PATH]",
               help="the predictions as JSON (schema edgetl.predict/1), to PATH or standard output")
 @click.option("--csv", "csv_path", is_flag=False, flag_value="-", default=None, metavar="[PATH]",
               help="one row per image and rank (image, rank, class, probability), to PATH or standard output")
-@click.option("--batch-size", default=None, type=click.IntRange(1, 4096),
+@click.option("--batch-size", default=None, type=int,
               help="images per call [default: the export's fixed batch, else 16]")
-@click.option("--threads", default=None, type=click.IntRange(1, 1024), help="CPU threads of an export's runtime")
+@click.option("--threads", default=None, type=int, help="CPU threads of an export's runtime")
 @friendly_errors
 def predict_cmd(source, images, top_k, json_path, csv_path, batch_size, threads):
     """The most probable classes of images (files or folders), with their probabilities."""

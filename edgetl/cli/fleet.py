@@ -44,7 +44,8 @@ def fleet_shard(data, n, iid, resolution, count, seed, out):
 @click.option("--mu", type=float, default=0.01, show_default=True, help="FedProx's proximal weight.")
 @click.option("--server-lr", type=float, default=0.01, show_default=True, help="FedAdam's server learning rate.")
 @click.option("--run", "source_run", default=None, help="The run the artifacts came from (default: the manifest's).")
-@click.option("--eval-data", default=None, help="Held-out data for server evaluation (default: the run's data).")
+@click.option("--eval-data", default=None,
+              help="Held-out data the server evaluates whole each round (default: the run's data, its validation split).")
 @click.option("--round-timeout", type=float, default=600, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Where the SuperLink listens (0.0.0.0: all).")
 @click.option("--address", default=None, help="HOST:PORT devices reach the SuperLink by (default: 127.0.0.1).")
@@ -68,7 +69,7 @@ def fleet_run(artifacts, device_uris, devices_file, data, device_data, rounds, l
     uris = list(device_uris)
     if devices_file:
         uris += [line.strip() for line in open(devices_file) if line.strip() and not line.startswith("#")]
-    options = {"mu": mu} if strategy == "fedprox" else {"eta": server_lr} if strategy == "fedadam" else {}
+    options = {"mu": mu, "eta": server_lr}  # the API checks both and keeps the strategy's own
     with FleetTable(console) as events:
         result = run_fleet(artifacts, uris, out, data=data, device_data=device_data, rounds=rounds,
                            local_steps=local_steps, min_devices=min_devices, fraction=fraction, strategy=strategy,

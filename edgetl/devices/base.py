@@ -286,6 +286,15 @@ class Device(ABC):
             removed.append(path)
         return removed
 
+    def resolve(self, path: str) -> str:
+        """A path on the device as its user means it, made absolute: ``~/x`` and relative paths start in the home
+        directory (where a login starts), so a runner working in its bundle reads the folder the user named."""
+        if path.startswith("/"):
+            return path
+        home = self.check('echo "$HOME"', timeout=60, what="finding the home directory").strip().rstrip("/")
+        rest = path[2:] if path.startswith("~/") else "" if path == "~" else path
+        return f"{home}/{rest}" if rest else home or "/"
+
     def exists(self, path: str) -> bool:
         return self.run(f"[ -e {shlex.quote(path)} ]", timeout=60).returncode == 0
 

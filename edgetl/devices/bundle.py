@@ -93,7 +93,7 @@ def _write_shard(data: Path, root: Path, manifest: dict, count: int | None, seed
                  val_split: float | None) -> str:
     """The shard's name in the bundle: ``shard.npz`` copied, or ``shard/`` packed as uint8 ``.npy``."""
     if data.suffix == ".npz":
-        with np.load(data) as z:
+        with np.load(data, allow_pickle=False) as z:
             if "images" not in z or "labels" not in z:
                 raise ExportError(f"{data} is no data shard: it needs 'images' and 'labels' arrays")
         shutil.copy2(data, root / SHARD)

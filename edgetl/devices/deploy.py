@@ -12,13 +12,14 @@ Data: ``data`` is on the laptop (an ImageFolder, packed into a uint8 shard and p
 ``device_data`` is an ImageFolder already on the device, which the runner decodes and streams there: the
 images never leave it, and only metrics, weights and the checkpoint come back (the report says so).
 
-Steps: probe the device; check that its runtime is there and that the predicted training memory fits its
-available RAM (refusing with the fix, unless ``force``); push the bundle (atomic, resumable); optionally
-repeat the export's parity check there (``verify``); run the runner with live progress; pull back the
-metrics, trained weights and checkpoint; write ``report.json`` (with the run and the export the weights came
-from, and a copy of the export's manifest: ``edgetl evaluate``, ``predict`` and ``export --inference`` take the
-result directory) and plot the loss curve. ``eval_data`` (an ImageFolder on the device) is evaluated there before
-and after training.
+Steps: probe the device; check that its runtime is there; push the bundle (atomic, resumable); measure the
+runner's baseline there and check that the predicted training memory (:mod:`.memory`), plus a margin, fits the
+available RAM (refusing with the fix, unless ``force``); optionally repeat the export's parity check there
+(``verify``); run the runner with live progress; pull back the metrics, trained weights and checkpoint; write
+``report.json`` (the predicted memory beside the measured peak, the run and the export the weights came from, and
+a copy of the export's manifest: ``edgetl evaluate``, ``predict`` and ``export --inference`` take the result
+directory) and plot the loss curve. ``eval_data`` (an ImageFolder on the device) is evaluated there before and
+after training.
 
 Using what was learned, with no training: ``predict`` classifies images on the device and ``evaluate`` computes
 accuracy and the confusion matrix there, with ``weights``: ``latest`` (the newest finished training of this export
@@ -36,19 +37,20 @@ import shutil
 import time
 from pathlib import Path
 
+from ..data import BUILTIN
 from ..errors import DataError
 from ..exporters import ExportError
 from ..exporters.manifest import MANIFEST
-from ..io import atomic_write_json, file_sha256
+from ..io import absolute, atomic_write_json, file_sha256
+from ..limits import check_numbers
 from ..sources import DEPLOY_REPORT as REPORT
 from ..sources import DEVICE_WEIGHTS
 from . import connect
-from .base import DeviceError, DeviceInfo, MemoryRefused, RunnerFailed, RuntimeMissing
+from .base import DeviceError, DeviceInfo, RunnerFailed, RuntimeMissing
 from .bundle import make_bundle, push_bundle
+from .memory import check_memory
 from .runtimes import check_runtime
 
-#: resident memory of the runner itself before training (Python, numpy, the runtime), measured on x86_64
-RUNTIME_BASELINE_BYTES = {"onnxruntime-training": 120 * 2**20, "ai-edge-litert": 60 * 2**20}
 PULLED = ("metrics.json", "params.npz", "checkpoint", "checkpoint.npz", "inference.onnx", "predictions.json",
           "evaluation.json")
 
@@ -99,21 +101,6 @@ def parse_epoch(line: str) -> dict | None:
     return record
 
 
-def predicted_memory(manifest: dict, batch_size: int) -> int:
-    """Training memory on the device at ``batch_size``: the export's analytic figure plus the runtime's own."""
-    memory = manifest.get("memory")
-    if memory is None:  # an export made before manifests carried the figure: compute it as the export would
-        from ..optim import OptimizerSpec
-        from ..profile.analytic import analyze
-
-        prof = analyze(manifest["model"], manifest["policy"], manifest["input"]["shape"][-1],
-                       len(manifest["class_names"]))
-        need = prof.totals(batch_size, OptimizerSpec.from_dict(manifest["optimizer"]))["training_memory_bytes"]
-    else:
-        need = memory["fixed_bytes"] + memory["per_sample_bytes"] * batch_size
-    return int(need) + RUNTIME_BASELINE_BYTES[manifest["runtime"]]
-
-
 def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, data: str | Path | None = None,
            out: str | Path | None = None, batch_size: int | None = None, lr: float | None = None, verify: bool = False,
            force: bool = False, timeout: float = 3600, events: DeployEvents | None = None,
@@ -129,6 +116,9 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
     epochs (``cache_dtype`` float32 or float16); ``eval_data`` (on the device) is evaluated before and after;
     ``schedule`` (cosine or constant) overrides the export's. With ``predict`` or ``evaluate`` (paths on the
     device) nothing trains: see the module docstring. Returns the report."""
+    check_numbers(steps=steps, epochs=epochs, val_split=val_split, seed=seed, shard_size=shard_size,
+                  batch_size=batch_size, lr=lr, timeout=timeout, top_k=top_k,
+                  prefix_batch=prefix_batch if prefix_batch != "auto" else None)
     events = events or DeployEvents()
     use = _use_mode(predict, evaluate, steps, epochs, data, device_data, eval_data)
     if data is not None and device_data:
@@ -139,6 +129,8 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
         raise DataError(f"--cache-features needs fixed inputs, but --augment {augment} changes every image each epoch: "
                         f"use --augment none with the cache, or drop --cache-features")
     steps = 50 if steps is None and epochs is None else steps
+    artifacts = Path(artifacts).resolve()  # once, here: the runner works in its bundle on the device
+    data = absolute(data, BUILTIN)
     bundle = make_bundle(artifacts, data, shard_size=shard_size, seed=seed, val_split=val_split)
     manifest = bundle.manifest
     fixed = manifest["input"]["shape"][0]  # a TFLite model trains at the batch size it was exported with
@@ -146,23 +138,15 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
         raise ExportError(f"{artifacts} trains at batch {fixed}, fixed at export; drop --batch-size, or export "
                           f"again with --batch-size {batch_size}")
     batch_size = batch_size or fixed or 8
-    out = Path(out or f"deploy/{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(out or f"deploy/{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     local_weights = _local_weights(weights, manifest) if use else None
     with connect(device_uri) as device:
         info = device.probe()
         events.device(info)
+        device_data = device.resolve(device_data) if device_data else device_data
         check_runtime(info, manifest["runtime"])
         if device_data or eval_data or use:
             check_pillow(info, device_uri)
-        need = predicted_memory(manifest, batch_size)
-        if not use and info.mem_available_bytes and need > info.mem_available_bytes:
-            message = (f"training {manifest['model']} {manifest['policy']} at batch {batch_size} needs about "
-                       f"{need / 2**20:,.0f} MiB but {info.uri} has {info.mem_available_bytes / 2**20:,.0f} MiB "
-                       f"available: lower --batch-size, export with a smaller K (`edgetl profile --budget` finds "
-                       f"what fits), or pass --force to try anyway")
-            if not force:
-                raise MemoryRefused(message)
-            events.message(f"warning: {message}")
         sent = [0]
 
         def on_bytes(n: int) -> None:
@@ -173,6 +157,11 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
         events.push(bundle.size, bundle.size)
         python = shlex.quote(info.python_bin or "python3")
         runner = f"cd {shlex.quote(remote)} && {python} {bundle.runner} --artifacts ."
+        micro = f" --prefix-batch {shlex.quote(str(prefix_batch))}" if prefix_batch not in (None, "auto") else ""
+        # the runner's baseline measured there, plus the step and the results: refused before training when it
+        # does not fit (the bundle stays, so the same deploy with --force or a smaller batch sends nothing again)
+        memory = None if use else check_memory(device, runner + micro, manifest, batch_size, info, bundle.root,
+                                                force, events.message)  # predicting holds no training state
         verified = None
         if verify:
             result = device.run(f"{runner} --verify", timeout=timeout)
@@ -195,7 +184,7 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
             args += f" --eval-data {shlex.quote(eval_data)}" if eval_data else ""
             args += f" --schedule {schedule}" if schedule else ""
             args += f" --lr {lr}" if lr is not None else ""
-            args += f" --prefix-batch {shlex.quote(str(prefix_batch))}" if prefix_batch not in (None, "auto") else ""
+            args += micro
             args += f" --cache-features --cache-dtype {cache_dtype}" if cache_features else ""
         # the same bundle and settings train in the same directory, so running the same deploy again after an
         # interruption continues from the device's last checkpoint
@@ -214,7 +203,7 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
     if use:
         report = _use_report(origin, partial, use, local_weights, time.perf_counter() - t0)
     else:
-        report = _train_report(origin, partial, bundle, device_data, batch_size, need, augment, seed, verified,
+        report = _train_report(origin, partial, bundle, device_data, batch_size, memory, augment, seed, verified,
                                time.perf_counter() - t0)
     if device_data or use:
         report["images_left_device"] = False
@@ -310,11 +299,12 @@ def _run_runner(device, command: str, device_uri: str, timeout: float, events: D
                            f"{result.tail()}")
 
 
-def _train_report(origin: dict, partial: Path, bundle, device_data, batch_size, need, augment, seed, verified,
+def _train_report(origin: dict, partial: Path, bundle, device_data, batch_size, memory, augment, seed, verified,
                   seconds) -> dict:
     metrics = json.loads((partial / "metrics.json").read_text())
     return {**origin, "mode": "train", "steps": metrics["steps"], "batch_size": batch_size,
-            "predicted_memory_bytes": need, "data": _data_report(metrics, bundle, device_data),
+            "predicted_memory_bytes": memory.total_bytes, "predicted_memory": memory.as_dict(),
+            "data": _data_report(metrics, bundle, device_data),
             "epochs": metrics.get("epochs", []), "augment": augment, "seed": seed,
             "schedule": metrics.get("schedule", "constant"), "lr": metrics.get("lr"),
             "prefix_batch": metrics.get("prefix_batch"), "cache": metrics.get("cache"),

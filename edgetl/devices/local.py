@@ -33,6 +33,10 @@ class LocalDevice(Device):
         if on_bytes:
             on_bytes(Path(local).stat().st_size)
 
+    def resolve(self, path):
+        """This computer is the device: a relative path is from the working directory, as for any local path."""
+        return os.path.abspath(os.path.expanduser(path))
+
     def pull_file(self, remote, local):
         Path(local).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(remote, local)

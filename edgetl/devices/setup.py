@@ -146,7 +146,7 @@ class _Setup:
 
         remote_wheels, bundle_dir = None, None
         if wheels is not None:
-            remote_wheels, bundle_dir = self._push_wheels(Path(wheels), base, names, self.fleet)
+            remote_wheels, bundle_dir = self._push_wheels(Path(wheels).resolve(), base, names, self.fleet)
         self._remove_unrecorded(root, record)
         env = f"{root}/envs/{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         self._make_venv(base, env)

@@ -8,19 +8,28 @@ Authentication uses the agent and the usual key files, or ``?key=PATH``. Host ke
 ``~/.ssh/known_hosts`` (or ``?known_hosts_file=PATH``): ``known_hosts=accept-new`` (the default, as
 OpenSSH's StrictHostKeyChecking=accept-new) records a new host's key; ``strict`` refuses unknown hosts;
 a *changed* key is always refused.
+
+Files travel over SFTP when the device's sshd offers it, else over the command channel (``cat``): dropbear (OpenWrt,
+many minimal images) and an OpenSSH without ``Subsystem sftp`` have none. The first transfer of a connection finds
+out, once, and says so on the ``edgetl`` logger; callers see no difference (bundles keep their ``.part`` names,
+sha256 checks and resume). A device where neither works is named in one error with both causes.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import shlex
 import socket
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
-from .base import AuthFailed, Device, DeviceTimeout, Disconnected, DiskFull, HostKeyChanged, RunResult, Unreachable
+from .base import AuthFailed, Device, DeviceError, DeviceTimeout, Disconnected, DiskFull, HostKeyChanged, RunResult, Unreachable
 
 CONNECT_TIMEOUT_S = 10
+CHUNK = 1 << 15
+log = logging.getLogger("edgetl")
 
 
 class SSHDevice(Device):
@@ -76,16 +85,29 @@ class SSHDevice(Device):
             raise Unreachable(f"cannot reach {self.label} ({exc.strerror or exc}): check that the device is on, "
                               f"on the network, and that the address and port are right") from None
         self.client = client
+        self._sftp_ok: bool | None = None  # None: not tried yet; False: the device offers no SFTP (copy with cat)
         super().__init__(uri, u.path if u.path not in ("", "/") else self._home() + "/edgetl")
 
     def _home(self) -> str:
-        _, stdout, _ = self.client.exec_command("echo $HOME", timeout=30)
-        return stdout.read().decode().strip() or "/tmp"
+        return self.run("echo $HOME", timeout=30).stdout.strip() or "/tmp"
+
+    def _session(self, command: str, tries: int = 4):
+        """A channel running ``command``. Dropbear refuses or closes a session opened while the last one's command
+        is still being reaped (after a refused SFTP subsystem too): with the connection up, it is tried again."""
+        for attempt in range(tries):
+            transport = self.client.get_transport()
+            try:
+                chan = transport.open_session(timeout=CONNECT_TIMEOUT_S)
+                chan.exec_command(command)
+                return chan
+            except self._paramiko.SSHException:
+                if attempt == tries - 1 or not transport.is_active():
+                    raise
+                time.sleep(0.1 * 2**attempt)
 
     def run(self, command, timeout=600, on_line=None):
         try:
-            chan = self.client.get_transport().open_session(timeout=CONNECT_TIMEOUT_S)
-            chan.exec_command(command)
+            chan = self._session(command)
             out, err, buf = [], [], b""
             deadline = time.monotonic() + timeout
             while True:
@@ -115,19 +137,36 @@ class SSHDevice(Device):
                 out.append(buf.decode(errors="replace"))
                 if on_line:
                     on_line(buf.decode(errors="replace"))
-            return RunResult(chan.recv_exit_status(), "".join(out), "".join(err))
+            status = chan.recv_exit_status()
+            chan.close()  # ended whole before the next opens (see _session)
+            return RunResult(status, "".join(out), "".join(err))
         except (self._paramiko.SSHException, EOFError, OSError) as exc:
             raise Disconnected(f"the connection to {self.label} dropped ({exc}); run the same command again "
                                f"(deploys resume where they stopped)") from None
 
     def _sftp(self):
+        """An SFTP session, or None when the device offers no SFTP (found out once per connection)."""
+        if self._sftp_ok is False:
+            return None
         try:
-            return self.client.open_sftp()
+            sftp = self.client.open_sftp()
         except (self._paramiko.SSHException, EOFError, OSError) as exc:
-            raise Disconnected(f"the connection to {self.label} dropped ({exc}); run the same command again") from None
+            transport = self.client.get_transport()
+            if transport is None or not transport.is_active():
+                raise Disconnected(f"the connection to {self.label} dropped ({exc}); run the same command again") \
+                    from None
+            # the session is up, only the subsystem was refused (OpenSSH without `Subsystem sftp`) or its server
+            # could not start (dropbear without sftp-server): copy over the command channel from now on
+            self._sftp_ok = False
+            log.info(f"{self.label} offers no SFTP ({exc}): copying files over the command channel (cat)")
+            return None
+        self._sftp_ok = True
+        return sftp
 
     def push_file(self, local, remote, on_bytes=None):
         sftp = self._sftp()
+        if sftp is None:
+            return self._push_exec(Path(local), remote, on_bytes)
         sent = [0]
 
         def progress(done, _total):
@@ -139,16 +178,13 @@ class SSHDevice(Device):
             sftp.put(str(local), remote, callback=progress, confirm=True)
         except OSError as exc:
             if "No space" in str(exc) or getattr(exc, "errno", None) == 28:
-                raise DiskFull(f"{self.label} ran out of disk space writing {remote}; free some space in "
-                               f"{self.workdir}, or deploy to another directory") from None
+                raise self._disk_full(remote) from None
             if isinstance(exc, (EOFError, socket.error)) or "closed" in str(exc).lower() or "Socket" in str(exc):
-                raise Disconnected(f"the connection to {self.label} dropped while sending {Path(local).name}; run "
-                                   f"the same deploy again: it resumes, sending only what did not arrive") from None
+                raise self._dropped(Path(local).name) from None
             raise Disconnected(f"sending {Path(local).name} to {self.label} failed ({str(exc) or type(exc).__name__}); "
                                f"run the same deploy again: it resumes") from None
         except (self._paramiko.SSHException, EOFError) as exc:
-            raise Disconnected(f"the connection to {self.label} dropped while sending {Path(local).name} "
-                               f"({str(exc) or type(exc).__name__}); run the same deploy again: it resumes") from None
+            raise self._dropped(Path(local).name, exc) from None
         finally:
             try:
                 sftp.close()
@@ -158,6 +194,8 @@ class SSHDevice(Device):
     def pull_file(self, remote, local):
         Path(local).parent.mkdir(parents=True, exist_ok=True)
         sftp = self._sftp()
+        if sftp is None:
+            return self._pull_exec(remote, Path(local))
         try:
             sftp.get(remote, str(local))
         except (self._paramiko.SSHException, EOFError, OSError) as exc:
@@ -165,6 +203,85 @@ class SSHDevice(Device):
                 from None
         finally:
             sftp.close()
+
+    # -- without SFTP: the command channel -------------------------------------------------------------
+    def _push_exec(self, local: Path, remote: str, on_bytes) -> None:
+        """``cat > remote`` fed with the file; the device then reports the bytes it holds, which must match."""
+        size = local.stat().st_size
+        try:
+            chan = self._session(f"cat > {shlex.quote(remote)} && wc -c < {shlex.quote(remote)}")
+            try:
+                with open(local, "rb") as f:
+                    while chunk := f.read(CHUNK):
+                        chan.sendall(chunk)
+                        if on_bytes:
+                            on_bytes(len(chunk))
+                chan.shutdown_write()
+            except (self._paramiko.SSHException, EOFError, OSError):
+                if not self.client.get_transport().is_active():
+                    raise
+                # the command ended before it took the whole file (a full disk, a `cat` that does not copy): its
+                # exit status and words say why
+            status, out, err = self._finish(chan)
+        except (self._paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._dropped(local.name, exc) from None
+        if status == 0 and out.strip() == str(size):
+            return
+        if "No space" in err or "Disk quota" in err:
+            raise self._disk_full(remote)
+        if status == -1:  # the channel closed without an exit status: the connection went
+            raise self._dropped(local.name)
+        raise self._cat_failed(f"writing {remote}", "cat > FILE", status, err)
+
+    def _pull_exec(self, remote: str, local: Path) -> None:
+        part = local.with_name(local.name + ".part")
+        try:
+            chan = self._session(f"cat {shlex.quote(remote)}")
+            with open(part, "wb") as f:
+                while data := chan.recv(CHUNK):
+                    f.write(data)
+            status, _, err = self._finish(chan)
+        except (self._paramiko.SSHException, EOFError, OSError) as exc:
+            part.unlink(missing_ok=True)
+            raise Disconnected(f"fetching {remote} from {self.label} failed ({exc}); run the same command again") \
+                from None
+        if status != 0:
+            part.unlink(missing_ok=True)
+            if status == -1:
+                raise Disconnected(f"the connection to {self.label} dropped while fetching {remote}; run the same "
+                                   f"command again") from None
+            raise self._cat_failed(f"reading {remote}", "cat FILE", status, err)
+        os.replace(part, local)
+
+    @staticmethod
+    def _finish(chan, timeout: float = 600) -> tuple[int, str, str]:
+        """(exit status, or -1 when the channel closed without one; stdout; stderr) of a command whose input ended."""
+        chan.settimeout(timeout)
+        out = b"".join(iter(lambda: chan.recv(CHUNK), b""))
+        if not chan.status_event.wait(timeout):
+            raise DeviceTimeout(f"a file transfer with the device ran past {timeout:.0f}s; run the same command again")
+        err = b"".join(iter(lambda: chan.recv_stderr(CHUNK), b""))
+        return chan.recv_exit_status(), out.decode(errors="replace"), err.decode(errors="replace")
+
+    def _cat_failed(self, what: str, command: str, status: int, err: str) -> DeviceError:
+        """A file the shell could not open is named as such; ``cat`` that cannot run (or says nothing of why it
+        failed) means this device has no way to copy files: both causes are named, with the fixes."""
+        err = err.strip()
+        if err and status not in (126, 127):
+            return DeviceError(f"{what} on {self.label} failed: {err.splitlines()[-1]}")
+        return DeviceError(f"cannot copy files to or from {self.label}: its sshd offers no SFTP, and copying over the "
+                           f"command channel failed too (`{command}` exited {status}: {err or 'no output'}). Enable "
+                           f"SFTP on the device (OpenSSH: `Subsystem sftp internal-sftp` in sshd_config; dropbear: "
+                           f"install an sftp-server, e.g. openssh-sftp-server), or give its login shell a working `cat`")
+
+    def _disk_full(self, remote: str) -> DiskFull:
+        return DiskFull(f"{self.label} ran out of disk space writing {remote}; free some space in {self.workdir}, or "
+                        f"deploy to another directory")
+
+    def _dropped(self, name: str, exc: BaseException | None = None) -> Disconnected:
+        why = f" ({str(exc) or type(exc).__name__})" if exc is not None else ""
+        return Disconnected(f"the connection to {self.label} dropped while sending {name}{why}; run the same deploy "
+                            f"again: it resumes, sending only what did not arrive")
 
     def close(self):
         self.client.close()

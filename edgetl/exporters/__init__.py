@@ -21,6 +21,7 @@ from typing import Callable
 
 from torch import nn
 
+from ..limits import check_numbers
 from ..run import Run, RunError
 from ..sources import SourceError, load_run
 from .base import Exporter, ExportError, ExportResult, ValidationFailed
@@ -65,6 +66,7 @@ def export(source: Run | nn.Module | str | os.PathLike, fmt: str, out: str | os.
     ``inference``: a standalone model for apps instead, the weights baked in (:mod:`.inference`; ``quantize``
     "int8" with ``calibration`` images, checked on ``validation_data``).
     """
+    check_numbers(steps=steps, batch_size=batch_size, lr=lr, calibration_images=calibration_images)
     exp = exporter(fmt)
     if isinstance(source, nn.Module) and data is not None:  # a model's classes and input size, from its data
         from ..trainer import class_names_of

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, ClassVar
 
 from ..errors import EdgeTLError
+from ..io import staged_dir
 from ..optim import OptimizerSpec
 from ..run import Run
 from .manifest import MANIFEST, manifest_fields, split_entry, validated_manifest
@@ -127,12 +128,23 @@ class Exporter(ABC):
 
     def export(self, run: Run, out: Path, validate: bool = True, steps: int = 3, batch_size: int = 4,
                lr: float | None = None, log: Callable[[str], None] | None = None, dataset=None) -> ExportResult:
-        log = log or (lambda message: None)
+        """Build the artifacts in a hidden directory beside ``out`` and rename it to ``out`` once written and
+        validated (a failed validation too: its manifest says so, and the files stay for inspection); a crash
+        or an interruption leaves ``out`` as it was."""
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
+            raise ExportError(f"{out} exists and is not an export directory (no {MANIFEST}): an export replaces its "
+                              f"--out, so choose a new directory")
+        with staged_dir(out) as build:
+            result = self._build(run, build, validate, steps, batch_size, lr, log, dataset)
+        result.out = out
+        return result
+
+    def _build(self, run: Run, out: Path, validate: bool, steps: int, batch_size: int, lr: float | None,
+               log: Callable[[str], None] | None, dataset) -> ExportResult:
+        log = log or (lambda message: None)
         spec = self.optimizer(run, lr)
         split = plan(run.model, run.resolution)
-        (out / self.prefix_file).unlink(missing_ok=True)  # a re-export without a prefix leaves none behind
         trainable, own = self.lower(run, out, spec, batch_size, log, split)
         if split is not None:
             own = {**own, "split": split_entry(split, self.prefix_file)}

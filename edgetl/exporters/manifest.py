@@ -29,12 +29,17 @@ MANIFEST = "manifest.json"
 
 def predicted_memory(run: Run, spec: OptimizerSpec) -> dict:
     """The analytic training memory of one step as ``fixed_bytes + per_sample_bytes * batch`` (the profiler's
-    figures are linear in the batch), for a device to compare with its free RAM."""
+    figures are linear in the batch), and ``state_bytes``, the trained tensors and optimizer state a runner reads
+    back to write its results: what deploy adds to the runner's measured baseline (:mod:`edgetl.devices.memory`)."""
     prof = profile_model(run.model, run.resolution, name=run.model_name)
-    one, two = (prof.totals(b, spec)["training_memory_bytes"] for b in (1, 2))
-    return {"fixed_bytes": int(2 * one - two), "per_sample_bytes": int(two - one),
+    one, two = (prof.totals(b, spec) for b in (1, 2))
+    fixed, per_sample = 2 * one["training_memory_bytes"] - two["training_memory_bytes"], \
+        two["training_memory_bytes"] - one["training_memory_bytes"]
+    return {"fixed_bytes": int(fixed), "per_sample_bytes": int(per_sample),
+            "state_bytes": int(one["trainable_param_bytes"] + one["optimizer_state_bytes"]),
             "what": "analytic training memory of one step (profiler): weights, gradients, optimizer state, "
-                    "saved activations and the largest transient buffers"}
+                    "saved activations and the largest transient buffers; state: trained tensors and optimizer "
+                    "state, read back when the results are written"}
 
 
 def manifest_fields(exporter, run: Run, spec: OptimizerSpec, trainable: list[str], batch_size: int | None,

@@ -23,15 +23,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data import BUILTIN
 from ..devices.base import DeviceError
 from ..errors import EdgeTLError
 from ..exporters.manifest import MANIFEST
+from ..io import absolute
+from ..limits import check_numbers
 from .processes import SuperLink, SuperNode
 from .server import DONE, RETURNING, ROUNDS, STATE
 
 FAB_DIR = Path(__file__).resolve().parent / "fab"
 EDGETL_ROOT = Path(__file__).resolve().parents[2]
 STRATEGIES = ("fedavg", "fedadam", "fedprox")
+#: the strategy options each strategy reads (others given, e.g. by the CLI's defaults, are checked and left out)
+STRATEGY_OPTIONS = {"fedavg": (), "fedadam": ("eta", "eta_l", "tau"), "fedprox": ("mu",)}
 
 
 class FleetError(EdgeTLError):
@@ -88,7 +93,13 @@ class Fleet:
                  address: str | None = None, port: int | None = None, auth: bool = False,
                  keep_client_arrays: bool = False, restarts: int = 5, restart_backoff: float = 5.0,
                  watch_s: float = 3.0, events: FleetEvents | None = None):
-        self.artifacts, self.out = Path(artifacts), Path(out)
+        check_numbers(rounds=rounds, local_steps=local_steps, min_devices=min_devices, fraction=fraction,
+                      eval_size=eval_size, seed=seed, lr=lr, round_timeout=round_timeout, join_timeout=join_timeout,
+                      port=port, restarts=restarts, mu=(strategy_options or {}).get("mu"),
+                      server_lr=(strategy_options or {}).get("eta"))
+        # every local path once, here: the SuperLink, the ServerApp and the SuperNodes run in other directories
+        self.artifacts, self.out = Path(artifacts).resolve(), Path(out).resolve()
+        data, run, eval_data = absolute(data), absolute(run), absolute(eval_data, BUILTIN)
         self.work = self.out / ".fleet"
         if not (self.artifacts / MANIFEST).is_file():
             raise FleetError(f"{artifacts} holds no {MANIFEST}; pass a directory written by `edgetl export`")
@@ -103,7 +114,7 @@ class Fleet:
                              "--device-data PATH (an ImageFolder on each device)")
         self.raw_manifest = (self.artifacts / MANIFEST).read_bytes()
         self.manifest = json.loads(self.raw_manifest)
-        self.source_run = run or self.manifest.get("source_run")
+        self.source_run = run or absolute(self.manifest.get("source_run"))
         if not self.source_run or not Path(self.source_run).exists():
             raise FleetError(f"the run the artifacts came from ({self.source_run}) is not here; pass --run RUN_DIR "
                              f"(the server evaluates and saves the global model with it)")
@@ -113,7 +124,8 @@ class Fleet:
         if not 1 <= self.min_devices <= len(devices):
             raise FleetError(f"--min-devices is from 1 to the {len(devices)} devices given, not {self.min_devices}")
         self.options = dict(rounds=rounds, local_steps=local_steps, fraction=fraction, strategy=strategy,
-                            strategy_options=strategy_options or {}, eval_size=eval_size, seed=seed, lr=lr,
+                            strategy_options={k: v for k, v in (strategy_options or {}).items()
+                                              if k in STRATEGY_OPTIONS[strategy]}, eval_size=eval_size, seed=seed, lr=lr,
                             round_timeout=round_timeout, join_timeout=join_timeout, keep_client_arrays=keep_client_arrays,
                             restarts=restarts)
         self.eval_data = eval_data
@@ -145,11 +157,18 @@ class Fleet:
             self.work.mkdir(parents=True, exist_ok=True)
 
     def _eval_data(self) -> str:
+        """The server's held-out data: the one given (evaluated whole), else the source run's (its validation split)."""
         if self.eval_data:
+            from ..data import held_out
+
+            held, _ = held_out(self.eval_data, self.manifest["input"]["shape"][-1],
+                               class_names=self.manifest["class_names"])  # refused here when its classes differ
+            self.events.message(f"the server evaluates each round on the {len(held):,} held-out images of "
+                                f"{self.eval_data}")
             return self.eval_data
         from ..run import Run
 
-        data = Run.load(self.source_run).data
+        data = absolute(Run.load(self.source_run).data, BUILTIN)
         if not data:
             raise FleetError(f"the run {self.source_run} does not say what data it trained on; pass --eval-data DATA "
                              f"(an ImageFolder, or patterns) for the server's held-out evaluation")
@@ -177,7 +196,7 @@ class Fleet:
             if bundle.shard:
                 config["data"] = bundle.shard
             if self.device_data:
-                config["device-data"] = self.device_data
+                config["device-data"] = device.resolve(self.device_data)
             certs_dir = None
             if certs is not None:
                 certs_dir = f"{device.workdir}/fleet-certs"
@@ -343,7 +362,8 @@ class Fleet:
             certs = FleetCerts.ensure(self.work / "certs", self.host, self.address)
         config = {"work": str(self.work), "out": str(self.out), "source_run": str(self.source_run),
                   "artifacts": str(self.artifacts.resolve()), "data": self.data, "device_data": self.device_data,
-                  "eval_data": self._eval_data(), "devices": len(self.devices), "min_devices": self.min_devices,
+                  "eval_data": self._eval_data(), "eval_held_out": bool(self.eval_data), "devices": len(self.devices),
+                  "min_devices": self.min_devices,
                   "manifest_sha256": hashlib.sha256(self.raw_manifest).hexdigest(), "resume": self.resume,
                   "travelling": __import__("edgetl.fleet.params", fromlist=["travelling"]).travelling(self.manifest),
                   **self.options}

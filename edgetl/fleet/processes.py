@@ -71,8 +71,11 @@ class SuperLink:
                  env: dict | None = None):
         self.work, self.port, self.host = Path(work), port, host
         self.log = self.work / "superlink.log"
+        # its state in memory (Flower's default), not in an SQLite file: under load a file's lock outlasted
+        # SQLite's 5 s wait ("database is locked"), the SuperLink answered 500 and the ServerApp stopped mid-fleet;
+        # nothing of that state outlives the SuperLink (a resumed fleet starts a new one from global.npz)
         args = [str(Path(sys.executable).parent / "flower-superlink"), "--host", host, "--port", str(port),
-                "--disable-runtime-dependency-installation", "--database", str(self.work / "superlink.db")]
+                "--disable-runtime-dependency-installation"]
         args += certs.superlink_args() if certs else ["--insecure"]
         if auth:
             args += ["--enable-supernode-auth"]

@@ -41,10 +41,9 @@ def write_report(out, records: list[dict], config: dict, manifest: dict, refused
 
 
 def _state(run: str):
-    import torch
+    from ..run import read_checkpoint  # weights only: a run directory received from anyone runs no code
 
-    return torch.load(Path(run) / "checkpoint.pt", map_location="cpu", weights_only=False)["state_dict"] \
-        if Path(run).is_dir() else torch.load(run, map_location="cpu", weights_only=False)["state_dict"]
+    return read_checkpoint(run)["state_dict"]
 
 
 def _whole_model_bytes(run: str) -> int:

@@ -56,7 +56,7 @@ def load_global(work: Path) -> tuple[dict[str, np.ndarray], int] | None:
     if not (work / STATE).exists() or not (work / GLOBAL).exists():
         return None
     state = json.loads((work / STATE).read_text())
-    with np.load(work / GLOBAL) as z:
+    with np.load(work / GLOBAL, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}, int(state["round"])
 
 
@@ -93,14 +93,19 @@ class Evaluator:
     def __init__(self, config: dict):
         import torch
 
-        from ..data import load_datasets
+        from ..data import held_out, load_datasets
         from ..run import Run
 
         self.torch = torch
         self.run = Run.load(config["source_run"])
         self.state = {k: v.clone() for k, v in self.run.model.state_dict().items()}
-        _, val, _ = load_datasets(config["eval_data"], self.run.resolution, seed=int(config.get("seed", 0)))
-        n = min(len(val), int(config.get("eval_size") or len(val)))
+        seed = int(config.get("seed", 0))
+        if config.get("eval_held_out"):  # data the user named as held out, classes matched by name: evaluated whole
+            val, _ = held_out(config["eval_data"], self.run.resolution, seed, class_names=self.run.class_names)
+            n = len(val)
+        else:  # the run's own data: its validation split, at most eval_size images of it
+            _, val, _ = load_datasets(config["eval_data"], self.run.resolution, seed=seed)
+            n = min(len(val), int(config.get("eval_size") or len(val)))
         self.loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val, range(n)), batch_size=64)
 
     def load(self, arrays: dict[str, np.ndarray]):

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import EdgeTLError
 from ..io import atomic_write_json
+from ..limits import check_numbers
 
 
 class ShardError(EdgeTLError):
@@ -29,16 +30,15 @@ def make_shards(data: str | os.PathLike, devices: int, out: str | os.PathLike, r
     """Write ``devices`` shards of ``data`` (an ImageFolder or ``patterns``) under ``out``; returns their paths."""
     from ..data import pack_uint8_shard
 
-    if devices < 1:
-        raise ShardError(f"--devices is how many shards to make, at least 1, not {devices}")
+    check_numbers(devices=devices, resolution=resolution, count=count, seed=seed)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgetl-shard-") as tmp:
         meta = pack_uint8_shard(data, resolution, tmp, count=count, seed=seed, class_names=class_names)
-        images = np.load(Path(tmp) / "train_images.npy")
-        labels = np.load(Path(tmp) / "train_labels.npy")
+        images = np.load(Path(tmp) / "train_images.npy", allow_pickle=False)
+        labels = np.load(Path(tmp) / "train_labels.npy", allow_pickle=False)
     if len(labels) < devices:
         raise ShardError(f"{data} has {len(labels)} images, fewer than {devices} devices: use fewer devices or more data")
+    out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(labels))
     if by_class:

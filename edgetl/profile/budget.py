@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
+from ..limits import check_numbers
 from ..models import create_model, inverted_residual_blocks
 from .analytic import ModelProfile, analyze
 
@@ -87,6 +88,7 @@ def fit_policies(model: str, budget: int, batch: int, resolution: int, optimizer
                  prefix_batch: int | str | None = None) -> Fit:
     """Predicted memory of each policy and the largest K of ``mobiletl:K`` within ``budget``; ``prefix_batch``
     ("auto", or a number) streams the frozen prefix, and ``auto`` chooses the micro-batch per policy."""
+    check_numbers(batch_size=batch, resolution=resolution, num_classes=num_classes)
     n_blocks = len(inverted_residual_blocks(create_model(model)))
     policies = policies or ["full", "bn+last", "bias", "last", "ft:5", "mobiletl:5"]
     fit = Fit(budget, batch)

@@ -31,6 +31,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from ..limits import check_numbers
 from ..models import create_model
 from ..optim import OptimizerSpec
 from ..policies import TopBlocks, parse_policy
@@ -78,6 +79,7 @@ def _profile_one(model: str, policy: str, batch: int, resolution: int, optimizer
 def build_report(model: str, policies: list[str], batch: int = 8, resolution: int = 224, optimizer: str = "sgd",
                  num_classes: int = 1000, measure: bool = False) -> dict:
     """Profile each policy (plus ``full`` and ``ft:K`` baselines, for the reductions) into one report."""
+    check_numbers(batch_size=batch, resolution=resolution, num_classes=num_classes)
     specs = [str(parse_policy(p)) for p in policies]
     entries = {p: _profile_one(model, p, batch, resolution, optimizer, num_classes, measure) for p in specs}
     baselines = {}

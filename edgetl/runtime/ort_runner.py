@@ -121,12 +121,12 @@ class Trainer:
         # running statistics of the fully trained norms, updated from each training forward's batch statistics
         self.norms = manifest.get("running_stats", [])
         path = os.path.join(artifacts, RUNNING_STATS)
-        self.running = {k: v.astype(np.float32) for k, v in np.load(path).items()} if self.norms else {}
+        self.running = {k: v.astype(np.float32) for k, v in np.load(path, allow_pickle=False).items()} if self.norms else {}
         # ONNX Runtime's checkpoint holds no running statistics: a resume takes them from the params.npz the
         # runner wrote beside the checkpoint
         beside = os.path.join(os.path.dirname(checkpoint or ""), "params.npz")
         if checkpoint and self.running and os.path.exists(beside):
-            with np.load(beside) as saved:
+            with np.load(beside, allow_pickle=False) as saved:
                 self.running.update({k: saved[k].astype(np.float32) for k in self.running if k in saved})
 
     def set_lr(self, lr: float) -> None:

@@ -290,9 +290,9 @@ def pushed_shard(path: str, manifest: dict):
     for name in ("train", "val"):
         file = os.path.join(path, f"{name}_images.npy")
         if os.path.exists(file):
-            images = np.load(file, mmap_mode="r")
+            images = np.load(file, mmap_mode="r", allow_pickle=False)
             _check_shape(images, manifest, file)
-            splits.append(ArraySplit(name, images, np.load(os.path.join(path, f"{name}_labels.npy")),
+            splits.append(ArraySplit(name, images, np.load(os.path.join(path, f"{name}_labels.npy"), allow_pickle=False),
                                      manifest["preprocessing"]))
         else:
             splits.append(None)
@@ -314,12 +314,16 @@ def _check_shape(images: np.ndarray, manifest: dict, what: str) -> None:
 def npz_shard(path: str, manifest: dict):
     """``(train, None)`` from a ``.npz`` with ``images`` (and ``labels``): the float32 shards of earlier
     versions, (N, 3, R, R) or reference batches (K, B, 3, R, R); or uint8 (N, R, R, 3)."""
-    data = np.load(path)
-    if "images" not in data or "labels" not in data:
-        refuse(f"the data shard's images are missing, but the model takes (N, "
-               f"{', '.join(map(str, manifest['input']['shape'][1:]))}) float32 with int64 labels: pack the shard at "
-               f"the model's resolution (`edgetl deploy --data DIR` does)")
-    images, labels = data["images"], data["labels"]
+    with np.load(path, allow_pickle=False) as data:
+        if "images" not in data or "labels" not in data:
+            refuse(f"the data shard's images are missing, but the model takes (N, "
+                   f"{', '.join(map(str, manifest['input']['shape'][1:]))}) float32 with int64 labels: pack the shard "
+                   f"at the model's resolution (`edgetl deploy --data DIR` does)")
+        try:
+            images, labels = data["images"], data["labels"]
+        except ValueError:  # object arrays: numpy would have to unpickle them, which could run code
+            refuse(f"the data shard {path} holds pickled objects, not numeric arrays, and is not opened: pack it "
+                   f"with `edgetl deploy --data DIR` or `edgetl fleet shard`")
     if images.ndim == 5:  # reference batches (K, B, 3, H, W)
         images, labels = images.reshape(-1, *images.shape[2:]), labels.reshape(-1)
     _check_shape(images, manifest, path)

@@ -84,7 +84,7 @@ class Trainer:
             self.prefix.allocate_tensors()
             self._prefix = self.prefix.get_signature_runner("prefix")
         if checkpoint:
-            with np.load(checkpoint) as saved:
+            with np.load(checkpoint, allow_pickle=False) as saved:
                 self.set_state({v["name"]: saved[v["name"]] for v in self.variables})
         # the variables take their initial values from the model file on the first signature call, and never read
         # them again: make that call now with the cheapest signature, then drop the file's pages from memory
