@@ -207,7 +207,7 @@ def print_table(result: dict) -> None:
     table = Table(title=f"{s['model']} at {s['resolution']}x{s['resolution']}: {result['task']} - target test "
                         f"accuracy after {s['epochs']} epochs, mean ± std over seeds")
     for col in ("policy", "leg", "seeds", "accuracy %", "training memory MiB", "training GFLOPs", "vs ft:5 (points)"):
-        table.add_column(col, justify="left" if col in ("policy", "leg") else "right")
+        table.add_column(col, justify="left" if col in ("policy", "leg") else "right", no_wrap=col in ("policy", "leg"))
     rows = summary(result)
     ft = {r["leg"]: r["mean"] for r in rows if r["policy"] == "ft:5"}
     for r in rows:
