@@ -21,7 +21,7 @@ from edgetl.evaluate import evaluate, predict
 from edgetl.exporters import export
 from edgetl.models import create_model
 from edgetl.run import Run, device_params
-from edgetl.runtime.runner_common import learning_rate
+from edgetl.runtime.runner_fit import learning_rate
 from edgetl.surgery import apply_policy
 from edgetl.trainer import Callback, Trainer
 

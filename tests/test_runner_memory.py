@@ -8,7 +8,7 @@ import textwrap
 
 import numpy as np
 
-from edgetl.runtime.runner_common import release_file_pages
+from edgetl.runtime.runner_io import release_file_pages
 
 
 def resident_bytes(path) -> int:
@@ -41,7 +41,7 @@ def test_release_file_pages_drops_residency_and_keeps_the_bytes(tmp_path):
 HEAP_PROBE = textwrap.dedent("""
     import sys
     import numpy as np
-    from edgetl.runtime.runner_common import lean_heap
+    from edgetl.runtime.runner_io import lean_heap
     def rss():
         return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) >> 10
     if sys.argv[1] == "lean":

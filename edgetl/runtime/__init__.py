@@ -4,7 +4,8 @@ device; no torch, no edgetl).
     python artifacts/tflite/tflite_runner.py --artifacts artifacts/tflite --data shard.npz --steps 200
     from edgetl.runtime import tflite_runner; tflite_runner.Trainer("artifacts/tflite").step(images, labels)
 
-``runner_common.py`` holds what they share (the training loop, checkpoints, the command line) and
+``runner_common.py`` holds what they share (the command line, the parity check), ``runner_fit.py`` the training
+loop (schedule, validation, checkpoints and resume), ``runner_io.py`` the one-line error and atomic writes, and
 ``runner_data.py`` their data (images on the device, decoded with Pillow; pushed shards), ``runner_prefix.py``
 the frozen prefix of a split export (micro-batches, the feature cache), ``runner_eval.py`` evaluation and
 prediction (what ``--evaluate``, ``--predict``, ``--eval-data`` and the laptop's ``edgetl evaluate`` compute).
@@ -15,7 +16,8 @@ device runs them as scripts. This package imports nothing of edgetl, and edgetl 
 import importlib
 
 #: the files every runner imports, copied beside it
-SHARED_FILES = ("runner_common.py", "runner_data.py", "runner_eval.py", "runner_prefix.py")
+SHARED_FILES = ("runner_common.py", "runner_data.py", "runner_eval.py", "runner_fit.py", "runner_io.py",
+                "runner_prefix.py")
 #: an export's runtime (its manifest's ``runtime``) -> the runner module that trains and runs it (ONNX inference
 #: exports need only the plain ``onnxruntime``)
 RUNNERS = {"onnxruntime-training": "ort_runner", "ai-edge-litert": "tflite_runner", "onnxruntime": "ort_runner"}

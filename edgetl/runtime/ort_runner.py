@@ -32,10 +32,14 @@ import numpy as np
 
 if __package__:  # imported as edgetl.runtime.<runner>
     from . import runner_common as common
+    from .runner_fit import train_loop
+    from .runner_io import atomic
 else:  # run as a script on a device: runner_common.py lies beside this file, which Python puts on sys.path
     # no __pycache__ is written into the bundle: its directory holds exactly the files that were verified
     _bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
     import runner_common as common
+    from runner_fit import train_loop
+    from runner_io import atomic
 
     sys.dont_write_bytecode = _bytecode
 
@@ -222,7 +226,7 @@ class Trainer:
     def save_checkpoint(self, path: str) -> None:
         api = training_api()
         # with the optimizer's state (AdamW's moments), so a resumed run steps as an uninterrupted one
-        common.atomic(path, lambda tmp: api.CheckpointState.save_checkpoint(self.state, tmp, include_optimizer_state=True))
+        atomic(path, lambda tmp: api.CheckpointState.save_checkpoint(self.state, tmp, include_optimizer_state=True))
 
 
 def infer(artifacts: str, images: np.ndarray, params: dict[str, np.ndarray] | None = None) -> np.ndarray:
@@ -266,8 +270,8 @@ def inference_session(artifacts: str, params: dict[str, np.ndarray] | None = Non
 
 def train(artifacts: str, images: np.ndarray, labels: np.ndarray, steps: int, batch_size: int | None = None,
           lr: float | None = None, seed: int = 0, progress=None) -> dict:
-    """``steps`` optimizer steps (see ``runner_common.train_loop``)."""
-    return common.train_loop(Trainer(artifacts, lr), images, labels, steps, batch_size, seed, progress)
+    """``steps`` optimizer steps (see ``runner_fit.train_loop``)."""
+    return train_loop(Trainer(artifacts, lr), images, labels, steps, batch_size, seed, progress)
 
 
 def _bake_inference_model(artifacts: str, params: dict[str, np.ndarray], path: str) -> bool:
@@ -280,7 +284,7 @@ def _bake_inference_model(artifacts: str, params: dict[str, np.ndarray], path: s
     for init in model.graph.initializer:
         if init.name in params:
             init.CopyFrom(numpy_helper.from_array(params[init.name], init.name))
-    common.atomic(path, lambda tmp: onnx.save(model, tmp))
+    atomic(path, lambda tmp: onnx.save(model, tmp))
     return True
 
 

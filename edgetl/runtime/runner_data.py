@@ -26,6 +26,11 @@ import sys
 
 import numpy as np
 
+if __package__:  # edgetl.runtime.runner_data
+    from .runner_io import RunnerError
+else:  # beside the runner on a device
+    from runner_io import RunnerError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 VAL_SPLITS = ("val", "valid", "validation", "test")
 SHARD_JSON = "shard.json"
@@ -34,11 +39,7 @@ NAMED_UNREADABLE = 20
 
 
 def refuse(message: str):
-    """Raise the runners' one-line error (``runner_common`` imports this module, so it is looked up late)."""
-    if __package__:
-        from .runner_common import RunnerError
-    else:
-        from runner_common import RunnerError
+    """Raise the runners' one-line error."""
     raise RunnerError(message)
 
 

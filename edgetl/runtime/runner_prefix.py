@@ -17,25 +17,18 @@ trusted.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
 
 import numpy as np
 
+if __package__:  # edgetl.runtime.runner_prefix
+    from .runner_io import DISK_FULL, RunnerError
+else:  # beside the runner on a device
+    from runner_io import DISK_FULL, RunnerError
+
 CACHE_DATA, CACHE_HEADER = "feature_cache.npy", "feature_cache.json"
-DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-
-
-class RunnerError(Exception):
-    """Replaced by ``runner_common.RunnerError`` (one class for every one-line refusal); see ``bind``."""
-
-
-def bind(error_class) -> None:
-    """Raise ``error_class`` (the runner's RunnerError) for every refusal of this module."""
-    global RunnerError
-    RunnerError = error_class
 
 
 # -- streaming ----------------------------------------------------------------------------------------

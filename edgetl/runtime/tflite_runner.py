@@ -32,10 +32,14 @@ import numpy as np
 
 if __package__:  # imported as edgetl.runtime.<runner>
     from . import runner_common as common
+    from .runner_fit import train_loop
+    from .runner_io import release_file_pages, write_bytes
 else:  # run as a script on a device: runner_common.py lies beside this file, which Python puts on sys.path
     # no __pycache__ is written into the bundle: its directory holds exactly the files that were verified
     _bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
     import runner_common as common
+    from runner_fit import train_loop
+    from runner_io import release_file_pages, write_bytes
 
     sys.dont_write_bytecode = _bytecode
 
@@ -91,7 +95,7 @@ class Trainer:
         # (MobileNetV2 mobiletl:5: 11 of the 13 MiB the file held resident through training)
         if "step_count" in self.interpreter.get_signature_list():
             self.run("step_count")
-        common.release_file_pages(os.path.join(artifacts, MODEL))
+        release_file_pages(os.path.join(artifacts, MODEL))
 
     def set_lr(self, lr: float) -> None:
         """The learning rate of the next steps (the train signature takes it as an input)."""
@@ -231,13 +235,13 @@ def infer(artifacts: str, images: np.ndarray, params: dict[str, np.ndarray] | No
 
 def train(artifacts: str, images: np.ndarray, labels: np.ndarray, steps: int, batch_size: int | None = None,
           lr: float | None = None, seed: int = 0, progress=None) -> dict:
-    """``steps`` optimizer steps (see ``runner_common.train_loop``)."""
-    return common.train_loop(Trainer(artifacts, lr), images, labels, steps, batch_size, seed, progress)
+    """``steps`` optimizer steps (see ``runner_fit.train_loop``)."""
+    return train_loop(Trainer(artifacts, lr), images, labels, steps, batch_size, seed, progress)
 
 
 def save_outputs(trainer: Trainer, artifacts: str, out: str) -> tuple[dict, dict]:
     state = trainer.state(copy=False)  # one read of every variable serves the checkpoint and the trained weights
-    common.write_bytes(os.path.join(out, CHECKPOINT), lambda f: np.savez(f, **state))
+    write_bytes(os.path.join(out, CHECKPOINT), lambda f: np.savez(f, **state))
     return trainer.trained(state), {"checkpoint": CHECKPOINT}
 
 
