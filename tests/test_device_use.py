@@ -28,6 +28,8 @@ from edgetl.trainer import Callback, Trainer
 from .conftest import make_image_folder
 from .exportutil import PATTERN_CLASSES, decisive_run, run_runner
 
+pytestmark = pytest.mark.slow  # TFLite exports trained and deployed: CI's second stage
+
 BATCH = 4
 
 

@@ -99,6 +99,7 @@ def test_predict_gives_the_top_classes_and_probabilities_of_an_independent_softm
     assert [u["image"] for u in preds.unreadable] == [str(folder / "stripes_vertical" / "broken.jpg")]
 
 
+@pytest.mark.slow  # the exports take half a minute
 @pytest.mark.parametrize("v3_export", ["onnx", "tflite"], indirect=True)
 def test_an_export_is_evaluated_in_its_own_runtime_with_the_numbers_of_its_run(v3_export, tmp_path):
     data = make_image_folder(tmp_path / "d", classes=PATTERN_CLASSES, per_class=3, size=40)
@@ -162,6 +163,7 @@ def test_bad_input_is_one_line_naming_the_fix(run_dir, folder, tmp_path):
         load_run(tmp_path / "art")
 
 
+@pytest.mark.slow  # the exports take half a minute
 @pytest.mark.parametrize("v3_export", ["tflite"], indirect=True)
 def test_an_export_whose_runtime_is_not_installed_names_the_install(v3_export, tmp_path):
     block = tmp_path / "block"
