@@ -229,8 +229,8 @@ def plot(result: dict, path: str) -> None:
         ax.errorbar(r["training_memory_bytes"] / 2**20, 100 * r["mean"], yerr=100 * r["std"], fmt=marker, color=colour,
                     capsize=3)
         ax.annotate(r["policy"] + (" (device)" if r["leg"] == "device" else ""),
-                    (r["training_memory_bytes"] / 2**20, 100 * r["mean"]), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
+                    (r["training_memory_bytes"] / 2**20, 100 * r["mean"]), textcoords="offset points",
+                    xytext=(5, 4) if r["leg"] == "laptop" else (5, -11), fontsize=8)  # the legs' labels apart
     s = result["settings"]
     ax.set_xscale("log")
     ax.set_xlabel(f"training memory of one step, MiB (profiler, batch {s['batch_size']}, log scale)")
