@@ -36,6 +36,7 @@ def _measured_prefix_peak(micro: int) -> int:
     return int(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # about 9 s: the second stage
 def test_analytic_prefix_transient_with_micro_batches_matches_measured():
     prof = analyze("mobilenet_v2", "mobiletl:5", resolution=160, num_classes=5)
     whole = prof.transient(8)  # the prefix dominates the whole-batch transient of mobiletl:5

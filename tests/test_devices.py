@@ -110,6 +110,7 @@ def test_ssh_full_deploy(sshd, artifacts, tmp_path):
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow  # about 9 s: the second stage
 def test_ssh_dropped_push_resumes_byte_identical(sshd, artifacts, tmp_path):
     art, root = artifacts
     proxy = DroppingProxy(sshd.port, limit=int(0.6 * make_bundle(art).size))  # mid-bundle, after whole files
@@ -265,6 +266,7 @@ def test_cli_probe_and_deploy(sshd, artifacts, tmp_path):
 
 # -- TFLite: the Raspberry Pi route ----------------------------------------------------------------
 
+@pytest.mark.slow  # the TFLite export it needs takes 20 s: the second stage
 def test_ssh_deploy_tflite_and_weights_back(sshd, tflite_artifacts, tmp_path):
     art, root = tflite_artifacts
     out = tmp_path / "result"
@@ -282,6 +284,7 @@ def test_ssh_deploy_tflite_and_weights_back(sshd, tflite_artifacts, tmp_path):
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow  # the TFLite export it needs takes 20 s: the second stage
 def test_adb_tflite_runtime_missing(adb_peer, tflite_artifacts, tmp_path):
     art, _ = tflite_artifacts
     uri = _bare_python_peer(adb_peer, tmp_path, "echo python=3.11.2; echo runtime.numpy=1.26.4")

@@ -126,6 +126,7 @@ def test_adb_python_param_android_and_termux(adb_peer, tmp_path):
 
 # -- the Raspberry-Pi-like device --------------------------------------------------------------------------
 
+@pytest.mark.slow  # the TFLite export it needs takes 20 s: the second stage
 def test_pi_is_like_raspberry_pi_os(pi, tflite_artifacts):
     art, _ = tflite_artifacts
     with connect(pi.uri()) as dev:
