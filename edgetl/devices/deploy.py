@@ -139,7 +139,7 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
                           f"again with --batch-size {batch_size}")
     batch_size = batch_size or fixed or 8
     out = Path(out or f"deploy/{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    local_weights = _local_weights(weights, manifest) if use else None
+    local_weights = _local_weights(absolute(weights, "latest", "export"), manifest) if use else None
     with connect(device_uri) as device:
         info = device.probe()
         events.device(info)

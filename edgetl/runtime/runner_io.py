@@ -23,16 +23,22 @@ class RunnerError(Exception):
 
 
 
-def peak_rss_bytes() -> int:
-    """VmHWM: this process's peak resident memory (Linux, Android)."""
+def proc_bytes(path: str, field: str) -> int | None:
+    """A ``Field:  N kB`` line of a /proc file in bytes (Linux, Android); None where there is none."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return -1
+    return None
+
+
+def peak_rss_bytes() -> int:
+    """VmHWM: this process's peak resident memory (Linux, Android); -1 where unknown."""
+    peak = proc_bytes("/proc/self/status", "VmHWM")
+    return -1 if peak is None else peak
 
 
 def lean_heap() -> bool:

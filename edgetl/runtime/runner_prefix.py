@@ -24,9 +24,9 @@ import os
 import numpy as np
 
 if __package__:  # edgetl.runtime.runner_prefix
-    from .runner_io import DISK_FULL, RunnerError
+    from .runner_io import DISK_FULL, RunnerError, proc_bytes
 else:  # beside the runner on a device
-    from runner_io import DISK_FULL, RunnerError
+    from runner_io import DISK_FULL, RunnerError, proc_bytes
 
 CACHE_DATA, CACHE_HEADER = "feature_cache.npy", "feature_cache.json"
 
@@ -113,14 +113,7 @@ def cache_key(manifest: dict, split, dtype: str) -> str:
 
 def available_memory() -> int | None:
     """MemAvailable from /proc/meminfo (Linux, Android), else None (unknown)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return proc_bytes("/proc/meminfo", "MemAvailable")
 
 
 def _no_room(need: int, what: str) -> RunnerError:
