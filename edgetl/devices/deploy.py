@@ -143,7 +143,11 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
     with connect(device_uri) as device:
         info = device.probe()
         events.device(info)
-        device_data = device.resolve(device_data) if device_data else device_data
+        # every device-side path as its user means it (from the home directory), before the runner, working in
+        # its bundle, sees it
+        device_data, eval_data, evaluate = (device.resolve(p) if p else p for p in (device_data, eval_data, evaluate))
+        if predict:
+            predict = [device.resolve(str(p)) for p in ([predict] if isinstance(predict, (str, Path)) else predict)]
         check_runtime(info, manifest["runtime"])
         if device_data or eval_data or use:
             check_pillow(info, device_uri)
@@ -263,9 +267,8 @@ def _use_args(device, weights: str, local_weights: Path | None, predict, evaluat
             device.push_file(local_weights, weights + ".part")
             device.rename(weights + ".part", weights)
     if predict:
-        paths = [predict] if isinstance(predict, (str, Path)) else list(predict)
-        return f" --predict {' '.join(shlex.quote(str(p)) for p in paths)} --top-k {top_k} --weights {shlex.quote(weights)}"
-    return f" --evaluate {shlex.quote(str(evaluate))} --weights {shlex.quote(weights)}"
+        return f" --predict {' '.join(map(shlex.quote, predict))} --top-k {top_k} --weights {shlex.quote(weights)}"
+    return f" --evaluate {shlex.quote(evaluate)} --weights {shlex.quote(weights)}"
 
 
 def _run_runner(device, command: str, device_uri: str, timeout: float, events: DeployEvents) -> None:
