@@ -41,7 +41,7 @@ from ..optim import OptimizerSpec
 from ..surgery import FrozenPrefix
 from .base import ExportError
 from .split import Prefix
-from .tflite_ops import FORWARD, activation, affine, batch_norm, channel_scale, conv2d, cross_entropy, spatial_mean
+from .tflite_ops import FORWARD, activation, affine, batch_norm, channel_scale, conv2d, cross_entropy, matmul, spatial_mean
 
 SIGNATURES = ("train", "gradients", "infer", "get_weights", "set_weights", "step_count")
 #: PyTorch layout -> TF layout, per kind of weight (and back with the inverse permutation)
@@ -107,6 +107,7 @@ class Lowering:
         self.variables: dict[str, Variable] = {}
         self.tensors: dict[str, tf.Tensor] = {}
         modules = dict(model.named_modules())
+        self.kept_outputs = _kept_outputs(model)
         for name, p in model.named_parameters():
             self._add(name, p.detach().numpy(), "param" if p.requires_grad else None, modules)
         for name, b in model.named_buffers():
@@ -143,7 +144,8 @@ class Lowering:
     def run(self, module: nn.Module, name: str, x, ctx: _Context):
         for cls in type(module).__mro__:
             if cls in LOWERINGS:
-                y = LOWERINGS[cls](self, module, name, x, ctx)
+                with tf.name_scope(f"{name}/" if name else "model/"):  # ops named after their layer (op profiles)
+                    y = LOWERINGS[cls](self, module, name, x, ctx)
                 if ctx.taps is not None and name:
                     ctx.taps[name] = y
                 return y
@@ -153,6 +155,16 @@ class Lowering:
 
     def child(self, module: nn.Module, name: str, child: str, x, ctx: _Context):
         return self.run(getattr(module, child), f"{name}.{child}" if name else child, x, ctx)
+
+
+def _kept_outputs(model: nn.Module) -> set[str]:
+    """Layers whose output the next layer keeps for its own backward: the input of a conv with a trained weight (its
+    weight gradient reads it) or of squeeze-excitation (the input it scales). An activation there needs no mask of
+    its own (:func:`.tflite_ops.activation`)."""
+    leaves = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
+    squeezes = {f"{n}.avgpool" for n, m in model.named_modules() if isinstance(m, SqueezeExcitation)}
+    return {name for (name, _), (after, nxt) in zip(leaves, leaves[1:])
+            if (isinstance(nxt, nn.Conv2d) and nxt.weight.requires_grad) or after in squeezes}
 
 
 def _depthwise(conv: nn.Conv2d) -> bool:
@@ -240,7 +252,7 @@ def _conv(lw: Lowering, m, name, x, ctx):
 @lowers(nn.Linear)
 def _linear(lw: Lowering, m, name, x, ctx):
     ctx.grad_flows |= any(_grads(lw, ctx, f"{name}.{p}") for p in ("weight", "bias") if getattr(m, p) is not None)
-    y = tf.matmul(x, lw.tensor(f"{name}.weight"), transpose_b=True)  # PyTorch's (out, in) layout, as TFLite's
+    y = matmul(x, lw.tensor(f"{name}.weight"), transpose_b=True)  # PyTorch's (out, in) layout
     return y + lw.tensor(f"{name}.bias") if m.bias is not None else y
 
 
@@ -275,7 +287,7 @@ def _activation(lw: Lowering, m, name, x, ctx):
     if not (ctx.backprop and ctx.grad_flows):
         return FORWARD[kind](x)
     threshold = m.threshold if isinstance(m, MaskedHardswish) else 0.0
-    return activation(x, kind, masked=masked, threshold=threshold)
+    return activation(x, kind, masked=masked, threshold=threshold, output_kept=name in lw.kept_outputs)
 
 
 # -- signatures ------------------------------------------------------------------------------------
@@ -316,20 +328,23 @@ class TrainingModule(tf.Module):
     def _loss_and_grads(self, images, labels):
         with tf.GradientTape() as tape:
             logits, ctx = self.lowering.forward(images, training=True)
-            loss = cross_entropy(logits, labels)
+            with tf.name_scope("loss/"):
+                loss = cross_entropy(logits, labels)
         grads = tape.gradient(loss, [p.var for p in self.params])
         missing = [p.name for p, g in zip(self.params, grads) if g is None]
         if missing:
             raise ExportError(f"no gradient reaches {', '.join(missing[:5])}: the lowering lost their path")
         for name, momentum, mean, var, n in ctx.stats:  # PyTorch keeps the unbiased variance
-            for key, batch in (("running_mean", mean), ("running_var", var * (n / max(n - 1, 1)))):
-                v = self.lowering.variables[f"{name}.{key}"].var
-                v.assign((1.0 - momentum) * v + momentum * batch)
+            with tf.name_scope(f"{name}/running_stats/"):
+                for key, batch in (("running_mean", mean), ("running_var", var * (n / max(n - 1, 1)))):
+                    v = self.lowering.variables[f"{name}.{key}"].var
+                    v.assign((1.0 - momentum) * v + momentum * batch)
         return loss, grads
 
     def _train(self, images, labels, lr):
         loss, grads = self._loss_and_grads(images, labels)
-        self._optimizer_step(grads, lr)
+        with tf.name_scope("optimizer/"):
+            self._optimizer_step(grads, lr)
         return {"loss": loss}
 
     def _gradients(self, images, labels):
