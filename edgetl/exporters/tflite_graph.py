@@ -360,11 +360,15 @@ class TrainingModule(tf.Module):
             t = self.step.var.assign_add(1.0)
             c1, c2 = 1.0 - tf.pow(s.betas[0], t), 1.0 - tf.pow(s.betas[1], t)
             for p, g, m, v in zip(self.params, grads, self.slots["exp_avg"], self.slots["exp_avg_sq"]):
-                if s.weight_decay:
+                if s.weight_decay:  # first: the forward pass's read of p serves it (decayed at the end, the read
+                    # would be held through the step)
                     p.var.assign(p.var * (1.0 - lr * s.weight_decay))
-                m.var.assign(s.betas[0] * m.var + (1.0 - s.betas[0]) * g)
-                v.var.assign(s.betas[1] * v.var + (1.0 - s.betas[1]) * g * g)
-                p.var.assign_sub((lr / c1) * m.var / (tf.sqrt(v.var) / tf.sqrt(c2) + s.eps))
+                # the new moments are used as computed, not read back: every read copies the whole tensor
+                m_new = s.betas[0] * m.var + (1.0 - s.betas[0]) * g
+                v_new = s.betas[1] * v.var + (1.0 - s.betas[1]) * g * g
+                m.var.assign(m_new)
+                v.var.assign(v_new)
+                p.var.assign_sub((lr / c1) * m_new / (tf.sqrt(v_new) / tf.sqrt(c2) + s.eps))
             return
         self.step.var.assign_add(1.0)  # PyTorch's SGD: L2 decay in the gradient, momentum buffer starts at g
         for i, (p, g) in enumerate(zip(self.params, grads)):
