@@ -154,7 +154,7 @@ class Lowering:
                           f"ReLU/ReLU6/Hard-Swish/Hardsigmoid, squeeze-excitation, pooling, linear, dropout)")
 
     def child(self, module: nn.Module, name: str, child: str, x, ctx: _Context):
-        return self.run(getattr(module, child), f"{name}.{child}" if name else child, x, ctx)
+        return self.run(getattr(module, child), _path(name, child), x, ctx)
 
 
 def _kept_outputs(model: nn.Module) -> set[str]:
@@ -175,9 +175,48 @@ def _depthwise(conv: nn.Conv2d) -> bool:
 
 @lowers(nn.Sequential)
 def _sequential(lw: Lowering, m, name, x, ctx):
-    for child in m._modules:
-        x = lw.child(m, name, child, x, ctx)
+    children = list(m._modules)
+    i = 0
+    while i < len(children):
+        if i + 1 < len(children) and _foldable(lw, m, children[i], children[i + 1], name, ctx):
+            x = _conv_constant_norm(lw, m, name, children[i], children[i + 1], x, ctx)
+            i += 2
+        else:
+            x = lw.child(m, name, children[i], x, ctx)
+            i += 1
     return x
+
+
+def _path(name: str, child: str) -> str:
+    return f"{name}.{child}" if name else child
+
+
+def _foldable(lw: Lowering, m, conv: str, norm: str, name: str, ctx) -> bool:
+    """A conv followed by a norm whose scale is a constant (running statistics and a frozen weight: MobileTL's
+    shift-only norms, the frozen layers' norms): the scale folds into the conv's weight. Not while layers are tapped
+    one by one (:mod:`.layerdiff` compares every layer's output)."""
+    c, n = getattr(m, conv), getattr(m, norm)
+    norm_name = _path(name, norm)
+    return (ctx.taps is None and isinstance(c, nn.Conv2d) and c.bias is None and isinstance(n, nn.BatchNorm2d)
+            and not (ctx.backprop and norm_name in lw.batch_norms) and not lw.trains(f"{norm_name}.weight"))
+
+
+def _conv_constant_norm(lw: Lowering, m, name, conv: str, norm: str, x, ctx):
+    """conv then norm as one conv: weight * scale per output channel, and the norm's shift as the conv's bias. Two
+    passes over the activation saved in the forward pass (the norm's product) and two in the backward pass (its
+    input gradient): the scale is applied to the kernel, a few thousand numbers, and TensorFlow's gradient of that
+    product carries the weight's gradient back."""
+    c, n = getattr(m, conv), getattr(m, norm)
+    conv_name, norm_name = _path(name, conv), _path(name, norm)
+    with tf.name_scope(f"{conv_name}/"):
+        scale = lw.tensor(f"{norm_name}.weight") * tf.math.rsqrt(lw.tensor(f"{norm_name}.running_var") + n.eps)
+        shift = lw.tensor(f"{norm_name}.bias") - lw.tensor(f"{norm_name}.running_mean") * scale
+        weight = lw.tensor(f"{conv_name}.weight")
+        folded = weight * (tf.reshape(scale, [-1, 1]) if _depthwise(c) else scale)  # the output channel's axis
+        train_w, train_b = _grads(lw, ctx, f"{conv_name}.weight"), _grads(lw, ctx, f"{norm_name}.bias")
+        grads = (ctx.grad_flows and ctx.backprop, train_w, train_b)
+        ctx.grad_flows |= train_w or train_b
+        return _lower_conv(c, conv_name, x, folded, shift, grads, dynamic=isinstance(weight, tf.Variable))
 
 
 @lowers(FrozenPrefix)
@@ -237,16 +276,20 @@ def _identity(lw: Lowering, m, name, x, ctx):
 
 @lowers(nn.Conv2d)
 def _conv(lw: Lowering, m, name, x, ctx):
-    if m.groups not in (1, m.in_channels) or m.dilation != (1, 1) or len(set(m.stride)) != 1 \
-            or isinstance(m.padding, str) or len(set(m.padding)) != 1 or m.padding_mode != "zeros":
-        raise ExportError(f"{name}: conv with groups={m.groups}, dilation={m.dilation}, stride={m.stride}, "
-                          f"padding={m.padding!r} is not supported by the TFLite export")
     bias = f"{name}.bias" if m.bias is not None else None
     train_w, train_b = _grads(lw, ctx, f"{name}.weight"), bool(bias) and _grads(lw, ctx, bias)
     grads = (ctx.grad_flows and ctx.backprop, train_w, train_b)
     ctx.grad_flows |= train_w or train_b
-    return conv2d(x, lw.tensor(f"{name}.weight"), lw.tensor(bias) if bias else None, m.stride[0], m.padding[0],
-                  _depthwise(m), grads)
+    weight = lw.tensor(f"{name}.weight")
+    return _lower_conv(m, name, x, weight, lw.tensor(bias) if bias else None, grads, isinstance(weight, tf.Variable))
+
+
+def _lower_conv(m: nn.Conv2d, name: str, x, weight, bias, grads, dynamic: bool):
+    if m.groups not in (1, m.in_channels) or m.dilation != (1, 1) or len(set(m.stride)) != 1 \
+            or isinstance(m.padding, str) or len(set(m.padding)) != 1 or m.padding_mode != "zeros":
+        raise ExportError(f"{name}: conv with groups={m.groups}, dilation={m.dilation}, stride={m.stride}, "
+                          f"padding={m.padding!r} is not supported by the TFLite export")
+    return conv2d(x, weight, bias, m.stride[0], m.padding[0], _depthwise(m), grads, dynamic=dynamic)
 
 
 @lowers(nn.Linear)

@@ -143,15 +143,17 @@ def _forward_conv(x, w, stride: int, padding: int, depthwise: bool, dynamic: boo
     return tf.nn.conv2d(xp, w, stride, mode)
 
 
-def conv2d(x, w, b, stride: int, padding: int, depthwise: bool, grads: tuple[bool, bool, bool]):
+def conv2d(x, w, b, stride: int, padding: int, depthwise: bool, grads: tuple[bool, bool, bool],
+           dynamic: bool | None = None):
     """PyTorch's conv (zero padding ``padding`` on each side); ``grads`` = (input, weight, bias) wanted.
 
-    ``w`` and ``b`` are variables (trained) or constants (frozen); ``b`` may be None.
+    ``w`` and ``b`` are variables (trained), constants (frozen) or tensors computed from them; ``b`` may be None.
+    ``dynamic``: ``w`` changes from step to step (default: it is a variable).
     """
     want_x, want_w, want_b = grads
     want_b = want_b and b is not None
     k = w.shape[0]
-    dynamic = isinstance(w, tf.Variable)
+    dynamic = isinstance(w, tf.Variable) if dynamic is None else dynamic
 
     def forward(x, w, b):
         y = _forward_conv(x, w, stride, padding, depthwise, dynamic)
