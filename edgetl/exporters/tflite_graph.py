@@ -10,7 +10,9 @@ an unknown layer fails with its name and type. Parameters the policy trains beco
 TF layout; everything frozen becomes a constant. Norms that PyTorch runs with batch statistics in
 training (the fully trained ones) keep their running statistics as variables, updated in the training
 signatures with PyTorch's momentum and unbiased variance. The frozen prefix (``features[:split]``) runs
-in inference mode with no gradient, as :class:`edgetl.surgery.FrozenPrefix` does.
+in inference mode with no gradient, as :class:`edgetl.surgery.FrozenPrefix` does. A conv followed by a norm whose
+scale is a constant (MobileTL's shift-only norms, frozen norms) lowers as one conv: the scale folded into its kernel,
+the shift as its bias. Every layer's ops carry its name as their name scope (op profiles read it).
 
 Signatures (fixed batch size; the input is NCHW, as in PyTorch, and transposed in the graph):
 

@@ -9,13 +9,18 @@
 Everything here is NHWC with TF-layout weights (``HWIO`` for convs, ``HW C 1`` for depthwise). The
 TFLite converter has no builtin for TensorFlow's ``Conv2DBackpropFilter`` and
 ``DepthwiseConv2dNative*`` gradients, so these ops define their own with ``tf.custom_gradient``, built
-from ops that are builtins (conv, depthwise conv, transpose conv, matmul, strided slice, sum, pack):
+from ops that are builtins (conv, depthwise conv, transpose conv, batch matmul, pad, transpose, sum), and
+chosen for speed: the interpreter hands what XNNPACK supports to XNNPACK (multithreaded, AVX-512 or NEON), the
+rest runs in TFLite's own kernels, and ``bench/step_ops.py`` times each operator in the step.
 
+- a trained 1x1 conv (and a linear layer) is a BATCH_MATMUL, forward and backward: XNNPACK runs it with a weight
+  that is a variable, where CONV_2D and FULLY_CONNECTED with a variable weight run in TFLite's own kernels at a
+  fifth of the speed (see ``matmul``); a frozen conv stays a conv (XNNPACK's, with its constant weight);
 - conv weight gradient: one matmul per kernel tap (a single matmul for 1x1);
-- depthwise weight gradient: one multiply-and-sum per kernel tap, with the output gradient shifted to the
-  tap (not the input sliced: see ``_tap_grads``);
-- depthwise input gradient: a depthwise conv of the zero-dilated, padded output gradient with the flipped
-  kernel;
+- depthwise weight gradient: one depthwise conv, the batch moved into the channels and the output gradient as
+  the filter (see ``_depthwise_weight_grad``);
+- depthwise input gradient: the same conv with the kernel flipped (stride 1), or one small conv per output phase
+  (stride 2, ``_depthwise_transposed``);
 - a gradient nobody asked for (``grads``) is not built at all: frozen weights get none, and the first
   trained layer computes no input gradient.
 
@@ -34,9 +39,13 @@ stay matmuls over N * H * W: their kernels measure 6e-6 there, a thousandth of w
 (dx = gamma / sigma * (dy - mean(dy) - x_hat * mean(dy * x_hat))) so that the backward's sums are staged as
 well; it also returns the batch mean and biased variance for the running statistics.
 
-Activations store what their backward needs in the forward pass: a boolean mask for ReLU, ReLU6,
-Hardsigmoid and MobileTL's Hard-Swish (``x > threshold``, the sign approximation), the input itself for
-exact Hard-Swish. TFLite has no bit type, so a mask costs a byte per element here (a bit in PyTorch).
+Activations keep what their backward needs (:class:`Mask`): nothing of their own where the next layer keeps their
+output anyway (a trained conv's input: the mask is computed from the output in the backward pass), else a boolean
+mask made in the forward pass for ReLU, ReLU6, Hardsigmoid and MobileTL's Hard-Swish (``x > threshold``, the sign
+approximation), and the input itself for exact Hard-Swish. TFLite has no bit type, so a kept mask costs a byte
+per element here (a bit in PyTorch).
+
+Every op's name carries its layer's name scope (the backward's under ``grad``), which the op profile reads.
 """
 
 from __future__ import annotations

@@ -266,12 +266,18 @@ def prefix_seconds(model: bytes, signature: str, cuts: list[int], threads: int =
     tree = _load(model)
     index = _subgraphs(tree, (signature,))[signature]
     graph = tree.subgraphs[index]
-    ops = list(graph.operators or [])
+    ops, outputs = list(graph.operators or []), list(graph.outputs)
     inputs = [int(t) for t in graph.inputs]
+    last_use = {int(t): k for k, op in enumerate(ops) for t in (op.inputs if op.inputs is not None else [])}
+    resource = _schema().TensorType.RESOURCE
     rng = np.random.default_rng(seed)
     out = []
     for i, k in enumerate(cuts):
+        # what the rest of the step would read becomes an output: XNNPACK drops operators whose results nobody
+        # reads, and a cut would move their time to the operators that read them
+        made = {int(t) for op in ops[:k] for t in (op.outputs if op.outputs is not None else [])}
         graph.operators = ops[:k]
+        graph.outputs = sorted(t for t in made if last_use.get(t, -1) >= k and graph.tensors[t].type != resource)
         builder = flatbuffers.Builder(len(model) + 2**16)
         builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
         interp = _interpreter(bytes(builder.Output()), threads)
@@ -289,7 +295,7 @@ def prefix_seconds(model: bytes, signature: str, cuts: list[int], threads: int =
         out.append(_timed(functools.partial(wrapper.Invoke, index), 0.0, repeats, clock))
         if progress:
             progress(i)
-    graph.operators = ops
+    graph.operators, graph.outputs = ops, outputs
     return out
 
 
