@@ -191,9 +191,9 @@ def _timed(invoke, budget_s: float, least: int, clock=time.perf_counter) -> floa
 
 
 def _interpreter(model: bytes, threads: int):
-    from ai_edge_litert.interpreter import Interpreter
+    from ..runtime.tflite_runner import make_interpreter  # as the device runner makes it
 
-    return Interpreter(model_content=model, num_threads=threads)
+    return make_interpreter(threads, model_content=model)
 
 
 def op_times(model: bytes, signature: str = "train", threads: int = 1, budget_s: float = 0.02,
