@@ -43,7 +43,18 @@ from ..optim import OptimizerSpec
 from ..surgery import FrozenPrefix
 from .base import ExportError
 from .split import Prefix
-from .tflite_ops import FORWARD, activation, affine, batch_norm, channel_scale, conv2d, cross_entropy, matmul, spatial_mean
+from .tflite_ops import (
+    FORWARD,
+    activation,
+    affine,
+    batch_norm,
+    channel_scale,
+    conv2d,
+    cross_entropy,
+    matmul,
+    pooled,
+    spatial_mean,
+)
 
 SIGNATURES = ("train", "gradients", "infer", "get_weights", "set_weights", "step_count")
 #: PyTorch layout -> TF layout, per kind of weight (and back with the inverse permutation)
@@ -258,7 +269,7 @@ def _inverted_residual(lw: Lowering, m, name, x, ctx):
 
 @lowers(SqueezeExcitation)
 def _squeeze_excitation(lw: Lowering, m, name, x, ctx):
-    s = spatial_mean(x, keepdims=True)
+    x, s = pooled(x) if ctx.backprop and ctx.grad_flows else (x, spatial_mean(x, keepdims=True))
     for child in ("fc1", "activation", "fc2", "scale_activation"):
         s = lw.child(m, name, child, s, ctx)
     return channel_scale(x, s) if ctx.backprop and ctx.grad_flows else s * x
