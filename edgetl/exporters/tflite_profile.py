@@ -249,11 +249,14 @@ def layer_of(name: str) -> tuple[str, str] | None:
     """(layer, part) of an operator's output tensor name, part one of forward, backward, optimizer, running
     statistics; None for a name the lowering did not scope (a variable handle)."""
     path = name.split(";")[0].split("/")
-    if len(path) < 2 or "." not in path[0] and path[0] not in ("model", "loss", "optimizer", "classifier", "features"):
-        return None
+    tape = path[0] == "gradient_tape"  # TensorFlow's own gradients (of a linear layer, say)
+    path = path[1:] if tape else path
+    if len(path) < 2 or path[1].isdigit() or "." not in path[0] and path[0] not in (
+            "model", "loss", "optimizer", "classifier", "features"):
+        return None  # unscoped, or a variable (its handle is named features/1/1/weight)
     if path[0] == "optimizer":
         return "optimizer", "optimizer"
-    part = "backward" if "grad" in path[1:-1] else "running statistics" if "running_stats" in path else "forward"
+    part = "backward" if tape or "grad" in path[1:-1] else "running statistics" if "running_stats" in path else "forward"
     return path[0], part
 
 
@@ -266,7 +269,7 @@ def prefix_seconds(model: bytes, signature: str, cuts: list[int], threads: int =
     tree = _load(model)
     index = _subgraphs(tree, (signature,))[signature]
     graph = tree.subgraphs[index]
-    ops, outputs = list(graph.operators or []), list(graph.outputs)
+    ops, outputs = list(graph.operators or []), [int(t) for t in graph.outputs]
     inputs = [int(t) for t in graph.inputs]
     last_use = {int(t): k for k, op in enumerate(ops) for t in (op.inputs if op.inputs is not None else [])}
     resource = _schema().TensorType.RESOURCE
@@ -277,7 +280,8 @@ def prefix_seconds(model: bytes, signature: str, cuts: list[int], threads: int =
         # reads, and a cut would move their time to the operators that read them
         made = {int(t) for op in ops[:k] for t in (op.outputs if op.outputs is not None else [])}
         graph.operators = ops[:k]
-        graph.outputs = sorted(t for t in made if last_use.get(t, -1) >= k and graph.tensors[t].type != resource)
+        graph.outputs = sorted(t for t in made if (t in outputs or last_use.get(t, -1) >= k)
+                               and graph.tensors[t].type != resource)
         builder = flatbuffers.Builder(len(model) + 2**16)
         builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
         interp = _interpreter(bytes(builder.Output()), threads)
@@ -295,7 +299,7 @@ def prefix_seconds(model: bytes, signature: str, cuts: list[int], threads: int =
         out.append(_timed(functools.partial(wrapper.Invoke, index), 0.0, repeats, clock))
         if progress:
             progress(i)
-    graph.operators, graph.outputs = ops, outputs
+    graph.operators, graph.outputs = ops, np.array(outputs, np.int32)
     return out
 
 
