@@ -36,8 +36,9 @@ axis, no accumulator takes more than max(N, H, W) terms and the export tracks Py
 stay matmuls over N * H * W: their kernels measure 6e-6 there, a thousandth of what validation allows.
 
 ``batch_norm`` is PyTorch's training-mode batch norm (batch statistics), with its backward written out
-(dx = gamma / sigma * (dy - mean(dy) - x_hat * mean(dy * x_hat))) so that the backward's sums are staged as
-well; it also returns the batch mean and biased variance for the running statistics.
+(dx = gamma / sigma * (dy - mean(dy) - x_hat * mean(dy * x_hat)), rearranged so that x_hat is never made) so that
+the backward's sums are staged as well; it also returns the batch mean and biased variance for the running
+statistics.
 
 Activations keep what their backward needs (:class:`Mask`): nothing of their own where the next layer keeps their
 output anyway (a trained conv's input: the mask is computed from the output in the backward pass), else a boolean
@@ -303,10 +304,12 @@ def batch_norm(x, weight, bias, eps: float, grads: tuple[bool, bool, bool]):
 
         @_scoped
         def backward(dy, *_):  # nothing differentiates the statistics' outputs
-            x_hat = centred * rstd
             dbias = channel_sum(dy)
-            dweight = channel_sum(dy * x_hat)
-            out = [(gamma * rstd) * (dy - dbias / n - x_hat * (dweight / n)) if want_x else None]
+            dweight = channel_sum(dy * centred) * rstd  # the sum of dy * x_hat, x_hat = centred * rstd
+            # dx = k * (dy - dbias / n - x_hat * dweight / n) with k = gamma * rstd, as k * dy - (centred * a + b)
+            # with per-channel a and b: x_hat is never made, a pass over the activation fewer
+            k = gamma * rstd
+            out = [dy * k - (centred * (k * rstd * dweight / n) + k * dbias / n) if want_x else None]
             if want_w:
                 out.append(dweight)
             if want_b:
