@@ -75,13 +75,19 @@ def test_benchmark_end_to_end(tmp_path):
     out = tmp_path / "bench.json"
     r = CliRunner().invoke(main, ["benchmark", "--model", "mobilenet_v3_small", "--resolution", "32", "--batch-size",
                                   "4", "--rounds", "1", "--steps", "2", "--policy", "mobiletl:2", "--runtime",
-                                  "pytorch", "--runtime", "onnx", "--json", str(out)])
+                                  "pytorch", "--runtime", "onnx", "--threads", "1", "--json", str(out)])
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())
     rows = {row["runtime"]: row for row in report["rows"]}
-    assert set(rows) == {"pytorch", "onnx"} and "mobiletl:2" in r.output
+    assert set(rows) == {"pytorch", "onnx"} and "mobiletl:2" in r.output and "cached GFLOP/s" in r.output
     expected = analyze("mobilenet_v3_small", "mobiletl:2", 32, 5)
+    # one thread for every runtime, as asked and recorded; the matmul peak measured at it
+    assert report["config"]["threads"] == 1 and report["peak"]["threads"] == 1 and report["peak"]["gflops"] > 1
     for row in rows.values():
+        assert row["threads"] == 1
+        assert row["step_flops"] == expected.training_flops(4) > row["cached_step_flops"] == expected.training_flops(4, True)
+        assert row["step_gflops"] == pytest.approx(row["step_flops"] / row["step_seconds"] / 1e9)
+        assert row["cached_step_gflops"] == pytest.approx(row["cached_step_flops"] / row["cached_step_seconds"] / 1e9)
         assert 0 < row["baseline_rss_bytes"] < row["train_peak_rss_bytes"] <= row["peak_rss_bytes"] < 8 * 2**30
         assert row["step_rss_bytes"] == row["train_peak_rss_bytes"] - row["baseline_rss_bytes"]
         assert 0 < row["cached_step_seconds"] and 0 < row["step_seconds"] < 60
