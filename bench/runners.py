@@ -29,14 +29,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds per cell")
     ap.add_argument("--prefix-batch", default="auto")
+    ap.add_argument("--threads", type=int, help="CPU threads of every runtime (default: every CPU)")
     ap.add_argument("--json")
     args = ap.parse_args()
     console = Console(width=200)
     report = {}
     for name in args.model or ["mobilenet_v2", "mobilenet_v3_large"]:
         cfg = BenchmarkConfig(model=name, batch=args.batch_size, resolution=args.resolution, steps=args.steps,
-                              rounds=args.rounds, prefix_batch=None if args.prefix_batch == "none" else
-                              (args.prefix_batch if args.prefix_batch == "auto" else int(args.prefix_batch)))
+                              rounds=args.rounds, threads=args.threads, prefix_batch=None if args.prefix_batch == "none"
+                              else (args.prefix_batch if args.prefix_batch == "auto" else int(args.prefix_batch)))
         cfg.policies = args.policy or cfg.policies
         cfg.runtimes = args.runtime or cfg.runtimes
         report[name] = run_benchmark(cfg, log=lambda msg: console.print(f"[dim]{msg}[/]"))

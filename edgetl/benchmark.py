@@ -22,6 +22,11 @@ Next to each runner's measured peak stands what deploy predicts from its measure
 (:mod:`edgetl.devices.memory`), and next to each measured step memory (the training peak minus the baseline) the
 analytic total of :mod:`edgetl.profile.analytic` for the same micro-batch and, for TFLite, the runtime's own plan:
 the training subgraph's intermediates in the order the interpreter runs them, plus every variable.
+
+Speed is also read per FLOP: the profiler's FLOPs of a step (and of a cached step: the trained region's forward and
+the backward) over its time give the achieved GFLOP/s, beside the attainable rate of this machine, a float32 matrix
+product at the same thread count (:mod:`edgetl.profile.peak`, measured in every round; the fastest round counts).
+Every runtime runs at ``threads`` (default: every CPU), and the report records it.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from .prefix import check_prefix_batch
 RUNTIMES = {"pytorch": "PyTorch", "onnx": "ONNX Runtime", "tflite": "TFLite"}
 RUNNERS = {"onnx": "ort_runner.py", "tflite": "tflite_runner.py"}
 FIGURES = ("peak_rss_bytes", "train_peak_rss_bytes", "baseline_rss_bytes", "step_seconds", "cached_step_seconds")
+GFLOPS = (("step_gflops", "step_flops", "step_seconds"), ("cached_step_gflops", "cached_step_flops", "cached_step_seconds"))
 RUN_TIMEOUT_S = 1800
 
 
@@ -175,7 +181,7 @@ def _runner_sample(runner, art: Path, fmt: str, shard, cfg: BenchmarkConfig, spl
     times = plain["step_seconds"][1:] or plain["step_seconds"]  # the first step warms up
     # train_peak: the training loop's peak; peak: with the results written too (reading every variable back)
     sample = {"peak_rss_bytes": plain["peak_rss_bytes"], "train_peak_rss_bytes": plain.get("train_peak_rss_bytes"),
-              "step_seconds": statistics.median(times),
+              "step_seconds": statistics.median(times), "threads": plain.get("threads"),
               "prefix_batch": plain.get("prefix_batch"), "cached_step_seconds": None}
     if isinstance(runner, _Remote):
         sample["baseline_rss_bytes"] = runner.baseline(art, fmt, cfg.prefix_batch, plain.get("_report"))
@@ -206,8 +212,12 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = lambda msg:
     from .data import pack_uint8_shard
     from .exporters import export
     from .profile.analytic import analyze
+    from .profile.peak import matmul_peak
     from .profile.step import measure_step
 
+    if not cfg.threads and not cfg.device:
+        cfg.threads = os.cpu_count()  # recorded as run: every runtime gets the same count
+    peaks = []
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         root = Path(tmp)
         runner = _Remote(cfg.device, root) if cfg.device else _Local(root, cfg.threads)
@@ -218,10 +228,12 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = lambda msg:
         for policy in cfg.policies:
             prof = analyze(cfg.model, policy, cfg.resolution, num_classes=5)
             splits[policy] = prof.split
+            flops = {"step_flops": prof.training_flops(cfg.batch),
+                     "cached_step_flops": prof.training_flops(cfg.batch, cached=True) if prof.split else None}
             micro = prof.auto_prefix_batch(cfg.batch) if cfg.prefix_batch == "auto" else cfg.prefix_batch
             analytic[policy] = {"training_memory_bytes": prof.totals(cfg.batch, cfg.optimizer, micro)[
                 "training_memory_bytes"], "unstreamed_memory_bytes": prof.totals(cfg.batch, cfg.optimizer)[
-                "training_memory_bytes"], "prefix_batch": micro if prof.split else None}
+                "training_memory_bytes"], "prefix_batch": micro if prof.split else None, **flops}
             fmts = [r for r in cfg.runtimes if r in RUNNERS]
             if fmts:
                 run = random_run(root / f"run-{policy.replace(':', '')}", cfg.model, policy, cfg.resolution)
@@ -234,12 +246,15 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = lambda msg:
         cells = [(p, r) for p in cfg.policies for r in cfg.runtimes]
         samples: dict[tuple, list] = {c: [] for c in cells}
         for rnd in range(cfg.rounds):
+            if not cfg.device:  # the device's own rate is not measured: this machine's would mislead
+                log(f"round {rnd + 1}/{cfg.rounds}: float32 matmul at {cfg.threads} threads")
+                peaks.append(matmul_peak(cfg.threads))
             for policy, rt in cells:
                 log(f"round {rnd + 1}/{cfg.rounds}: {policy} on {RUNTIMES[rt]}")
                 tag = f"{rt}-{policy.replace(':', '')}-{rnd}"
                 if rt == "pytorch":
                     m = measure_step(cfg.model, policy, cfg.batch, cfg.resolution, cfg.optimizer, cfg.prefix_batch,
-                                     cached=bool(splits[policy]), steps=cfg.steps)
+                                     cached=bool(splits[policy]), steps=cfg.steps, threads=cfg.threads)
                     m["cached_step_seconds"] = m.get("cached_step_seconds")
                     m["train_peak_rss_bytes"] = m["peak_rss_bytes"]  # the step alone: no results to write
                     samples[policy, rt].append(m)
@@ -252,12 +267,20 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = lambda msg:
     for policy, rt in cells:
         med = _median(samples[policy, rt])
         step = (med["train_peak_rss_bytes"] - med["baseline_rss_bytes"]) if med["baseline_rss_bytes"] else None
-        rows.append({"policy": policy, "runtime": rt, **med, "step_rss_bytes": step,
-                     "analytic_bytes": analytic[policy]["training_memory_bytes"],
-                     "analytic_unstreamed_bytes": analytic[policy]["unstreamed_memory_bytes"],
-                     "planned_bytes": plans.get((policy, rt)), "predicted_bytes": predicted.get((policy, rt)),
-                     "where": cfg.device if cfg.device and rt != "pytorch" else "local://"})
-    return {"format": "edgetl.benchmark/1", "config": asdict(cfg), "rows": rows}
+        row = {"policy": policy, "runtime": rt, **med, "step_rss_bytes": step,
+               "analytic_bytes": analytic[policy]["training_memory_bytes"],
+               "analytic_unstreamed_bytes": analytic[policy]["unstreamed_memory_bytes"],
+               "planned_bytes": plans.get((policy, rt)), "predicted_bytes": predicted.get((policy, rt)),
+               "threads": samples[policy, rt][0].get("threads"),
+               "where": cfg.device if cfg.device and rt != "pytorch" else "local://"}
+        for gflops, flops, seconds in GFLOPS:
+            row[flops] = analytic[policy][flops]
+            row[gflops] = row[flops] / row[seconds] / 1e9 if row[flops] and row[seconds] else None
+        rows.append(row)
+    best = max(peaks, key=lambda p: p["gflops"]) if peaks else None
+    return {"format": "edgetl.benchmark/1", "config": asdict(cfg), "rows": rows,
+            "peak": {"threads": best["threads"], "gflops": best["gflops"], "rounds": [p["gflops"] for p in peaks]}
+            if best else None}
 
 
 def _predicted(art: Path, batch: int, baseline: int | None) -> int | None:
@@ -307,7 +330,8 @@ def write_json(report: dict, path) -> None:
 
 
 def plot(report: dict, path) -> None:
-    """Two panels: the training peak RSS (the runtime baseline shaded) and step time (uncached, cached) per policy and runtime."""
+    """Three panels per policy and runtime: the training peak RSS (the runtime baseline shaded), step time (uncached,
+    cached), and achieved GFLOP/s beside the machine's float32 matmul peak."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -317,22 +341,30 @@ def plot(report: dict, path) -> None:
     labels = [f"{r['policy']}\n{RUNTIMES[r['runtime']]}" for r in rows]
     mib = [(r.get("train_peak_rss_bytes") or r["peak_rss_bytes"] or 0) / 2**20 for r in rows]
     base = [(r["baseline_rss_bytes"] or 0) / 2**20 for r in rows]
-    step = [1000 * (r["step_seconds"] or 0) for r in rows]
-    cached = [1000 * (r["cached_step_seconds"] or 0) for r in rows]
     xs = range(len(rows))
-    fig, (a, b) = plt.subplots(2, 1, figsize=(max(7, 0.9 * len(rows)), 6.5), sharex=True)
+    fig, (a, b, g) = plt.subplots(3, 1, figsize=(max(7, 0.9 * len(rows)), 9), sharex=True)
     a.bar(xs, mib, color="#d95f02", label="training peak RSS")
     a.bar(xs, base, color="#b3b3b3", label="runtime baseline (imported, loaded)")
     a.set_ylabel("MiB")
     a.legend(fontsize=8)
-    b.bar([x - 0.2 for x in xs], step, width=0.4, color="#1b9e77", label="step")
-    b.bar([x + 0.2 for x in xs], cached, width=0.4, color="#7570b3", label="step with the feature cache")
-    b.set_ylabel("ms")
+    for axis, keys, unit in ((b, ("step_seconds", "cached_step_seconds"), "ms"),
+                             (g, ("step_gflops", "cached_step_gflops"), "GFLOP/s")):
+        scale = 1000 if unit == "ms" else 1
+        for shift, key, color, name in ((-0.2, keys[0], "#1b9e77", "step"),
+                                        (0.2, keys[1], "#7570b3", "step with the feature cache")):
+            axis.bar([x + shift for x in xs], [scale * (r.get(key) or 0) for r in rows], width=0.4, color=color,
+                     label=name)
+        axis.set_ylabel(unit)
+    peak = report.get("peak")
+    if peak:
+        g.axhline(peak["gflops"], color="#e7298a", linestyle="--",
+                  label=f"float32 matmul, {peak['threads']} threads: {peak['gflops']:,.0f}")
     b.legend(fontsize=8)
-    b.set_xticks(list(xs), labels, fontsize=7)
+    g.legend(fontsize=8)
+    g.set_xticks(list(xs), labels, fontsize=7)
     c = report["config"]
     fig.suptitle(f"{c['model']}, batch {c['batch']}, {c['resolution']}x{c['resolution']}, {c['optimizer']}, "
-                 f"prefix batch {c['prefix_batch']}")
+                 f"prefix batch {c['prefix_batch']}, {c.get('threads') or 'default'} threads")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -255,30 +255,56 @@ def _ms(s) -> str:
 
 
 def print_benchmark(report: dict, console: Console | None = None) -> None:
-    """The ``edgetl benchmark`` table: one row per (policy, runtime), with the ratios the targets speak of."""
+    """The ``edgetl benchmark`` tables, memory and speed: one row per (policy, runtime), with the ratios the targets
+    speak of."""
     console = console or Console()
-    c = report["config"]
-    table = Table(title=f"{c['model']}, batch {c['batch']}, {c['resolution']}x{c['resolution']}, {c['optimizer']}, "
-                        f"prefix batch {c['prefix_batch']}: medians of {c['rounds']} interleaved round(s)")
+    c, rows = report["config"], report["rows"]
+    setting = (f"{c['model']}, batch {c['batch']}, {c['resolution']}x{c['resolution']}, {c['optimizer']}, "
+               f"prefix batch {c['prefix_batch']}, {c.get('threads') or 'default'} threads")
+    names = {"pytorch": "PyTorch", "onnx": "ONNX Runtime", "tflite": "TFLite"}
+    table = Table(title=f"Memory: {setting}: medians of {c['rounds']} interleaved round(s)")
     for col in ("policy", "runtime", "training peak MiB", "peak with results MiB", "predicted MiB", "baseline MiB",
                 "step MiB (training peak - baseline)", "analytic MiB", "measured / analytic", "runtime plan MiB",
-                "vs ft training peak", "step ms", "cached step ms", "cached / uncached"):
+                "vs ft training peak"):
         table.add_column(col, justify="left" if col in ("policy", "runtime") else "right")
-    ft = {r["runtime"]: r for r in report["rows"] if r["policy"].startswith("ft:")}
-    for r in report["rows"]:
+    ft = {r["runtime"]: r for r in rows if r["policy"].startswith("ft:")}
+    for r in rows:
         step, analytic = r.get("step_rss_bytes"), r.get("analytic_bytes")
         ref = ft.get(r["runtime"])
         table.add_row(
-            r["policy"], {"pytorch": "PyTorch", "onnx": "ONNX Runtime", "tflite": "TFLite"}[r["runtime"]],
+            r["policy"], names[r["runtime"]],
             _mib(r.get("train_peak_rss_bytes")), _mib(r["peak_rss_bytes"]), _mib(r.get("predicted_bytes")),
             _mib(r["baseline_rss_bytes"]), _mib(step),
             _mib(analytic),
             f"{step / analytic:.2f}" if step and analytic else "-", _mib(r.get("planned_bytes")),
             f"{r['train_peak_rss_bytes'] / ref['train_peak_rss_bytes']:.2f}" if ref and r.get("train_peak_rss_bytes")
-            else "-",
-            _ms(r["step_seconds"]), _ms(r["cached_step_seconds"]),
-            f"{r['cached_step_seconds'] / r['step_seconds']:.2f}" if r["cached_step_seconds"] else "-")
+            else "-")
     console.print(table)
+    peak = report.get("peak")
+    table = Table(title=f"Speed: {setting}; float32 matmul peak "
+                        + (f"{peak['gflops']:,.0f} GFLOP/s" if peak else "not measured (a device)"))
+    for col in ("policy", "runtime", "step ms", "cached step ms", "cached / uncached", "step / PyTorch's",
+                "cached / PyTorch's", "step GFLOP/s", "cached GFLOP/s", "cached / peak"):
+        table.add_column(col, justify="left" if col in ("policy", "runtime") else "right")
+    torch = {r["policy"]: r for r in rows if r["runtime"] == "pytorch"}
+    for r in rows:
+        ref = torch.get(r["policy"]) if r["runtime"] != "pytorch" else None
+        cached = r.get("cached_step_gflops")
+        table.add_row(
+            r["policy"], names[r["runtime"]], _ms(r["step_seconds"]), _ms(r["cached_step_seconds"]),
+            _ratio(r["cached_step_seconds"], r["step_seconds"]),
+            _ratio(r["step_seconds"], ref and ref["step_seconds"]),
+            _ratio(r["cached_step_seconds"], ref and ref["cached_step_seconds"]),
+            _gflops(r.get("step_gflops")), _gflops(cached), _ratio(cached, peak and peak["gflops"]))
+    console.print(table)
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}" if a and b else "-"
+
+
+def _gflops(g) -> str:
+    return f"{g:,.0f}" if g else "-"
 
 
 def _pct(x) -> str:

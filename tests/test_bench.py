@@ -90,3 +90,25 @@ def test_runner_memory_bench(tmp_path):
         assert 0 < r["baseline_rss_bytes"] < r["peak_rss_bytes"] and r["step_seconds"] > 0 and r["cached_step_seconds"] > 0
         manifest = json.loads((art / "manifest.json").read_text())
         assert r["planned_bytes"] > manifest["train_intermediates_bytes"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["tflite", "onnx"])
+def test_step_ops_bench(tmp_path, runtime):
+    """Every operator of the trained region's step is listed with a layer and a part; TFLite's times in the step
+    add up to its prefixes' (monotone) fit, and the layers carry the profiler's FLOPs."""
+    pytest.importorskip("ai_edge_litert" if runtime == "tflite" else "onnxruntime.training")
+    data, table = _bench("step_ops.py", "--runtime", runtime, "--model", "mobilenet_v3_small", "--policy", "mobiletl:2",
+                         "--resolution", "64", "--batch-size", "2", "--threads", "1", "--segments", "12", "--steps", "3",
+                         tmp_path=tmp_path)
+    ops = data["ops"]
+    assert "Per layer" in table and "Per operator type" in table and "features.11.block.3.0" in table
+    assert ops and all(o["layer"] and o["part"] for o in ops) and data["step_s"] > 0
+    assert {"forward", "backward"} <= {o["part"] for o in ops}
+    if runtime == "tflite":
+        fit = data["prefix_fit_s"]
+        assert all(a <= b for a, b in zip(fit, fit[1:])) and len(fit) == len(data["cuts"]) <= 13
+        assert sum(o["in_step_s"] for o in ops) == pytest.approx(fit[-1] - fit[0], rel=1e-6)
+        assert "optimizer" in {o["part"] for o in ops} and any(o["op"] == "BATCH_MATMUL" and o["xnnpack"] for o in ops)
+    else:
+        assert any(o["op"] == "ConvGrad" for o in ops) and all(o["in_step_s"] >= 0 for o in ops)

@@ -78,13 +78,21 @@ def test_benchmark_end_to_end(tmp_path):
     than 10 % above it."""
     out = tmp_path / "bench.json"
     r = CliRunner().invoke(main, ["benchmark", "--model", "mobilenet_v3_small", "--resolution", "64", "--batch-size",
-                                  "8", "--rounds", "1", "--steps", "2", "--policy", "mobiletl:5", "--json", str(out)])
+                                  "8", "--rounds", "1", "--steps", "2", "--policy", "mobiletl:5", "--threads", "1",
+                                  "--json", str(out)])
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())
     rows = {(row["policy"], row["runtime"]): row for row in report["rows"]}
     assert {rt for _, rt in rows} == {"pytorch", "onnx", "tflite"} and "mobiletl:5" in r.output
+    assert "cached GFLOP/s" in r.output
+    # one thread for every runtime, as asked and recorded; the matmul peak measured at it
+    assert report["config"]["threads"] == 1 and report["peak"]["threads"] == 1 and report["peak"]["gflops"] > 1
     for (policy, runtime), row in rows.items():
         expected = analyze("mobilenet_v3_small", policy, 64, 5)
+        assert row["threads"] == 1
+        assert row["step_flops"] == expected.training_flops(8) > row["cached_step_flops"] == expected.training_flops(8, True)
+        assert row["step_gflops"] == pytest.approx(row["step_flops"] / row["step_seconds"] / 1e9)
+        assert row["cached_step_gflops"] == pytest.approx(row["cached_step_flops"] / row["cached_step_seconds"] / 1e9)
         assert 0 < row["baseline_rss_bytes"] < row["train_peak_rss_bytes"] <= row["peak_rss_bytes"] < 8 * 2**30
         assert row["step_rss_bytes"] == row["train_peak_rss_bytes"] - row["baseline_rss_bytes"]
         assert 0 < row["step_seconds"] < 60 and (row["cached_step_seconds"] or 0) >= 0

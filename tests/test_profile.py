@@ -86,6 +86,18 @@ def test_profile_leaves_model_untouched_and_rejects_unknown_layers():
         profile_model(model, 64)
 
 
+def test_cached_step_flops_are_the_trained_regions():
+    """With the feature cache a step skips the frozen prefix's forward pass: the FLOPs left are the step's minus the
+    forward FLOPs of features[:split], counted here on ft:5's profile (the same frozen prefix, in inference mode)."""
+    prof, ft, full = (analyze("mobilenet_v2", p, 64, 5) for p in ("mobiletl:5", "ft:5", "full"))
+    assert prof.split == ft.split == 13 and full.split == 0
+    prefix = sum(layer.cost.forward_flops for layer in ft.layers
+                 if layer.name.startswith("features.") and int(layer.name.split(".")[1]) < 13)
+    assert prof.training_flops(8) == prof.totals(8)["training_flops"]
+    assert prof.training_flops(8, cached=True) == pytest.approx(prof.training_flops(8) - 8 * prefix)
+    assert full.training_flops(8, cached=True) == full.training_flops(8)  # no prefix, nothing cached
+
+
 def test_flops_reduction_and_needed_backward():
     profs = {p: analyze("mobilenet_v3_large", p, 64, 10) for p in ("full", "last", "ft:5")}
 

@@ -239,7 +239,7 @@ class TfliteProbe:
     runtime (ai-edge-litert). The kernels are the export's; only the tapped tensors are extra outputs."""
 
     def __init__(self, model: nn.Module, batch_size: int, resolution: int, threads: int | None = None):
-        from ..runtime.tflite_runner import interpreter_class
+        from ..runtime.tflite_runner import make_interpreter
         from .tflite import _backend, convert
         from .tflite_graph import Lowering
         from .tflite_ops import cross_entropy
@@ -280,7 +280,7 @@ class TfliteProbe:
 
         self.model_bytes = convert(Layers(), tf)
         self._names = list(tapped)
-        interpreter = interpreter_class()(model_content=self.model_bytes, num_threads=threads)
+        interpreter = make_interpreter(threads or 1, model_content=self.model_bytes)
         self._runner = interpreter.get_signature_runner("layers")
 
     def names(self) -> list[str]:

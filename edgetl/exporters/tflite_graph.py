@@ -10,7 +10,9 @@ an unknown layer fails with its name and type. Parameters the policy trains beco
 TF layout; everything frozen becomes a constant. Norms that PyTorch runs with batch statistics in
 training (the fully trained ones) keep their running statistics as variables, updated in the training
 signatures with PyTorch's momentum and unbiased variance. The frozen prefix (``features[:split]``) runs
-in inference mode with no gradient, as :class:`edgetl.surgery.FrozenPrefix` does.
+in inference mode with no gradient, as :class:`edgetl.surgery.FrozenPrefix` does. A conv followed by a norm whose
+scale is a constant (MobileTL's shift-only norms, frozen norms) lowers as one conv: the scale folded into its kernel,
+the shift as its bias. Every layer's ops carry its name as their name scope (op profiles read it).
 
 Signatures (fixed batch size; the input is NCHW, as in PyTorch, and transposed in the graph):
 
@@ -41,7 +43,18 @@ from ..optim import OptimizerSpec
 from ..surgery import FrozenPrefix
 from .base import ExportError
 from .split import Prefix
-from .tflite_ops import FORWARD, activation, affine, batch_norm, channel_scale, conv2d, cross_entropy, spatial_mean
+from .tflite_ops import (
+    FORWARD,
+    activation,
+    affine,
+    batch_norm,
+    channel_scale,
+    conv2d,
+    cross_entropy,
+    matmul,
+    pooled,
+    spatial_mean,
+)
 
 SIGNATURES = ("train", "gradients", "infer", "get_weights", "set_weights", "step_count")
 #: PyTorch layout -> TF layout, per kind of weight (and back with the inverse permutation)
@@ -107,6 +120,7 @@ class Lowering:
         self.variables: dict[str, Variable] = {}
         self.tensors: dict[str, tf.Tensor] = {}
         modules = dict(model.named_modules())
+        self.kept_outputs = _kept_outputs(model)
         for name, p in model.named_parameters():
             self._add(name, p.detach().numpy(), "param" if p.requires_grad else None, modules)
         for name, b in model.named_buffers():
@@ -143,7 +157,8 @@ class Lowering:
     def run(self, module: nn.Module, name: str, x, ctx: _Context):
         for cls in type(module).__mro__:
             if cls in LOWERINGS:
-                y = LOWERINGS[cls](self, module, name, x, ctx)
+                with tf.name_scope(f"{name}/" if name else "model/"):  # ops named after their layer (op profiles)
+                    y = LOWERINGS[cls](self, module, name, x, ctx)
                 if ctx.taps is not None and name:
                     ctx.taps[name] = y
                 return y
@@ -152,7 +167,17 @@ class Lowering:
                           f"ReLU/ReLU6/Hard-Swish/Hardsigmoid, squeeze-excitation, pooling, linear, dropout)")
 
     def child(self, module: nn.Module, name: str, child: str, x, ctx: _Context):
-        return self.run(getattr(module, child), f"{name}.{child}" if name else child, x, ctx)
+        return self.run(getattr(module, child), _path(name, child), x, ctx)
+
+
+def _kept_outputs(model: nn.Module) -> set[str]:
+    """Layers whose output the next layer keeps for its own backward: the input of a conv with a trained weight (its
+    weight gradient reads it) or of squeeze-excitation (the input it scales). An activation there needs no mask of
+    its own (:func:`.tflite_ops.activation`)."""
+    leaves = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
+    squeezes = {f"{n}.avgpool" for n, m in model.named_modules() if isinstance(m, SqueezeExcitation)}
+    return {name for (name, _), (after, nxt) in zip(leaves, leaves[1:])
+            if (isinstance(nxt, nn.Conv2d) and nxt.weight.requires_grad) or after in squeezes}
 
 
 def _depthwise(conv: nn.Conv2d) -> bool:
@@ -163,9 +188,48 @@ def _depthwise(conv: nn.Conv2d) -> bool:
 
 @lowers(nn.Sequential)
 def _sequential(lw: Lowering, m, name, x, ctx):
-    for child in m._modules:
-        x = lw.child(m, name, child, x, ctx)
+    children = list(m._modules)
+    i = 0
+    while i < len(children):
+        if i + 1 < len(children) and _foldable(lw, m, children[i], children[i + 1], name, ctx):
+            x = _conv_constant_norm(lw, m, name, children[i], children[i + 1], x, ctx)
+            i += 2
+        else:
+            x = lw.child(m, name, children[i], x, ctx)
+            i += 1
     return x
+
+
+def _path(name: str, child: str) -> str:
+    return f"{name}.{child}" if name else child
+
+
+def _foldable(lw: Lowering, m, conv: str, norm: str, name: str, ctx) -> bool:
+    """A conv followed by a norm whose scale is a constant (running statistics and a frozen weight: MobileTL's
+    shift-only norms, the frozen layers' norms): the scale folds into the conv's weight. Not while layers are tapped
+    one by one (:mod:`.layerdiff` compares every layer's output)."""
+    c, n = getattr(m, conv), getattr(m, norm)
+    norm_name = _path(name, norm)
+    return (ctx.taps is None and isinstance(c, nn.Conv2d) and c.bias is None and isinstance(n, nn.BatchNorm2d)
+            and not (ctx.backprop and norm_name in lw.batch_norms) and not lw.trains(f"{norm_name}.weight"))
+
+
+def _conv_constant_norm(lw: Lowering, m, name, conv: str, norm: str, x, ctx):
+    """conv then norm as one conv: weight * scale per output channel, and the norm's shift as the conv's bias. Two
+    passes over the activation saved in the forward pass (the norm's product) and two in the backward pass (its
+    input gradient): the scale is applied to the kernel, a few thousand numbers, and TensorFlow's gradient of that
+    product carries the weight's gradient back."""
+    c, n = getattr(m, conv), getattr(m, norm)
+    conv_name, norm_name = _path(name, conv), _path(name, norm)
+    with tf.name_scope(f"{conv_name}/"):
+        scale = lw.tensor(f"{norm_name}.weight") * tf.math.rsqrt(lw.tensor(f"{norm_name}.running_var") + n.eps)
+        shift = lw.tensor(f"{norm_name}.bias") - lw.tensor(f"{norm_name}.running_mean") * scale
+        weight = lw.tensor(f"{conv_name}.weight")
+        folded = weight * (tf.reshape(scale, [-1, 1]) if _depthwise(c) else scale)  # the output channel's axis
+        train_w, train_b = _grads(lw, ctx, f"{conv_name}.weight"), _grads(lw, ctx, f"{norm_name}.bias")
+        grads = (ctx.grad_flows and ctx.backprop, train_w, train_b)
+        ctx.grad_flows |= train_w or train_b
+        return _lower_conv(c, conv_name, x, folded, shift, grads, dynamic=isinstance(weight, tf.Variable))
 
 
 @lowers(FrozenPrefix)
@@ -205,7 +269,7 @@ def _inverted_residual(lw: Lowering, m, name, x, ctx):
 
 @lowers(SqueezeExcitation)
 def _squeeze_excitation(lw: Lowering, m, name, x, ctx):
-    s = spatial_mean(x, keepdims=True)
+    x, s = pooled(x) if ctx.backprop and ctx.grad_flows else (x, spatial_mean(x, keepdims=True))
     for child in ("fc1", "activation", "fc2", "scale_activation"):
         s = lw.child(m, name, child, s, ctx)
     return channel_scale(x, s) if ctx.backprop and ctx.grad_flows else s * x
@@ -225,22 +289,26 @@ def _identity(lw: Lowering, m, name, x, ctx):
 
 @lowers(nn.Conv2d)
 def _conv(lw: Lowering, m, name, x, ctx):
-    if m.groups not in (1, m.in_channels) or m.dilation != (1, 1) or len(set(m.stride)) != 1 \
-            or isinstance(m.padding, str) or len(set(m.padding)) != 1 or m.padding_mode != "zeros":
-        raise ExportError(f"{name}: conv with groups={m.groups}, dilation={m.dilation}, stride={m.stride}, "
-                          f"padding={m.padding!r} is not supported by the TFLite export")
     bias = f"{name}.bias" if m.bias is not None else None
     train_w, train_b = _grads(lw, ctx, f"{name}.weight"), bool(bias) and _grads(lw, ctx, bias)
     grads = (ctx.grad_flows and ctx.backprop, train_w, train_b)
     ctx.grad_flows |= train_w or train_b
-    return conv2d(x, lw.tensor(f"{name}.weight"), lw.tensor(bias) if bias else None, m.stride[0], m.padding[0],
-                  _depthwise(m), grads)
+    weight = lw.tensor(f"{name}.weight")
+    return _lower_conv(m, name, x, weight, lw.tensor(bias) if bias else None, grads, isinstance(weight, tf.Variable))
+
+
+def _lower_conv(m: nn.Conv2d, name: str, x, weight, bias, grads, dynamic: bool):
+    if m.groups not in (1, m.in_channels) or m.dilation != (1, 1) or len(set(m.stride)) != 1 \
+            or isinstance(m.padding, str) or len(set(m.padding)) != 1 or m.padding_mode != "zeros":
+        raise ExportError(f"{name}: conv with groups={m.groups}, dilation={m.dilation}, stride={m.stride}, "
+                          f"padding={m.padding!r} is not supported by the TFLite export")
+    return conv2d(x, weight, bias, m.stride[0], m.padding[0], _depthwise(m), grads, dynamic=dynamic)
 
 
 @lowers(nn.Linear)
 def _linear(lw: Lowering, m, name, x, ctx):
     ctx.grad_flows |= any(_grads(lw, ctx, f"{name}.{p}") for p in ("weight", "bias") if getattr(m, p) is not None)
-    y = tf.matmul(x, lw.tensor(f"{name}.weight"), transpose_b=True)  # PyTorch's (out, in) layout, as TFLite's
+    y = matmul(x, lw.tensor(f"{name}.weight"), transpose_b=True)  # PyTorch's (out, in) layout
     return y + lw.tensor(f"{name}.bias") if m.bias is not None else y
 
 
@@ -275,7 +343,7 @@ def _activation(lw: Lowering, m, name, x, ctx):
     if not (ctx.backprop and ctx.grad_flows):
         return FORWARD[kind](x)
     threshold = m.threshold if isinstance(m, MaskedHardswish) else 0.0
-    return activation(x, kind, masked=masked, threshold=threshold)
+    return activation(x, kind, masked=masked, threshold=threshold, output_kept=name in lw.kept_outputs)
 
 
 # -- signatures ------------------------------------------------------------------------------------
@@ -316,20 +384,23 @@ class TrainingModule(tf.Module):
     def _loss_and_grads(self, images, labels):
         with tf.GradientTape() as tape:
             logits, ctx = self.lowering.forward(images, training=True)
-            loss = cross_entropy(logits, labels)
+            with tf.name_scope("loss/"):
+                loss = cross_entropy(logits, labels)
         grads = tape.gradient(loss, [p.var for p in self.params])
         missing = [p.name for p, g in zip(self.params, grads) if g is None]
         if missing:
             raise ExportError(f"no gradient reaches {', '.join(missing[:5])}: the lowering lost their path")
         for name, momentum, mean, var, n in ctx.stats:  # PyTorch keeps the unbiased variance
-            for key, batch in (("running_mean", mean), ("running_var", var * (n / max(n - 1, 1)))):
-                v = self.lowering.variables[f"{name}.{key}"].var
-                v.assign((1.0 - momentum) * v + momentum * batch)
+            with tf.name_scope(f"{name}/running_stats/"):
+                for key, batch in (("running_mean", mean), ("running_var", var * (n / max(n - 1, 1)))):
+                    v = self.lowering.variables[f"{name}.{key}"].var
+                    v.assign((1.0 - momentum) * v + momentum * batch)
         return loss, grads
 
     def _train(self, images, labels, lr):
         loss, grads = self._loss_and_grads(images, labels)
-        self._optimizer_step(grads, lr)
+        with tf.name_scope("optimizer/"):
+            self._optimizer_step(grads, lr)
         return {"loss": loss}
 
     def _gradients(self, images, labels):
@@ -345,11 +416,15 @@ class TrainingModule(tf.Module):
             t = self.step.var.assign_add(1.0)
             c1, c2 = 1.0 - tf.pow(s.betas[0], t), 1.0 - tf.pow(s.betas[1], t)
             for p, g, m, v in zip(self.params, grads, self.slots["exp_avg"], self.slots["exp_avg_sq"]):
-                if s.weight_decay:
+                if s.weight_decay:  # first: the forward pass's read of p serves it (decayed at the end, the read
+                    # would be held through the step)
                     p.var.assign(p.var * (1.0 - lr * s.weight_decay))
-                m.var.assign(s.betas[0] * m.var + (1.0 - s.betas[0]) * g)
-                v.var.assign(s.betas[1] * v.var + (1.0 - s.betas[1]) * g * g)
-                p.var.assign_sub((lr / c1) * m.var / (tf.sqrt(v.var) / tf.sqrt(c2) + s.eps))
+                # the new moments are used as computed, not read back: every read copies the whole tensor
+                m_new = s.betas[0] * m.var + (1.0 - s.betas[0]) * g
+                v_new = s.betas[1] * v.var + (1.0 - s.betas[1]) * g * g
+                m.var.assign(m_new)
+                v.var.assign(v_new)
+                p.var.assign_sub((lr / c1) * m_new / (tf.sqrt(v_new) / tf.sqrt(c2) + s.eps))
             return
         self.step.var.assign_add(1.0)  # PyTorch's SGD: L2 decay in the gradient, momentum buffer starts at g
         for i, (p, g) in enumerate(zip(self.params, grads)):

@@ -81,6 +81,19 @@ class ModelProfile:
         return choose_prefix_batch(self.prefix_layer_bytes_per_sample, self.prefix_output_bytes_per_sample,
                                    self.trained_layer_bytes_per_sample, batch)
 
+    def training_flops(self, batch: int, cached: bool = False) -> float:
+        """FLOPs of one step at ``batch``; ``cached``: from the frozen prefix's cached output (the trained region's
+        forward and the backward, what epochs after the first cost with the feature cache)."""
+        flops = sum(sum(layer.flops(batch).values()) for layer in self.layers)
+        if cached and self.split:
+            flops -= sum(layer.flops(batch)["forward_flops"] for layer in self.layers if self.in_prefix(layer))
+        return flops
+
+    def in_prefix(self, layer: LayerProfile) -> bool:
+        """``layer`` belongs to the frozen prefix, ``features[:split]``."""
+        block = layer.block.split(".")
+        return block[0] == "features" and len(block) > 1 and int(block[1]) < self.split
+
     def transient(self, batch: int, prefix_batch: int | str | None = None) -> int:
         """Bytes of the largest working set at ``batch``, the prefix streamed ``prefix_batch`` samples at a time."""
         if prefix_batch == "auto":

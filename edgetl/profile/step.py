@@ -43,8 +43,11 @@ def _reset_peak() -> None:
 
 
 def _child(model: str, policy: str, batch: int, resolution: int, optimizer: str, steps: int = 3,
-           prefix_batch: int | str | None = None, cached: bool = False) -> dict:
+           prefix_batch: int | str | None = None, cached: bool = False, threads: int | None = None) -> dict:
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     import edgetl
     from edgetl.optim import OptimizerSpec
@@ -85,15 +88,18 @@ def _child(model: str, policy: str, batch: int, resolution: int, optimizer: str,
     saved = measure_saved(net, x, y).activation_bytes
     return {"baseline_rss_bytes": baseline, "peak_rss_bytes": peak, "step_rss_bytes": peak - baseline,
             "step_seconds": statistics.median(times), "saved_activation_bytes": saved, "prefix_batch": micro,
-            "cached_step_seconds": statistics.median(cached_times) if cached_times else None}
+            "cached_step_seconds": statistics.median(cached_times) if cached_times else None,
+            "threads": torch.get_num_threads()}
 
 
 def measure_step(model: str, policy: str, batch: int, resolution: int, optimizer: str = "sgd",
-                 prefix_batch: int | str | None = None, cached: bool = False, steps: int = 3) -> dict:
+                 prefix_batch: int | str | None = None, cached: bool = False, steps: int = 3,
+                 threads: int | None = None) -> dict:
     """Run :func:`_child` in a fresh Python process and return its measurements (``cached``: also the step time
-    with the prefix's outputs given, as in the epochs after the first with ``--cache-features``)."""
+    with the prefix's outputs given, as in the epochs after the first with ``--cache-features``; ``threads``:
+    PyTorch's intra-op threads, default its own choice)."""
     cmd = [sys.executable, "-m", "edgetl.profile.step", model, policy, str(batch), str(resolution), optimizer,
-           str(prefix_batch or ""), "1" if cached else "", str(steps)]
+           str(prefix_batch or ""), "1" if cached else "", str(steps), str(threads or "")]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=STEP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -108,5 +114,6 @@ def measure_step(model: str, policy: str, batch: int, resolution: int, optimizer
 
 if __name__ == "__main__":
     m, p, b, r, o = sys.argv[1:6]
-    pb, c, n = (sys.argv[6:9] + ["", "", "3"])[:3]
-    print(json.dumps(_child(m, p, int(b), int(r), o, int(n), (pb if pb == "auto" else int(pb)) if pb else None, bool(c))))
+    pb, c, n, t = (sys.argv[6:10] + ["", "", "3", ""][len(sys.argv[6:10]):])[:4]
+    print(json.dumps(_child(m, p, int(b), int(r), o, int(n), (pb if pb == "auto" else int(pb)) if pb else None, bool(c),
+                            int(t) if t else None)))

@@ -256,7 +256,7 @@ def _run(args, runtime: str, make_trainer, infer, save_outputs, make_predictor) 
                             "after": after} if held_out is not None else None, "losses": state["losses"],
                    "step_seconds": state["step_seconds"], "median_step_seconds": float(np.median(state["step_seconds"])),
                    "peak_rss_bytes": peak_rss_bytes(), "train_peak_rss_bytes": train_peak, "runtime": runtime,
-                   "machine": platform.machine(),
+                   "machine": platform.machine(), "threads": args.threads,
                    "data": {**info, "skipped_unreadable": skipped, "unreadable": named},
                    "prefix_batch": getattr(trainer, "prefix_batch", None),
                    "cache": cache.describe() if cache is not None else None,

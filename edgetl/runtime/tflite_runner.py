@@ -60,6 +60,19 @@ def interpreter_class():
     return Interpreter
 
 
+def make_interpreter(threads: int | None = None, **model):
+    """An interpreter of ``model_path=`` or ``model_content=`` at ``threads`` (default: every CPU) that runs the
+    operators in the model's own order: the export orders them for memory (the weight-only work next to its use),
+    and TFLite's delegate clustering, on by default, merges XNNPACK's partitions across that order: MobileNetV2
+    ``mobiletl:5`` at batch 8 then peaked 35 MiB higher in its first step (180 against 145 MiB), at the same speed."""
+    cls = interpreter_class()
+    threads = threads or os.cpu_count()
+    try:
+        return cls(**model, num_threads=threads, experimental_disable_delegate_clustering=True)
+    except TypeError:  # a tflite-runtime without the option
+        return cls(**model, num_threads=threads)
+
+
 class Trainer:
     """Training through the model's signatures; parameters by torchvision name, in PyTorch layout."""
 
@@ -71,8 +84,7 @@ class Trainer:
         self.grad_keys = {v["name"]: "g" + v["key"][1:] for v in self.variables}  # the gradients signature's outputs
         self.batch_size = manifest["input"]["shape"][0]
         self.lr = lr if lr is not None else manifest["optimizer"]["lr"]
-        self.interpreter = interpreter_class()(model_path=os.path.join(artifacts, MODEL),
-                                               num_threads=threads or os.cpu_count())
+        self.interpreter = make_interpreter(threads, model_path=os.path.join(artifacts, MODEL))
         self._runners = {}
         # an export with a frozen prefix: ``model.tflite`` trains the region after it, on the features that
         # ``prefix.tflite`` computes, micro-batch by micro-batch
@@ -80,8 +92,7 @@ class Trainer:
         self.prefix_batch = common.prefix.prefix_batch(prefix_batch, self.batch_size, self.split)
         self.input_key = "features" if self.split else "images"
         if self.split:
-            self.prefix = interpreter_class()(model_path=os.path.join(artifacts, self.split["prefix"]),
-                                              num_threads=threads or os.cpu_count())
+            self.prefix = make_interpreter(threads, model_path=os.path.join(artifacts, self.split["prefix"]))
             # one input shape for the prefix's life: allocated once, here
             detail = self.prefix.get_input_details()[0]
             self.prefix.resize_tensor_input(detail["index"], [self.prefix_batch, *manifest["input"]["shape"][1:]])
