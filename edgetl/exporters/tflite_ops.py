@@ -128,9 +128,8 @@ def matmul(a, b, transpose_a: bool = False, transpose_b: bool = False):
     a matrix goes in as a batch of one."""
     if len(a.shape) > 2:
         return tf.linalg.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
-    y = tf.linalg.matmul(tf.reshape(a, [1, *a.shape]), tf.reshape(b, [1, *b.shape]), transpose_a=transpose_a,
-                         transpose_b=transpose_b)
-    return tf.reshape(y, y.shape[1:])
+    y = tf.linalg.matmul(tf.expand_dims(a, 0), tf.expand_dims(b, 0), transpose_a=transpose_a, transpose_b=transpose_b)
+    return tf.squeeze(y, 0)  # not a reshape to y.shape[1:]: an inference export leaves the batch open (None)
 
 
 def _pointwise(k: int, stride: int, padding: int, depthwise: bool) -> bool:
