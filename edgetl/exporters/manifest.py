@@ -15,13 +15,13 @@ import json
 import shutil
 from pathlib import Path
 
-from .. import __version__
 from ..data import preprocessing
 from ..io import atomic_write_json, file_sha256
 from ..optim import OptimizerSpec
 from ..profile.analytic import profile_model
 from ..run import Run
 from ..runtime import SHARED_FILES
+from ..version import __version__
 from .validation import TOLERANCES, Validation
 
 MANIFEST = "manifest.json"
