@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from .checkpoint import CHECKPOINT
 from .data import BUILTIN, load_datasets
 from .errors import ConfigError, WeightsError
 from .io import absolute
@@ -30,7 +31,7 @@ from .models import create_model
 from .optim import OptimizerSpec
 from .policies import Policy, parse_policy
 from .prefix import check_prefix_batch
-from .run import CHECKPOINT, read_checkpoint
+from .run import read_checkpoint
 from .surgery import apply_policy
 from .trainer import Trainer, TrainResult, calibrate_batchnorm
 

@@ -29,22 +29,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .cache import FeatureCache, cache_key, check_dtype, data_identity, random_transform
+from .checkpoint import CHECKPOINT, write_checkpoint
 from .errors import CacheError, ConfigError
 from .limits import check_numbers
 from .models import num_classes_of
 from .optim import OptimizerSpec
 from .policies import Full
 from .prefix import features_given, prefix_modules, resolve_prefix_batch, run_prefix, set_prefix_batch, split_of
-from .run import (
-    CHECKPOINT,
-    link_last,
-    metadata,
-    metrics_of,
-    read_checkpoint,
-    write_checkpoint,
-    write_metrics,
-    write_run_json,
-)
+from .run import link_last, metadata, metrics_of, read_checkpoint, write_metrics, write_run_json
 from .surgery import policy_of
 
 

@@ -8,9 +8,9 @@ from click.testing import CliRunner
 
 import edgetl
 import edgetl.trainer
+from edgetl.checkpoint import CHECKPOINT
 from edgetl.cli import main
 from edgetl.job import TrainConfig, trainer_from_config
-from edgetl.run import CHECKPOINT
 
 from .conftest import make_image_folder
 
