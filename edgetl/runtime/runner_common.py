@@ -67,17 +67,6 @@ def verify(artifacts: str, trainer, infer) -> list[dict]:
              "tolerance": tol["grad_rtol"]}]
 
 
-def load_shard(path: str, manifest: dict):
-    data = np.load(path)
-    expected = tuple(manifest["input"]["shape"][1:])
-    if "images" not in data or "labels" not in data or tuple(data["images"].shape[-3:]) != expected:
-        shape = tuple(data["images"].shape) if "images" in data else "missing"
-        raise RunnerError(f"the data shard's images are {shape}, but the model takes (N, {', '.join(map(str, expected))}) "
-                         f"float32 with int64 labels: pack the shard at the model's resolution "
-                         f"(`edgetl deploy --data DIR` does)")
-    return data
-
-
 def run_config(args, manifest_path: str) -> dict:
     """What must be the same for a run in ``--out`` to be continued."""
     with open(manifest_path, "rb") as f:
