@@ -119,7 +119,7 @@ def trainer_from_config(config: TrainConfig, resume: bool = False, callbacks=(),
     out = (Path(config.out) if config.out else default_out(config)).resolve()
     if resume:
         if not (out / CHECKPOINT).is_file():
-            raise ConfigError(f"nothing to resume in {out}: no {CHECKPOINT}; start the run without --resume")
+            raise ConfigError(f"nothing to resume in {out}: no {CHECKPOINT}; start the run without `resume=True`")
         config = TrainConfig(**read_checkpoint(out)["edgetl"]["config"])
     config.validate()
     config.resolve_paths()

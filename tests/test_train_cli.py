@@ -157,10 +157,11 @@ def test_option_errors(image_folder, tmp_path):
     _expect_error(_run(*TINY, "--data", str(image_folder), "--policy", "sparse"), "unknown policy 'sparse'")
     _expect_error(_run(*TINY, "--data", str(image_folder), "--resolution", "8"),
                   "--resolution must be a whole number from 32", "MobileNets downsample 32x")
-    _expect_error(_run("--out", str(tmp_path / "none"), "--resume"), "nothing to resume")
+    _expect_error(_run("--out", str(tmp_path / "none"), "--resume"), "nothing to resume", "without --resume")
     out = tmp_path / "once"
     assert _run(*TINY, "--epochs", "1", "--data", str(image_folder), "--out", str(out)).exit_code == 0
-    _expect_error(_run(*TINY, "--data", str(image_folder), "--out", str(out)), "already holds a run", "--resume")
+    _expect_error(_run(*TINY, "--data", str(image_folder), "--out", str(out)), "already holds a run", "pass --resume",
+                  "choose another --out")  # the library's `resume=True` and `out`, in the command's flags
     result = _run("--out", str(out), "--resume", "--lr", "0.5")
     assert result.exit_code == 2 and "drop --lr" in result.output
 
