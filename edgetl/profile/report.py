@@ -35,6 +35,7 @@ from ..models import create_model
 from ..optim import OptimizerSpec
 from ..policies import TopBlocks, parse_policy
 from ..surgery import apply_policy
+from ..units import mib
 from .analytic import profile_model
 from .saved import measure_saved
 
@@ -101,10 +102,6 @@ def build_report(model: str, policies: list[str], batch: int = 8, resolution: in
         }
     return {"schema": SCHEMA, "model": model, "batch_size": batch, "resolution": resolution, "optimizer": optimizer,
             "num_classes": num_classes, "policies": list(entries.values())}
-
-
-def mib(n: float) -> str:
-    return f"{n / 2**20:,.2f}"
 
 
 def gflops(n: float) -> str:
