@@ -1,11 +1,11 @@
 """The shape of the import graph of ``edgetl/``, read from the source with ``ast`` (nothing is imported).
 
 Every import counts: module level, inside functions and methods, absolute and relative, and a constant module
-name given to ``importlib.import_module`` / ``__import__``. A function-level import defers the loading, not
-the coupling: two modules that import each other, even lazily, are one concept split in two or a lower layer
-reaching up, so a lazy import is never the way out of a cycle here. (The one deliberate lazy import is
-``edgetl.ui`` in ``edgetl/__init__``: it keeps rich's console machinery out of ``import edgetl`` and, like any
-other edge, is checked: nothing below imports the package ``edgetl`` back.)
+name given to ``importlib.import_module`` / ``__import__`` (a registry's name strings, such as ``EXPORTERS``, are
+not read). A function-level import defers the loading, not the coupling: two modules that import each other, even
+lazily, are one concept split in two or a lower layer reaching up, so a lazy import is never the way out of a
+cycle here. Lazy imports stay where they keep a heavy dependency out of ``import edgetl`` (TensorFlow, ONNX
+Runtime, and ``edgetl.ui`` with rich's consoles in ``edgetl/__init__``), and are checked like any other edge.
 
 An edge goes to the module named: ``from .a import b`` is ``a.b`` when that is a module, else ``a`` (the
 package's ``__init__``); the parent packages a Python import also initialises are not edges, since a

@@ -180,3 +180,16 @@ def test_python_api_train(image_folder, tmp_path):
     assert result.metrics["epochs"][0]["epoch"] == 1
     assert (tmp_path / "api" / CHECKPOINT).is_file()
     assert (tmp_path / "last").resolve() == (tmp_path / "api").resolve()
+
+
+def test_library_parameters_read_as_the_commands_flags():
+    """The library names its parameters (`name`, `name=value`); the CLI shows the flags the command has."""
+    import click
+
+    from edgetl.cli.base import in_flags
+
+    ctx = click.Context(main.commands["train"])
+    message = "pass `augment='none'`, lower `batch_size`, or `resume=True`; `edgetl train` and `no_such_option` stay"
+    assert in_flags(message, ctx) == ("pass --augment none, lower --batch-size, or --resume; `edgetl train` and "
+                                      "`no_such_option` stay")
+    assert in_flags(message, None) == message

@@ -36,6 +36,7 @@ def friendly_errors(fn):
 
 
 _PARAMETER = re.compile(r"`(\w+)(?:=([^`]*))?`")
+_QUOTES = "'\""
 
 
 def in_flags(message: str, ctx: click.Context | None) -> str:
@@ -51,7 +52,7 @@ def in_flags(message: str, ctx: click.Context | None) -> str:
         value = m.group(2)
         if value is None or option.is_flag:
             return option.opts[0]
-        return f"{option.opts[0]} {value.strip(chr(39) + chr(34))}"
+        return f"{option.opts[0]} {value.strip(_QUOTES)}"
 
     return _PARAMETER.sub(flag, message)
 
