@@ -16,23 +16,33 @@
 
     result = edgetl.train(model="mobilenet_v3_small", policy="mobiletl:5", epochs=3)  # the `edgetl train` job
 
-Importing edgetl loads neither TensorFlow nor ONNX Runtime: an export loads its format's backend.
+Importing edgetl loads neither TensorFlow nor ONNX Runtime: an export loads its format's backend. Nor does it
+load the console UI (:mod:`edgetl.ui`, rich's consoles): ``edgetl.ProgressBar`` and ``edgetl.ui`` import it on
+first use.
 """
 
-__version__ = "0.1.0"
+import importlib
 
-from .errors import ConfigError, DataError, EdgeTLError, PolicyError, WeightsError  # noqa: E402
-from .evaluate import EvalResult, Predictions, evaluate, predict  # noqa: E402
-from .exporters import ExportResult, export  # noqa: E402
-from .job import TrainConfig, train  # noqa: E402
-from .models import MODELS, create_model, inverted_residual_blocks  # noqa: E402
-from .optim import OptimizerSpec  # noqa: E402
-from .policies import POLICIES, Bias, BnLast, FineTune, Full, Last, MobileTL, Policy, parse_policy  # noqa: E402
-from .run import Run, import_weights  # noqa: E402
-from .sources import ModelSource, open_source  # noqa: E402
-from .surgery import apply_policy, trainable_parameters  # noqa: E402
-from .trainer import Callback, Trainer, TrainResult, calibrate_batchnorm  # noqa: E402
-from .ui import ProgressBar  # noqa: E402
+from .errors import ConfigError, DataError, EdgeTLError, PolicyError, WeightsError
+from .evaluate import EvalResult, Predictions, evaluate, predict
+from .exporters import ExportResult, export
+from .job import TrainConfig, train
+from .models import MODELS, create_model, inverted_residual_blocks
+from .optim import OptimizerSpec
+from .policies import POLICIES, Bias, BnLast, FineTune, Full, Last, MobileTL, Policy, parse_policy
+from .run import Run, import_weights
+from .sources import ModelSource, open_source
+from .surgery import apply_policy, trainable_parameters
+from .trainer import Callback, Trainer, TrainResult, calibrate_batchnorm
+from .version import __version__
+
+
+def __getattr__(name: str):
+    """The console UI on first use: ``edgetl.ProgressBar`` and the module ``edgetl.ui``."""
+    if name in ("ProgressBar", "ui"):
+        ui = importlib.import_module("edgetl.ui")  # `from . import ui` would call this function again
+        return ui if name == "ui" else ui.ProgressBar
+    raise AttributeError(f"module 'edgetl' has no attribute {name!r}")
 
 __all__ = [
     "MODELS", "POLICIES", "Bias", "BnLast", "Callback", "ConfigError", "DataError", "EdgeTLError", "EvalResult",

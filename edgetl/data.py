@@ -307,20 +307,3 @@ def pack_uint8_shard(data: str | os.PathLike, resolution: int, dest: str | os.Pa
             "preprocessing": "resized and center-cropped as the manifest says; the device normalises"}
     (dest / "shard.json").write_text(json.dumps(meta, indent=2))
     return meta
-
-
-def pack_shard(data: str | os.PathLike, resolution: int, count: int = 64, seed: int = 0):
-    """``(images, labels, class_names)``: up to ``count`` preprocessed images (eval transform) for a device.
-
-    From an ImageFolder (its ``train`` split when it has one), or the built-in ``patterns``.
-    """
-    if str(data) == BUILTIN:
-        ds, classes = Patterns(count, seed=seed, transform=eval_transform(resolution)), list(Patterns.classes)
-    else:
-        root = Path(data)
-        base = _image_folder(root / "train" if (root / "train").is_dir() else root)
-        ds, classes = _Transformed(base, eval_transform(resolution)), base.classes
-    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:count].tolist()
-    items = [ds[i] for i in order]
-    images = torch.stack([x for x, _ in items]).numpy().astype(np.float32)
-    return images, np.array([y for _, y in items], dtype=np.int64), classes

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from .checkpoint import CHECKPOINT
 from .data import BUILTIN, load_datasets
 from .errors import ConfigError, WeightsError
 from .io import absolute
@@ -30,7 +31,7 @@ from .models import create_model
 from .optim import OptimizerSpec
 from .policies import Policy, parse_policy
 from .prefix import check_prefix_batch
-from .run import CHECKPOINT, read_checkpoint
+from .run import read_checkpoint
 from .surgery import apply_policy
 from .trainer import Trainer, TrainResult, calibrate_batchnorm
 
@@ -118,7 +119,7 @@ def trainer_from_config(config: TrainConfig, resume: bool = False, callbacks=(),
     out = (Path(config.out) if config.out else default_out(config)).resolve()
     if resume:
         if not (out / CHECKPOINT).is_file():
-            raise ConfigError(f"nothing to resume in {out}: no {CHECKPOINT}; start the run without --resume")
+            raise ConfigError(f"nothing to resume in {out}: no {CHECKPOINT}; start the run without `resume=True`")
         config = TrainConfig(**read_checkpoint(out)["edgetl"]["config"])
     config.validate()
     config.resolve_paths()

@@ -35,6 +35,7 @@ import torchvision
 from torch import nn
 from torchvision.models import mobilenetv2, mobilenetv3
 
+from .checkpoint import UnsafeFile, is_checkpoint, load_checkpoint, load_tensors
 from .errors import ConfigError, WeightsError
 
 log = logging.getLogger("edgetl")
@@ -186,11 +187,9 @@ def load_weights_file(path: str | os.PathLike, name: str | None = None) -> dict:
 def read_weights(path: str | os.PathLike, name: str | None = None) -> tuple[dict, dict | None]:
     """(state_dict, the edgetl run's metadata or None) of a weights file, checkpoint or run directory; read with
     ``weights_only=True``, so a file that would run code is refused."""
-    from .run import UnsafeFile, is_checkpoint, load_tensors, read_checkpoint  # the run format's one reader
-
     path = Path(path)
     if path.is_dir():
-        obj = read_checkpoint(path)
+        obj = load_checkpoint(path)
     elif not path.is_file():
         raise WeightsError(
             f"weights file {path} does not exist; pass --weights imagenet, --weights none, or the path of a .pth file"

@@ -17,15 +17,15 @@ object's fields), ``num_classes``, ``class_names``, ``resolution``, ``optimizer`
 ``schedule`` (the learning-rate schedule: ``cosine`` or ``constant``; runs that record none ran cosine),
 ``config`` (the ``edgetl train`` settings, when the run came from the job) and ``version``. Run directories
 written before the schema had a version (the policy's options and the optimizer lived in ``config``) still
-load: :func:`read_checkpoint` upgrades their metadata on reading.
+load: :func:`read_checkpoint` upgrades their metadata on reading. The checkpoint as a file (its name, reading it
+without running code, writing it atomically) is :mod:`edgetl.checkpoint`'s, below this module and
+:mod:`edgetl.models`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
-import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,20 +34,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .errors import EdgeTLError
+from .checkpoint import RunError, load_checkpoint, write_checkpoint
 from .io import atomic_save, atomic_write_json
 from .models import create_model, num_classes_of
 from .optim import OptimizerSpec
 from .policies import Policy, parse_policy
 from .surgery import apply_policy, policy_of
+from .version import __version__
 
 SCHEMA = "edgetl.run/2"
-CHECKPOINT, METRICS, RUN_JSON = "checkpoint.pt", "metrics.json", "run.json"
-
-
-class RunError(EdgeTLError):
-    """A run directory that is missing, damaged, or does not fit what is asked of it."""
+METRICS, RUN_JSON = "metrics.json", "run.json"
 
 
 def metadata(model_name: str, policy: Policy, class_names: list[str], resolution: int, optimizer: OptimizerSpec,
@@ -71,58 +67,12 @@ def _upgrade(meta: dict) -> dict:
             "resolution": int(meta.get("resolution", config.get("resolution", 224)))}
 
 
-def is_checkpoint(obj) -> bool:
-    return isinstance(obj, dict) and "state_dict" in obj and "edgetl" in obj
-
-
-#: pickle opcodes that name or build objects (GLOBAL, STACK_GLOBAL, INST, OBJ): what weights_only refuses to run
-CALLING_OPCODES = {ord("c"), 0x93, ord("i"), ord("o")}
-
-
-class UnsafeFile(RunError):
-    """A checkpoint or weights file that would run code when loaded."""
-
-
-def load_tensors(path: str | os.PathLike):
-    """What a PyTorch file holds, read with ``weights_only=True``: tensors and plain values, never code. A file
-    whose pickle names anything else (a class or function, which loading would call) is refused in one line."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        named = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        operand = re.search(r"Unsupported operand (\d+)", str(exc))
-        if not named and not (operand and int(operand.group(1)) in CALLING_OPCODES):
-            raise  # not a pickle of anything that runs (garbage, a truncated file): the caller calls it corrupt
-        what = f"it names {named.group(1)}, which loading would call" if named else "it builds pickled objects"
-        raise UnsafeFile(f"{path} holds more than tensors and plain values ({what}), so edgetl does not open it: "
-                         f"checkpoints hold weights and metadata only; use one written by edgetl, or ask its sender "
-                         f"for one") from None
-
-
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """The checkpoint of a run directory (or a checkpoint file), its metadata upgraded to the current schema.
     Loaded with ``weights_only=True``: a file that would run code is refused (:class:`UnsafeFile`)."""
-    path = Path(path)
-    ckpt_path = path / CHECKPOINT if path.is_dir() else path
-    if not ckpt_path.is_file():
-        raise RunError(f"no {CHECKPOINT} in {path}; pass the directory of an `edgetl train` run (e.g. runs/last)")
-    try:
-        ckpt = load_tensors(ckpt_path)
-    except UnsafeFile:
-        raise
-    except Exception:  # torch raises several types for truncated or foreign files
-        ckpt = None
-    if not is_checkpoint(ckpt):
-        raise RunError(f"{ckpt_path} is not an edgetl checkpoint (corrupt, or not written by edgetl)")
+    ckpt = load_checkpoint(path)
     ckpt["edgetl"] = _upgrade(ckpt["edgetl"])
     return ckpt
-
-
-def write_checkpoint(out: Path, meta: dict, state_dict: dict, history: list[dict], optimizer: dict | None = None,
-                     scheduler: dict | None = None) -> None:
-    ckpt = {"edgetl": meta, "state_dict": state_dict, "history": history}
-    ckpt.update({k: v for k, v in (("optimizer", optimizer), ("scheduler", scheduler)) if v is not None})
-    atomic_save(ckpt, Path(out) / CHECKPOINT)
 
 
 def metrics_of(meta: dict, history: list[dict]) -> dict:

@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import CHECKPOINT, RunError
 from .data import preprocessing
 from .errors import DataError, EdgeTLError
-from .run import CHECKPOINT, Run, RunError, device_params
+from .run import Run, device_params
 from .runtime import RUNNERS, runner_module
 from .runtime.runner_common import EVAL_BATCH, RunnerError
 

@@ -29,22 +29,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .cache import FeatureCache, cache_key, check_dtype, data_identity, random_transform
+from .checkpoint import CHECKPOINT, write_checkpoint
 from .errors import CacheError, ConfigError
 from .limits import check_numbers
 from .models import num_classes_of
 from .optim import OptimizerSpec
 from .policies import Full
 from .prefix import features_given, prefix_modules, resolve_prefix_batch, run_prefix, set_prefix_batch, split_of
-from .run import (
-    CHECKPOINT,
-    link_last,
-    metadata,
-    metrics_of,
-    read_checkpoint,
-    write_checkpoint,
-    write_metrics,
-    write_run_json,
-)
+from .run import link_last, metadata, metrics_of, read_checkpoint, write_metrics, write_run_json
 from .surgery import policy_of
 
 
@@ -142,10 +134,10 @@ class Trainer:
         self.optimizer = self.spec.build(self.params.values())
         if not isinstance(train_data, DataLoader) and len(train_data) < batch_size:
             raise ConfigError(f"the training set has {len(train_data)} images, fewer than one batch of {batch_size}; "
-                              f"lower --batch-size or add images")
+                              f"lower `batch_size` or add images")
         self.steps_per_epoch = len(self._loader(train_data, shuffle=True))
         if self.steps_per_epoch < 1:
-            raise ConfigError("the training data yields no batch; check the data or lower --batch-size")
+            raise ConfigError("the training data yields no batch; check the data or lower `batch_size`")
         total = epochs * self.steps_per_epoch
         self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total) if schedule == "cosine"
                           else torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0))
@@ -164,11 +156,11 @@ class Trainer:
         if resume:
             self._resume()
         elif self.out is not None and (self.out / CHECKPOINT).exists():
-            raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it, or choose another --out")
+            raise ConfigError(f"{self.out} already holds a run; pass `resume=True` to continue it, or choose another `out`")
 
     def _resume(self) -> None:
         if self.out is None or not (self.out / CHECKPOINT).is_file():
-            raise ConfigError(f"nothing to resume in {self.out}: no {CHECKPOINT}; start the run without --resume")
+            raise ConfigError(f"nothing to resume in {self.out}: no {CHECKPOINT}; start the run without `resume=True`")
         ck = read_checkpoint(self.out)
         if ck["edgetl"]["class_names"] != self.class_names:
             raise ConfigError(f"the data's classes changed since {self.out} was started; resume with the same data")
@@ -268,13 +260,13 @@ class Trainer:
         check_dtype(self.cache_dtype)
         if not split_of(self.model):
             raise CacheError(f"policy {policy_of(self.model) or 'none'} trains through the stem, so there is no frozen "
-                             f"prefix to cache; drop --cache-features, or use ft:K or mobiletl:K")
+                             f"prefix to cache; drop `cache_features=True`, or use ft:K or mobiletl:K")
         if isinstance(self.train_data, DataLoader):
-            raise ConfigError("--cache-features needs the training Dataset, not a DataLoader: the cache is per sample")
+            raise ConfigError("`cache_features=True` needs the training Dataset, not a DataLoader: the cache is per sample")
         name = random_transform(self.train_data)
         if name:
-            raise CacheError(f"--cache-features needs fixed training inputs, but the training transform is random "
-                             f"({name}); pass --augment none")
+            raise CacheError(f"`cache_features=True` needs fixed training inputs, but the training transform is random "
+                             f"({name}); pass `augment='none'`")
 
     def _open_cache(self) -> FeatureCache:
         if self.cache is None:

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from .devices.deploy import DeployEvents
 from .trainer import Callback
+from .units import mib
 
 
 class ProgressBar(Callback):
@@ -237,17 +238,9 @@ class FleetTable:
         notes += [f"rejoined {', '.join(r['rejoined'])}"] if r.get("rejoined") else []
         note = r.get("skipped") or "; ".join(notes)
         self.console.print(f"{r['round']:>5}  {len(r.get('answered', [])):>3}/{len(r.get('sampled', [])):<4}  {loss:>7}  "
-                           f"{acc:>8}  {r.get('eval_images', '-'):>6}  {mib(r.get('bytes_sent', 0)):>9}  "
-                           f"{mib(r.get('bytes_received', 0)):>9}  "
+                           f"{acc:>8}  {r.get('eval_images', '-'):>6}  {mib(r.get('bytes_sent', 0)) + ' MiB':>9}  "
+                           f"{mib(r.get('bytes_received', 0)) + ' MiB':>9}  "
                            f"{r.get('seconds', 0):>7.1f}  {note}", markup=False)
-
-
-def mib(n: int) -> str:
-    return f"{n / 2**20:.2f} MiB"
-
-
-def _mib(n) -> str:
-    return f"{n / 2**20:,.0f}" if n is not None else "-"
 
 
 def _ms(s) -> str:
@@ -273,10 +266,10 @@ def print_benchmark(report: dict, console: Console | None = None) -> None:
         ref = ft.get(r["runtime"])
         table.add_row(
             r["policy"], names[r["runtime"]],
-            _mib(r.get("train_peak_rss_bytes")), _mib(r["peak_rss_bytes"]), _mib(r.get("predicted_bytes")),
-            _mib(r["baseline_rss_bytes"]), _mib(step),
-            _mib(analytic),
-            f"{step / analytic:.2f}" if step and analytic else "-", _mib(r.get("planned_bytes")),
+            mib(r.get("train_peak_rss_bytes"), 0), mib(r["peak_rss_bytes"], 0), mib(r.get("predicted_bytes"), 0),
+            mib(r["baseline_rss_bytes"], 0), mib(step, 0),
+            mib(analytic, 0),
+            f"{step / analytic:.2f}" if step and analytic else "-", mib(r.get("planned_bytes"), 0),
             f"{r['train_peak_rss_bytes'] / ref['train_peak_rss_bytes']:.2f}" if ref and r.get("train_peak_rss_bytes")
             else "-")
     console.print(table)

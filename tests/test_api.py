@@ -139,6 +139,18 @@ def test_import_edgetl_loads_no_tensorflow_or_onnxruntime():
     assert out.strip() == "[]"
 
 
+def test_import_edgetl_loads_no_console_ui_until_used():
+    code = ("import sys, edgetl; print(sorted({m.split('.')[0] for m in sys.modules} & {'rich', 'click'}), "
+            "'edgetl.ui' in sys.modules, edgetl.__version__); bar = edgetl.ProgressBar(enabled=False); "
+            "print(type(bar).__module__, edgetl.ui.ProgressBar is type(bar), 'rich' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    from edgetl.version import __version__
+
+    assert out.split("\n")[:2] == [f"[] False {__version__}", "edgetl.ui True True"]
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        edgetl.nothing  # noqa: B018
+
+
 @pytest.mark.parametrize("fmt", ["onnx", pytest.param("tflite", marks=pytest.mark.slow)])
 def test_example_script(tmp_path, fmt):
     from .exportfixtures import require_backend

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgetl.cli import main
-from edgetl.data import eval_transform, pack_shard, pack_uint8_shard, preprocessing
+from edgetl.data import eval_transform, pack_uint8_shard, preprocessing
 from edgetl.devices.bundle import make_bundle
 from edgetl.devices.deploy import deploy
 from edgetl.exporters import export
@@ -376,6 +376,19 @@ def test_bundle_of_an_old_artifact_dir_brings_the_current_runner(cifar_export, c
     run_runner(bundle.root, tmp_path, "--device-data", data, "--steps", 1, "--out", tmp_path / "o")
 
 
+def _float32_shard(folder: Path, resolution: int, count: int, seed: int):
+    """``(images, labels, class_names)``: the float32 shard of earlier versions, torchvision's eval transform of up to
+    ``count`` images of an ImageFolder in a seeded order: what the device's uint8 path must reproduce."""
+    import torch
+    from torchvision.datasets import ImageFolder
+
+    ds = ImageFolder(str(folder), transform=eval_transform(resolution))
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    items = [ds[i] for i in order]
+    return (torch.stack([x for x, _ in items]).numpy().astype(np.float32), np.array([y for _, y in items], np.int64),
+            ds.classes)
+
+
 def test_pushed_laptop_data_is_a_memory_mapped_uint8_shard(cifar_export, cifar, tmp_path):
     """--data DIR packs uint8 .npy (a quarter of float32's bytes), the device maps them and normalises each batch
     exactly as the float32 shard of the same images, and trains the same; an old float32 .npz still trains."""
@@ -391,7 +404,7 @@ def test_pushed_laptop_data_is_a_memory_mapped_uint8_shard(cifar_export, cifar, 
     train, val = runner_data.pushed_shard(str(bundle.root / "shard"), bundle.manifest)
     assert train.map is not None and val is None  # memory-mapped, page-dropped after each batch
     # the laptop's float32 shard (torchvision's eval transform) of the same images, in the same order
-    f32, labels, classes = pack_shard(folder / "train", RESOLUTION, count=30, seed=0)
+    f32, labels, classes = _float32_shard(folder / "train", RESOLUTION, count=30, seed=0)
     assert classes == CLASSES
     assert np.array_equal(np.stack([train.load(i) for i in range(30)]), f32)
     assert np.array_equal(train.labels, labels)

@@ -105,9 +105,10 @@ def test_runner_explains_a_bad_shard(v3_export, tmp_path):
                           timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: the data shard's images are (4, 3, 8, 8)")
-    common = pytest.importorskip("edgetl.runtime.runner_common")
-    with pytest.raises(common.RunnerError, match="pack the shard at the model's resolution"):
-        common.load_shard(str(shard), v3_export.result.manifest)
+    from edgetl.runtime import runner_data
+
+    with pytest.raises(runner_data.RunnerError, match="pack the shard at the model's resolution"):
+        runner_data.npz_shard(str(shard), v3_export.result.manifest)
 
 
 def test_weights_round_trip_through_the_device(v3_export, tmp_path):

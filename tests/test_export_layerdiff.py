@@ -48,7 +48,7 @@ def test_batch_statistics_track_pytorch_layer_by_layer(tiny):
     Regression: a batch statistic taken as one TFLite MEAN over 8 x 112 x 112 elements put the stem's norm
     7.4e-6 from float64 (PyTorch float32: 1.1e-7), and every layer after it as far."""
     model, images, labels = tiny
-    report = layerdiff.compare(model, images, labels, layerdiff.TfliteProbe(model, BATCH, RES))
+    report = layerdiff.compare(model, images, labels, tflite.TfliteExporter().probe(model, BATCH, RES))
     norms = [d for d in report.layers if d.kind == "BatchNorm2d"]
     assert [d.name for d in norms] == ["features.0.1", "features.1.1"]
     for d in norms:
@@ -112,7 +112,7 @@ def test_a_wrong_forward_is_named_at_its_layer(tiny):
     model, images, labels = tiny
     wrong = copy.deepcopy(model)
     wrong.features[1][1].eps = 1e-3
-    report = layerdiff.compare(model, images, labels, layerdiff.TfliteProbe(wrong, BATCH, RES))
+    report = layerdiff.compare(model, images, labels, tflite.TfliteExporter().probe(wrong, BATCH, RES))
     assert report.first_forward == "features.1.1"
     assert report.layer("features.1.1").forward > 1e3 * report.layer("features.1.1").forward_torch
     assert "forward departs first at features.1.1 (BatchNorm2d)" in report.summary()
@@ -124,7 +124,7 @@ def test_a_wrong_backward_is_named_at_its_layer(tiny, monkeypatch):
     model, images, labels = tiny
     mask, _ = tflite_ops.MASKS["relu6"]
     monkeypatch.setitem(tflite_ops.MASKS, "relu6", (mask, 0.5))
-    report = layerdiff.compare(model, images, labels, layerdiff.TfliteProbe(model, BATCH, RES))
+    report = layerdiff.compare(model, images, labels, tflite.TfliteExporter().probe(model, BATCH, RES))
     assert report.first_forward is None
     assert report.first_backward == "features.1.1"
     assert report.layer("features.1.2").backward < 1e-5  # the ReLU6's own output gradient is untouched

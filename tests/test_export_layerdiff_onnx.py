@@ -18,6 +18,7 @@ from .exportutil import make_run, tiny_mobilenet
 pytest.importorskip("onnxruntime.training")
 BATCH, RES = 8, 224  # the stem's norm sees 8 x 112 x 112 elements per channel, as MobileNetV2's does
 from edgetl.exporters import layerdiff, onnx_graph  # noqa: E402
+from edgetl.exporters.onnx import OnnxExporter  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def test_onnx_runtime_tracks_pytorch_layer_by_layer(tiny):
     """Every conv, norm, activation and the head: ONNX Runtime's output and dL/d(output) are as close to float64
     as PyTorch float32's own, at batch 8 and 112 x 112 maps."""
     model, images, labels = tiny
-    probe = layerdiff.OnnxProbe(model, BATCH, RES)
+    probe = OnnxExporter().probe(model, BATCH, RES)
     assert probe.names() == ["features.0.0", "features.0.1", "features.0.2", "features.1.0", "features.1.1",
                              "features.1.2", "classifier.1"]
     report = layerdiff.compare(model, images, labels, probe)
@@ -50,7 +51,7 @@ def test_a_wrong_onnx_backward_is_named_at_its_layer(tmp_path, monkeypatch):
     images, labels = rng.standard_normal((4, 3, 32, 32), dtype=np.float32), np.arange(4) % 5
     set_threshold = onnx_graph.set_hardswish_threshold
     monkeypatch.setattr(onnx_graph, "set_hardswish_threshold", lambda proto, t: set_threshold(proto, 1.0))
-    report = layerdiff.compare(model, images, labels, layerdiff.OnnxProbe(model, 4, 32))
+    report = layerdiff.compare(model, images, labels, OnnxExporter().probe(model, 4, 32))
     masked = [n for n, m in model.named_modules() if isinstance(m, MaskedHardswish)]
     feeding = {n.rsplit(".", 1)[0] + "." + str(int(n.rsplit(".", 1)[1]) - 1) for n in masked}  # the norm before each
     assert report.first_forward is None, report.summary()
@@ -93,5 +94,5 @@ def test_a_failed_onnx_export_names_the_layer(tmp_path, monkeypatch):
 def test_the_probe_leaves_the_model_alone(tiny):
     model, _, _ = tiny
     before = copy.deepcopy(model.state_dict())
-    layerdiff.OnnxProbe(model, 2, 32)
+    OnnxExporter().probe(model, 2, 32)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

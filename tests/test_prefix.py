@@ -150,7 +150,7 @@ def test_float16_cache_is_close(tmp_path):
 
 
 def test_cache_refusals():
-    with pytest.raises(CacheError, match="random.*RandomResizedCrop.*--augment none"):
+    with pytest.raises(CacheError, match="random.*RandomResizedCrop.*augment=.none."):
         _trainer(cache_features=True, train_data=_data(transform=train_transform(32)))
     with pytest.raises(CacheError, match="no frozen prefix"):
         _trainer(policy="full", cache_features=True)

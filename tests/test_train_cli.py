@@ -8,9 +8,9 @@ from click.testing import CliRunner
 
 import edgetl
 import edgetl.trainer
+from edgetl.checkpoint import CHECKPOINT
 from edgetl.cli import main
 from edgetl.job import TrainConfig, trainer_from_config
-from edgetl.run import CHECKPOINT
 
 from .conftest import make_image_folder
 
@@ -157,10 +157,11 @@ def test_option_errors(image_folder, tmp_path):
     _expect_error(_run(*TINY, "--data", str(image_folder), "--policy", "sparse"), "unknown policy 'sparse'")
     _expect_error(_run(*TINY, "--data", str(image_folder), "--resolution", "8"),
                   "--resolution must be a whole number from 32", "MobileNets downsample 32x")
-    _expect_error(_run("--out", str(tmp_path / "none"), "--resume"), "nothing to resume")
+    _expect_error(_run("--out", str(tmp_path / "none"), "--resume"), "nothing to resume", "without --resume")
     out = tmp_path / "once"
     assert _run(*TINY, "--epochs", "1", "--data", str(image_folder), "--out", str(out)).exit_code == 0
-    _expect_error(_run(*TINY, "--data", str(image_folder), "--out", str(out)), "already holds a run", "--resume")
+    _expect_error(_run(*TINY, "--data", str(image_folder), "--out", str(out)), "already holds a run", "pass --resume",
+                  "choose another --out")  # the library's `resume=True` and `out`, in the command's flags
     result = _run("--out", str(out), "--resume", "--lr", "0.5")
     assert result.exit_code == 2 and "drop --lr" in result.output
 
@@ -179,3 +180,16 @@ def test_python_api_train(image_folder, tmp_path):
     assert result.metrics["epochs"][0]["epoch"] == 1
     assert (tmp_path / "api" / CHECKPOINT).is_file()
     assert (tmp_path / "last").resolve() == (tmp_path / "api").resolve()
+
+
+def test_library_parameters_read_as_the_commands_flags():
+    """The library names its parameters (`name`, `name=value`); the CLI shows the flags the command has."""
+    import click
+
+    from edgetl.cli.base import in_flags
+
+    ctx = click.Context(main.commands["train"])
+    message = "pass `augment='none'`, lower `batch_size`, or `resume=True`; `edgetl train` and `no_such_option` stay"
+    assert in_flags(message, ctx) == ("pass --augment none, lower --batch-size, or --resume; `edgetl train` and "
+                                      "`no_such_option` stay")
+    assert in_flags(message, None) == message

@@ -14,8 +14,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from edgetl.checkpoint import CHECKPOINT, UnsafeFile
 from edgetl.cli import main
-from edgetl.run import CHECKPOINT, Run, UnsafeFile, read_checkpoint
+from edgetl.run import Run, read_checkpoint
 
 from .exportutil import make_run
 

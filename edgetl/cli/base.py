@@ -7,6 +7,7 @@ Each command module (``commands``, ``devices``, ``fleet``) adds its commands to 
 from __future__ import annotations
 
 import functools
+import re
 import sys
 
 import click
@@ -21,17 +22,39 @@ if not console.is_terminal:  # piped or captured output: do not squeeze tables i
 
 
 def friendly_errors(fn):
-    """Turn :class:`EdgeTLError` into ``error: <message>`` and exit status 2."""
+    """Turn :class:`EdgeTLError` into ``error: <message>`` and exit status 2, in the command line's words."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except EdgeTLError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {in_flags(str(exc), click.get_current_context(silent=True))}", err=True)
             sys.exit(2)
 
     return wrapper
+
+
+_PARAMETER = re.compile(r"`(\w+)(?:=([^`]*))?`")
+_QUOTES = "'\""
+
+
+def in_flags(message: str, ctx: click.Context | None) -> str:
+    """A library message in the command's words: the library names its parameters as `name` or `name=value`
+    (backquoted), and where the command has an option of that name it becomes the flag: `batch_size` ->
+    --batch-size, `resume=True` -> --resume, `augment='none'` -> --augment none."""
+    options = {p.name: p for p in ctx.command.params if isinstance(p, click.Option)} if ctx else {}
+
+    def flag(m: re.Match) -> str:
+        option = options.get(m.group(1))
+        if option is None:
+            return m.group(0)
+        value = m.group(2)
+        if value is None or option.is_flag:
+            return option.opts[0]
+        return f"{option.opts[0]} {value.strip(_QUOTES)}"
+
+    return _PARAMETER.sub(flag, message)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -13,8 +13,8 @@ from ..models import MODELS
 from ..policies import POLICIES
 from ..profile import build_report, fit_policies, largest_batch, parse_size, plot, print_report, write_csv, write_json
 from ..profile.budget import DEVICE_PROFILES
-from ..profile.report import mib
 from ..ui import ProgressBar, print_checklist
+from ..units import mib
 from .base import command_line, console, friendly_errors, main, parse_prefix_batch
 
 _DEFAULTS = TrainConfig()

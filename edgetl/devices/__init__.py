@@ -7,30 +7,14 @@
     setup_device("ssh://pi@raspberrypi.local")          # a checked Python environment with the runtime there
 
 ``runner/`` holds the scripts that train on a device with nothing but their runtime and numpy installed.
-A new transport is one module with a :class:`~edgetl.devices.base.Device` subclass and one line in ``DEVICES``.
+A new transport is one module with a :class:`~edgetl.devices.base.Device` subclass and one line in ``DEVICES``
+(:mod:`.transports`).
 """
 
 from __future__ import annotations
 
-import importlib
-from urllib.parse import urlparse
-
 from .base import Device, DeviceError, DeviceInfo
-
-DEVICES = {
-    "local": "edgetl.devices.local:LocalDevice",
-    "ssh": "edgetl.devices.ssh:SSHDevice",
-    "adb": "edgetl.devices.adb:ADBDevice",
-}
-
-
-def connect(uri: str) -> Device:
-    """The device at ``uri`` (``ssh://``, ``adb://``, ``local://``), connected."""
-    scheme = urlparse(uri).scheme
-    if scheme not in DEVICES:
-        raise DeviceError(f"unknown device {uri!r}; use one of: ssh://user@host, adb://SERIAL, adb://HOST:PORT, local://")
-    module, cls = DEVICES[scheme].split(":")
-    return getattr(importlib.import_module(module), cls)(uri)
+from .transports import DEVICES, connect
 
 
 def deploy(*args, **kwargs):

@@ -45,11 +45,11 @@ from ..io import absolute, atomic_write_json, file_sha256
 from ..limits import check_numbers
 from ..sources import DEPLOY_REPORT as REPORT
 from ..sources import DEVICE_WEIGHTS
-from . import connect
 from .base import DeviceError, DeviceInfo, RunnerFailed, RuntimeMissing
 from .bundle import make_bundle, push_bundle
 from .memory import check_memory
 from .runtimes import check_runtime
+from .transports import connect
 
 PULLED = ("metrics.json", "params.npz", "checkpoint", "checkpoint.npz", "inference.onnx", "predictions.json",
           "evaluation.json")

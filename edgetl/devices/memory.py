@@ -62,13 +62,13 @@ def step_and_state(manifest: dict, batch_size: int) -> tuple[int, int]:
     """(analytic training memory of a step at ``batch_size``, bytes of the trained tensors and optimizer state)."""
     memory = manifest.get("memory") or {}
     if "state_bytes" not in memory:  # an export made before manifests carried these: the profiler, as export does
+        from ..exporters.manifest import predicted_memory
         from ..optim import OptimizerSpec
         from ..profile.analytic import analyze
 
         prof = analyze(manifest["model"], manifest["policy"], manifest["input"]["shape"][-1],
                        len(manifest["class_names"]))
-        totals = prof.totals(batch_size, OptimizerSpec.from_dict(manifest["optimizer"]))
-        return int(totals["training_memory_bytes"]), int(totals["trainable_param_bytes"] + totals["optimizer_state_bytes"])
+        memory = predicted_memory(prof, OptimizerSpec.from_dict(manifest["optimizer"]))
     return int(memory["fixed_bytes"] + memory["per_sample_bytes"] * batch_size), int(memory["state_bytes"])
 
 

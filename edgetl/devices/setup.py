@@ -29,12 +29,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import connect
 from .base import ENV_ROOT, PYSELECT_GIVEN, Device, DeviceError, Disconnected, DiskFull, shell_path
 from .bundle import BUNDLE_JSON, Bundle, push_bundle
 from .runtimes import AUTO_ORDER, RUNTIMES, by_option, platform_tags, requirements, unsupported
 from .selftest import CHECK, FILES
 from .selftest import HERE as SELFTEST
+from .transports import connect
 
 RECORD = "env.json"
 SCHEMA = "edgetl.device-env/1"

@@ -1,6 +1,6 @@
 """Layer by layer: where an export departs from PyTorch, so that a failed export names the layer.
 
-    probe = TfliteProbe(model, batch_size=8, resolution=224)   # the format's runtime, every layer tapped
+    probe = exporter("tflite").probe(model, batch_size=8, resolution=224)   # its runtime, every layer tapped
     report = compare(model, images, labels, probe)             # one training-mode step on one batch
     report.summary()     # "forward departs first at features.1.conv.0.1 (BatchNorm2d): ..."
     report.as_dict()     # every layer, for the manifest or a bug report
@@ -18,6 +18,9 @@ through a probe that outputs every layer's activation and the loss gradient with
   by a large fraction of |dY|. It is rounding meeting a discontinuity, not a wrong formula; but the less
   accurate a forward, the more elements turn, and on small maps a handful moves a weight's gradient by
   percents. (The slope is read from the tapped input, which feeds only the activation in these models.)
+
+The comparison is generic: each format brings its probe (:class:`Probe`, :meth:`.base.Exporter.probe`), which
+lowers the model as that format's export does (:mod:`.onnx_probe`, :mod:`.tflite_probe`).
 
 A layer departs when the export's error there exceeds ``FACTOR`` times PyTorch float32's own error and a
 floor (``FORWARD_FLOOR``, ``BACKWARD_FLOOR``; below them both are rounding). Errors carry on along the
@@ -229,167 +232,3 @@ def compare(model: nn.Module, images: np.ndarray, labels: np.ndarray, probe: Pro
     report.first_forward = next((d.name for d in layers if d.departs("forward")), None)
     report.first_backward = next((d.name for d in reversed(layers) if d.departs("backward")), None)
     return report
-
-
-# -- probes ----------------------------------------------------------------------------------------
-
-class TfliteProbe:
-    """``model`` lowered as the TFLite export lowers it, converted with builtin ops only, with one signature:
-    ``layers`` (images, labels -> loss, a000... every layer's output, d000... dL/d(output)), run by the device
-    runtime (ai-edge-litert). The kernels are the export's; only the tapped tensors are extra outputs."""
-
-    def __init__(self, model: nn.Module, batch_size: int, resolution: int, threads: int | None = None):
-        from ..runtime.tflite_runner import make_interpreter
-        from .tflite import _backend, convert
-        from .tflite_graph import Lowering
-        from .tflite_ops import cross_entropy
-
-        tf = _backend()
-        lowering = Lowering(copy.deepcopy(model))
-        tapped: list[str] = []
-
-        class Layers(tf.Module):
-            def __init__(self):
-                super().__init__()
-                self._vars = [v.var for v in lowering.variables.values()]
-                self.layers = tf.function(self._layers, input_signature=[
-                    tf.TensorSpec([batch_size, 3, resolution, resolution], tf.float32, name="images"),
-                    tf.TensorSpec([batch_size], tf.int32, name="labels")])
-
-            def signatures(self):
-                return {"layers": self.layers.get_concrete_function()}
-
-            def _layers(self, images, labels):
-                taps: dict = {}
-                with tf.GradientTape() as tape:
-                    logits, _ = lowering.forward(images, training=True, taps=taps)
-                    loss = cross_entropy(logits, labels)
-                seen, names = set(), []
-                for name, t in taps.items():  # a container's output is its last layer's: tapped once, by the layer
-                    if id(t) not in seen:
-                        seen.add(id(t))
-                        names.append(name)
-                grads = tape.gradient(loss, [taps[n] for n in names])
-                tapped[:] = names
-                out = {"loss": loss}
-                for i, (n, g) in enumerate(zip(names, grads)):
-                    out[f"a{i:03d}"] = _nchw(tf, taps[n])
-                    if g is not None:
-                        out[f"d{i:03d}"] = _nchw(tf, g)
-                return out
-
-        self.model_bytes = convert(Layers(), tf)
-        self._names = list(tapped)
-        interpreter = make_interpreter(threads or 1, model_content=self.model_bytes)
-        self._runner = interpreter.get_signature_runner("layers")
-
-    def names(self) -> list[str]:
-        return self._names
-
-    def run(self, images, labels):
-        out = self._runner(images=np.ascontiguousarray(images, np.float32),
-                           labels=np.ascontiguousarray(labels, np.int32))
-        acts = {n: out[f"a{i:03d}"] for i, n in enumerate(self._names)}
-        grads = {n: out[f"d{i:03d}"] for i, n in enumerate(self._names) if f"d{i:03d}" in out}
-        return float(out["loss"]), acts, grads
-
-
-def _nchw(tf, t):
-    return tf.transpose(t, [0, 3, 1, 2]) if t.shape.rank == 4 else t
-
-
-class OnnxProbe:
-    """``model`` lowered as the ONNX export lowers it (:func:`.onnx_graph.lower`), trained by ONNX Runtime from
-    artifacts it generates with the export's registered gradients. Every layer's output gets a zero addend that
-    is the artifacts' only trainable tensor, so ONNX Runtime's own backward yields dL/d(output) as that addend's
-    gradient; the outputs are extra graph outputs. The kernels and gradients are the export's."""
-
-    SKIP = (nn.Dropout, nn.Identity, nn.Flatten)  # they pass their input on: nothing of their own to compare
-
-    def __init__(self, model: nn.Module, batch_size: int, resolution: int, threads: int | None = None):
-        import io
-        import os
-        import tempfile
-
-        from ..runtime import ort_runner
-        from . import onnx_graph as graph
-        from .base import quiet_stderr
-        from .onnx import _backend
-
-        onnx, onnxruntime, artifacts, onnxblock = _backend()
-        lowered = graph.lower(model, training=True)
-        for m in lowered.modules():
-            if getattr(m, "inplace", False):  # an in-place activation would overwrite the tapped output before it
-                m.inplace = False
-        leaves = [n for n, m in lowered.named_modules() if n and not list(m.children()) and not isinstance(m, self.SKIP)]
-        tapped = _Tapped(lowered, leaves, batch_size, resolution)
-        self._names = tapped.names  # in execution order, as the outputs come
-        f = io.BytesIO()
-        outputs = [f"a{i:03d}" for i in range(len(self._names))]
-        torch.onnx.export(tapped, torch.zeros(batch_size, 3, resolution, resolution), f, input_names=[graph.INPUT],
-                          output_names=[graph.OUTPUT, *outputs], opset_version=graph.OPSET, dynamo=False,
-                          training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False, export_params=True)
-        proto = onnx.load_from_string(f.getvalue())
-        taps = [n for n, _ in tapped.named_parameters() if n.startswith("tap_")]
-        graph.restore_initializers(proto, taps)  # equal zeros: the exporter may have merged them
-        frozen = sorted({i.name for i in proto.graph.initializer} - set(taps))
-        graph.register_gradients()
-        self._dir = tempfile.TemporaryDirectory(prefix="edgetl-probe-")
-        with quiet_stderr():
-            artifacts.generate_artifacts(proto, requires_grad=taps, frozen_params=frozen,
-                                         loss=artifacts.LossType.CrossEntropyLoss, optimizer=onnxblock.optim.SGD(),
-                                         artifact_directory=self._dir.name, loss_input_names=[graph.OUTPUT],
-                                         additional_output_names=outputs)
-        training = os.path.join(self._dir.name, ort_runner.TRAINING_MODEL)
-        generated = onnx.load(training)
-        graph.set_hardswish_threshold(generated, graph.hardswish_threshold(model))
-        onnx.save(generated, training)
-        api = ort_runner.training_api()
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or 0
-        self._state = api.CheckpointState.load_checkpoint(os.path.join(self._dir.name, ort_runner.CHECKPOINT))
-        self._module = api.Module(training, self._state,
-                                  os.path.join(self._dir.name, ort_runner.EVAL_MODEL), session_options=options)
-        self._taps = taps
-
-    def names(self) -> list[str]:
-        return self._names
-
-    def run(self, images, labels):
-        self._module.train()
-        out = self._module(np.ascontiguousarray(images, np.float32), np.ascontiguousarray(labels, np.int64))
-        acts = {n: np.asarray(a) for n, a in zip(self._names, out[1:])}
-        grads = {n: np.array(self._state.parameters[t].grad) for n, t in zip(self._names, self._taps)}
-        self._module.lazy_reset_grad()
-        return float(out[0]), acts, grads
-
-
-class _Tapped(nn.Module):
-    """``model`` with a zero addend on each named layer's output: returns (logits, every tapped output, in
-    execution order: ``names``)."""
-
-    def __init__(self, model: nn.Module, names: list[str], batch_size: int, resolution: int):
-        super().__init__()
-        self.model, self._outs = model, []
-        modules = dict(model.named_modules())
-        shapes = {}  # in execution order (an SE block runs its modules in another order than it declares them)
-        handles = [modules[n].register_forward_hook(lambda m, a, out, n=n: shapes.setdefault(n, out.shape) and None)
-                   for n in names]
-        with torch.no_grad():
-            model(torch.zeros(batch_size, 3, resolution, resolution))
-        for h in handles:
-            h.remove()
-        self.names = list(shapes)
-        for i, n in enumerate(self.names):
-            self.register_parameter(f"tap_{i:03d}", nn.Parameter(torch.zeros(shapes[n])))
-            modules[n].register_forward_hook(lambda m, a, out, i=i: self._tap(i, out))
-
-    def _tap(self, i: int, out: torch.Tensor) -> torch.Tensor:
-        out = out + getattr(self, f"tap_{i:03d}")
-        self._outs.append(out)
-        return out.clone()  # the network may add to it in place (a residual's ``result += input``); the tap keeps its own
-
-    def forward(self, x):
-        self._outs.clear()
-        logits = self.model(x)
-        return (logits, *self._outs)

@@ -15,23 +15,23 @@ import json
 import shutil
 from pathlib import Path
 
-from .. import __version__
 from ..data import preprocessing
 from ..io import atomic_write_json, file_sha256
 from ..optim import OptimizerSpec
-from ..profile.analytic import profile_model
+from ..profile.analytic import ModelProfile, profile_model
 from ..run import Run
 from ..runtime import SHARED_FILES
+from ..version import __version__
 from .validation import TOLERANCES, Validation
 
 MANIFEST = "manifest.json"
 
 
-def predicted_memory(run: Run, spec: OptimizerSpec) -> dict:
-    """The analytic training memory of one step as ``fixed_bytes + per_sample_bytes * batch`` (the profiler's
-    figures are linear in the batch), and ``state_bytes``, the trained tensors and optimizer state a runner reads
-    back to write its results: what deploy adds to the runner's measured baseline (:mod:`edgetl.devices.memory`)."""
-    prof = profile_model(run.model, run.resolution, name=run.model_name)
+def predicted_memory(prof: ModelProfile, spec: OptimizerSpec) -> dict:
+    """``manifest["memory"]``: the analytic training memory of one step of the profiled model (``prof``) as
+    ``fixed_bytes + per_sample_bytes * batch`` (the profiler's figures are linear in the batch), and ``state_bytes``,
+    the trained tensors and optimizer state a runner reads back to write its results: what deploy adds to the
+    runner's measured baseline (:mod:`edgetl.devices.memory`, which also makes it for manifests without it)."""
     one, two = (prof.totals(b, spec) for b in (1, 2))
     fixed, per_sample = 2 * one["training_memory_bytes"] - two["training_memory_bytes"], \
         two["training_memory_bytes"] - one["training_memory_bytes"]
@@ -55,7 +55,7 @@ def manifest_fields(exporter, run: Run, spec: OptimizerSpec, trainable: list[str
         "schedule": {"name": run.schedule, "what": "the run's learning-rate schedule, which the runner follows from "
                      "the optimizer's lr over the planned steps of a device run (--epochs x batches per epoch, or "
                      "--steps); cosine as the trainer's CosineAnnealingLR"},
-        "memory": predicted_memory(run, spec),
+        "memory": predicted_memory(profile_model(run.model, run.resolution, name=run.model_name), spec),
         "dropout": "not exported: on-device training runs without dropout (the parity check does the same)",
         "validation": {"validated": False, "steps": steps, "batch_size": reference_batch, "tolerances": TOLERANCES},
         "notes": run.notes, "source_run": str(Path(run.path).resolve()) if run.path else None}
@@ -68,11 +68,6 @@ def split_entry(split, prefix_file: str) -> dict:
             "prefix_sample_bytes": split.prefix_sample_bytes, "region_sample_bytes": split.region_sample_bytes,
             "what": "the frozen prefix runs as its own inference model (any batch: micro-batches on the device); "
                     "the training model is the region after it, its input the prefix's features at full batch"}
-
-
-def split_of(manifest: dict) -> dict | None:
-    """The split entry of a manifest (None: one training model from the input)."""
-    return manifest.get("split")
 
 
 def file_checksums(root: Path) -> dict[str, str]:

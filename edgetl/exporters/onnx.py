@@ -116,9 +116,9 @@ class OnnxExporter(Exporter):
         return INFERENCE_FILE
 
     def probe(self, model, batch_size, resolution):
-        from .layerdiff import OnnxProbe
+        from .onnx_probe import OnnxProbe
 
-        return OnnxProbe(model, batch_size, resolution)
+        return OnnxProbe(model, batch_size, resolution, _backend())
 
     def lower(self, run, out, spec, batch_size, log, split=None):
         onnx, onnxruntime, artifacts, onnxblock = _backend()

@@ -157,6 +157,6 @@ class TfliteExporter(Exporter):
         return tflite_runner.MODEL
 
     def probe(self, model, batch_size, resolution):
-        from .layerdiff import TfliteProbe
+        from .tflite_probe import TfliteProbe
 
-        return TfliteProbe(model, batch_size, resolution)
+        return TfliteProbe(model, batch_size, resolution, _backend(), convert)

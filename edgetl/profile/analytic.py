@@ -129,10 +129,6 @@ class ModelProfile:
         return out
 
 
-class _Loss(nn.Module):
-    """Stands for the cross-entropy loss in the trace: log-softmax (N x C fp32), targets, the mean."""
-
-
 def _loss_layer(num_classes: int) -> LayerProfile:
     keeps = [Keep(-10**9, num_classes, FP32_BITS, "log-softmax"), Keep(-10**9 - 1, 1, INT64_BITS, "targets"),
              Keep(-10**9 - 2, 0, FP32_BITS, "mean weight", fixed_bytes=4)]

@@ -26,18 +26,21 @@ from __future__ import annotations
 
 import csv
 import json
+from typing import TYPE_CHECKING
 
 import torch
-from rich.console import Console
-from rich.table import Table
 
 from ..limits import check_numbers
 from ..models import create_model
 from ..optim import OptimizerSpec
 from ..policies import TopBlocks, parse_policy
 from ..surgery import apply_policy
+from ..units import mib
 from .analytic import profile_model
 from .saved import measure_saved
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 SCHEMA = "edgetl.profile/1"
 _REDUCED = ("saved_activation_bytes", "training_memory_bytes", "training_flops")
@@ -101,10 +104,6 @@ def build_report(model: str, policies: list[str], batch: int = 8, resolution: in
             "num_classes": num_classes, "policies": list(entries.values())}
 
 
-def mib(n: float) -> str:
-    return f"{n / 2**20:,.2f}"
-
-
 def gflops(n: float) -> str:
     return f"{n / 1e9:,.2f}"
 
@@ -114,6 +113,9 @@ def _pct(x: float | None) -> str:
 
 
 def print_report(report: dict, console: Console | None = None, layers: bool = False) -> None:
+    from rich.console import Console  # the console only when printing: `import edgetl` loads no rich
+    from rich.table import Table
+
     console = console or Console()
     pols = report["policies"]
     head = f"{report['model']}, batch {report['batch_size']}, {report['resolution']}x{report['resolution']}"

@@ -49,16 +49,17 @@ def _child(model: str, policy: str, batch: int, resolution: int, optimizer: str,
     if threads:
         torch.set_num_threads(threads)
 
-    import edgetl
-    from edgetl.optim import OptimizerSpec
-    from edgetl.prefix import features_given, prefix_modules, resolve_prefix_batch, run_prefix, set_prefix_batch
-    from edgetl.profile.saved import measure_saved
+    from ..models import create_model
+    from ..optim import OptimizerSpec
+    from ..prefix import features_given, prefix_modules, resolve_prefix_batch, run_prefix, set_prefix_batch
+    from ..surgery import apply_policy, trainable_parameters
+    from .saved import measure_saved
 
     torch.manual_seed(0)
-    net = edgetl.apply_policy(edgetl.create_model(model, num_classes=10), policy).train()
+    net = apply_policy(create_model(model, num_classes=10), policy).train()
     micro = resolve_prefix_batch(net, prefix_batch, batch, resolution)
     set_prefix_batch(net, micro)
-    params = list(edgetl.trainable_parameters(net).values())
+    params = list(trainable_parameters(net).values())
     opt = OptimizerSpec.parse(optimizer, lr=0.01).build(params)
     x = torch.randn(batch, 3, resolution, resolution)
     y = torch.randint(0, 10, (batch,))

@@ -29,13 +29,13 @@ if __package__:  # edgetl.runtime.runner_common
     from . import runner_data as data
     from . import runner_eval as evaluation
     from . import runner_prefix as prefix
-    from .runner_fit import CHECKPOINTS, PROGRESS, SCHEDULES, evaluate, fit, hold_lock, new_state, resumable, write_checkpoint
+    from .runner_fit import CHECKPOINTS, PROGRESS, SCHEDULES, evaluate, fit, hold_lock, new_state, resumable, write_epoch
     from .runner_io import DISK_FULL, RunnerError, atomic_json, lean_heap, peak_rss_bytes, write_bytes
 else:  # beside the runner on a device
     import runner_data as data
     import runner_eval as evaluation
     import runner_prefix as prefix
-    from runner_fit import CHECKPOINTS, PROGRESS, SCHEDULES, evaluate, fit, hold_lock, new_state, resumable, write_checkpoint
+    from runner_fit import CHECKPOINTS, PROGRESS, SCHEDULES, evaluate, fit, hold_lock, new_state, resumable, write_epoch
     from runner_io import DISK_FULL, RunnerError, atomic_json, lean_heap, peak_rss_bytes, write_bytes
 
 REFERENCE, MANIFEST = "reference.npz", "manifest.json"
@@ -65,17 +65,6 @@ def verify(artifacts: str, trainer, infer) -> list[dict]:
              "tolerance": tol["loss_rtol"]},
             {"name": "gradient norms per tensor, one step", "ok": norm_diff <= tol["grad_rtol"], "max_diff": norm_diff,
              "tolerance": tol["grad_rtol"]}]
-
-
-def load_shard(path: str, manifest: dict):
-    data = np.load(path)
-    expected = tuple(manifest["input"]["shape"][1:])
-    if "images" not in data or "labels" not in data or tuple(data["images"].shape[-3:]) != expected:
-        shape = tuple(data["images"].shape) if "images" in data else "missing"
-        raise RunnerError(f"the data shard's images are {shape}, but the model takes (N, {', '.join(map(str, expected))}) "
-                         f"float32 with int64 labels: pack the shard at the model's resolution "
-                         f"(`edgetl deploy --data DIR` does)")
-    return data
 
 
 def run_config(args, manifest_path: str) -> dict:
@@ -231,7 +220,7 @@ def _run(args, runtime: str, make_trainer, infer, save_outputs, make_predictor) 
         print(f"epoch {r['epoch']}/{args.epochs or '-'} loss {r['train_loss']:.4f}{val_part} "
               f"skipped {r['skipped_unreadable']}", flush=True)
         if not last and time.monotonic() - saved[0] >= args.checkpoint_every:
-            write_checkpoint(trainer, args.artifacts, args.out, state, config, save_outputs)
+            write_epoch(trainer, args.artifacts, args.out, state, config, save_outputs)
             saved[:] = [time.monotonic(), state["epoch"]]
 
     try:

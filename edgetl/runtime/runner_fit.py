@@ -3,7 +3,7 @@ learning-rate schedule (the trainer's, step for step), validation after each epo
 trusts. Copied beside the runners onto devices; it imports numpy and the other runner files only.
 
     state = fit(trainer, train, val, epochs=5, batch_size=8, seed=0, schedule="cosine", on_epoch=save)
-    write_checkpoint(trainer, artifacts, out, state, config, save_outputs)   # then resumable(out, config)
+    write_epoch(trainer, artifacts, out, state, config, save_outputs)   # then resumable(out, config)
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def train_loop(trainer, images: np.ndarray, labels: np.ndarray, steps: int, batc
 
 # -- checkpoints: what a resume may trust ---------------------------------------------------------------
 
-def write_checkpoint(trainer, artifacts: str, out: str, state: dict, config: dict, save_outputs) -> None:
+def write_epoch(trainer, artifacts: str, out: str, state: dict, config: dict, save_outputs) -> None:
     """The weights after ``state['epoch']`` into ``out/checkpoints/epoch-N``, then ``progress.json`` naming it.
 
     ``progress.json`` is written (atomically) only when the checkpoint is whole, and a resume trusts only the

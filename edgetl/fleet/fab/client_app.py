@@ -35,11 +35,19 @@ def _bundle(context: Context):
     with open(os.path.join(root, "manifest.json"), "rb") as f:
         raw = f.read()
     manifest = json.loads(raw)
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    return root, manifest, hashlib.sha256(raw).hexdigest(), _import_runner(root, RUNNERS[manifest["runtime"]])
+
+
+def _import_runner(root: str, name: str):
+    """The bundle's runner module. The runner files import each other by bare name (on a device they run as scripts,
+    their directory first on ``sys.path``), so the bundle directory is on ``sys.path`` while they are imported, and
+    only then (they import one another at module level only; later calls find them in ``sys.modules``)."""
     sys.dont_write_bytecode = True  # the bundle directory holds exactly the files that were verified
-    runner = importlib.import_module(RUNNERS[manifest["runtime"]])
-    return root, manifest, hashlib.sha256(raw).hexdigest(), runner
+    sys.path.insert(0, root)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(root)
 
 
 def _runtime_version(runtime: str) -> str:
@@ -83,7 +91,7 @@ def train(msg: Message, context: Context) -> Message:
     runner.common.lean_heap()  # freed step buffers go back to the system, as the runner's --heap lean does
     trainer = runner.Trainer(root, lr=float(config["lr"]) if config.get("lr") else None)
     _set(trainer, received)
-    data = importlib.import_module("runner_data")
+    data = runner.common.data  # runner_data, as the runner imported it
     shard = context.node_config.get("data")
     train_split, _, _ = data.open_data(manifest, data=os.path.join(root, str(shard)) if shard else None,
                                        device_data=context.node_config.get("device-data") or None)
