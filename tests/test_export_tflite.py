@@ -210,3 +210,34 @@ def test_conv_gradients_match_tensorflow(depthwise, k, stride, size):
     np.testing.assert_allclose(y.numpy(), y_ref.numpy(), atol=1e-5)
     for got, ref in zip(tape.gradient(loss, [x, w, b]), tape.gradient(loss_ref, [x, w, b])):
         np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["relu", "relu6", "hardswish"])
+def test_activation_masks_from_the_output_are_the_exact_gradient(kind):
+    """Every activation's backward, with its mask made from the output (``output_kept``) and from the input, inside a
+    ``tf.function`` as the export traces it (TensorFlow's autograph once converted ReLU6's output mask from the
+    wrong lambda of its source line, and MobileNetV2 ``full`` failed to export), against PyTorch's gradient."""
+    import tensorflow as tf
+
+    from edgetl.exporters.tflite_ops import activation
+
+    # values at and around every kink, away from them, and both signs
+    x = np.array([-7.0, -3.0, -2.5, -1e-3, 0.0, 1e-3, 0.5, 2.9, 3.0, 5.99, 6.0, 6.5, 9.0], np.float32)
+    dy = np.linspace(0.5, 1.7, x.size).astype(np.float32)
+    masked = kind == "hardswish"  # MobileTL's Hard-Swish: the gradient passes where x > 0, unscaled
+    for kept in (True, False):
+        @tf.function
+        def grad(v, kept=kept):
+            with tf.GradientTape() as tape:
+                tape.watch(v)
+                y = activation(v, kind, masked=masked, output_kept=kept)
+            return tape.gradient(y, v, output_gradients=tf.constant(dy))
+
+        got = grad(tf.constant(x)).numpy()
+        if masked:
+            expected = dy * (x > 0)
+        else:
+            t = torch.from_numpy(x).requires_grad_()
+            {"relu": torch.relu, "relu6": nn.functional.relu6}[kind](t).backward(torch.from_numpy(dy))
+            expected = t.grad.numpy()
+        np.testing.assert_array_equal(got, expected, err_msg=f"{kind}, mask from the {'output' if kept else 'input'}")

@@ -402,6 +402,12 @@ def _nonzero(v):
     return tf.minimum(tf.math.ceil(v), 1.0)
 
 
+def _inside_relu6(y):
+    """0 < y < 6 from ReLU6's output. A function, not a lambda beside another on one line: TensorFlow's autograph
+    converts a lambda from its source line and took ``from_input``'s there (MobileNetV2 ``full`` failed to export)."""
+    return _nonzero(y * (6.0 - y))
+
+
 @dataclass(frozen=True)
 class Mask:
     """Where an activation's gradient passes: ``from_input(x, threshold)``, a boolean made in the forward pass and
@@ -420,7 +426,7 @@ class Mask:
 #: kind -> (mask, slope): the exact gradient is dy * mask * slope, with PyTorch's conventions at the kinks
 MASKS = {
     "relu": (Mask(lambda x, t: x > 0, _nonzero), 1.0),
-    "relu6": (Mask(lambda x, t: tf.minimum(x, 6.0 - x) > 0, lambda y: _nonzero(y * (6.0 - y))), 1.0),
+    "relu6": (Mask(lambda x, t: tf.minimum(x, 6.0 - x) > 0, _inside_relu6), 1.0),
     "hardsigmoid": (Mask(lambda x, t: tf.minimum(x + 3.0, 3.0 - x) > 0), 1.0 / 6.0),
     "hardswish_mobiletl": (Mask(lambda x, t: x > t, _nonzero), 1.0),  # MobileTL's sign approximation
 }
