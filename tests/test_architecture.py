@@ -1,7 +1,7 @@
 """The shape of the import graph of ``edgetl/``, read from the source with ``ast`` (nothing is imported).
 
 Every import counts: module level, inside functions and methods, absolute and relative, and a constant module
-name given to ``importlib.import_module`` / ``__import__`` (a registry's name strings, such as ``EXPORTERS``, are
+name given to ``importlib.import_module`` / ``__import__`` (a registry's name strings, such as a ``Format``'s ``exporter``, are
 not read). A function-level import defers the loading, not the coupling: two modules that import each other, even
 lazily, are one concept split in two or a lower layer reaching up, so a lazy import is never the way out of a
 cycle here. Lazy imports stay where they keep a heavy dependency out of ``import edgetl`` (TensorFlow, ONNX

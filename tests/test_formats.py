@@ -59,7 +59,7 @@ TOY = Format(name="toy", display="Toy", exporter=f"{__name__}:ToyExporter", extr
 
 
 class ToyExporter(Exporter):
-    name, runtime, input_name, runner = TOY.name, None, "input", None
+    format, input_name, runner = TOY, "input", None
     prefix_file = "prefix.toy"
 
     def lower(self, run, out, spec, batch_size, log, split=None):

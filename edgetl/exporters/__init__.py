@@ -1,6 +1,7 @@
-"""Exporters: one module per format, registered by name.
+"""Exporters: the generic layer of every format's export (each format's exporter is in its package, registered in
+:mod:`edgetl.formats`).
 
-    from edgetl.exporters import export, EXPORTERS
+    from edgetl.exporters import export, exporter
     result = export("runs/last", "onnx", "artifacts/onnx")              # a run directory, validated by default
     result = export(model, "tflite", "artifacts/tflite", batch_size=8)  # or a model held in memory, or a Run
     print(result.validation)                                            # ✓/✗ per check; result.files, result.manifest
@@ -29,9 +30,6 @@ from ..sources import SourceError, load_run
 from .base import Exporter, ExportError, ExportResult, ValidationFailed
 from .inference import CALIBRATION_IMAGES, export_inference
 from .manifest import load_manifest, verify_manifest
-
-#: the formats' exporters, "module:Class" by format name: the format registry's (:mod:`edgetl.formats`), sorted
-EXPORTERS = {name: FORMATS[name].exporter for name in sorted(FORMATS)}
 
 
 def exporter(fmt: str) -> Exporter:
@@ -94,5 +92,5 @@ def export(source: Run | nn.Module | str | os.PathLike, fmt: str, out: str | os.
     return result
 
 
-__all__ = ["EXPORTERS", "ExportError", "ExportResult", "Exporter", "ValidationFailed", "as_run", "export", "exporter",
+__all__ = ["ExportError", "ExportResult", "Exporter", "ValidationFailed", "as_run", "export", "exporter",
            "load_manifest", "verify_manifest"]

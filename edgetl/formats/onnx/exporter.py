@@ -57,9 +57,7 @@ def _backend():
 
 
 class OnnxExporter(Exporter):
-    name = FORMAT.name
-    runtime = FORMAT.runtime.name
-    inference_runtime = FORMAT.inference_runtime
+    format = FORMAT
     input_name = "input"
     runner = ort_runner
     prefix_file = "prefix.onnx"

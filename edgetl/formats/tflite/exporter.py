@@ -104,9 +104,7 @@ def convert(module, tf, calibration=None) -> bytes:
 
 
 class TfliteExporter(Exporter):
-    name = FORMAT.name
-    runtime = FORMAT.runtime.name
-    inference_runtime = FORMAT.inference_runtime
+    format = FORMAT
     input_name = "images"
     fixed_batch = True
     runner = tflite_runner
