@@ -115,8 +115,8 @@ class _Setup:
     def run(self, runtime: str, python: str | None, wheels, force: bool, fleet: bool = False) -> dict:
         info = self.device.probe()  # also refuses a ?python= that is missing or not Python 3
         if info.android and not info.termux:
-            raise SetupError(f"{self.uri} is an Android device: Android has no Python wheels of ai-edge-litert or "
-                             f"onnxruntime-training, so there is nothing to set up; build the app in "
+            raise SetupError(f"{self.uri} is an Android device: Android has no Python wheels of "
+                             f"{' or '.join(RUNTIMES)}, so there is nothing to set up; build the app in "
                              f"examples/android, which trains the same exports with ONNX Runtime's Android API")
         if info.termux:
             self.say("Termux detected: setting it up like a Linux device")
@@ -171,7 +171,8 @@ class _Setup:
             try:
                 spec = by_option(runtime)
             except KeyError:
-                raise SetupError(f"unknown runtime {runtime!r}: use auto, tflite or onnx") from None
+                options = ", ".join(["auto", *(r.option for r in RUNTIMES.values())])
+                raise SetupError(f"unknown runtime {runtime!r}: use one of {options}") from None
             why = self._why(spec.name, base)
             if why:
                 raise NoWheel(f"cannot set up {spec.option} on {self.uri}: {why}")

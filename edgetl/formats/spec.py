@@ -58,8 +58,12 @@ class Format:
     #: setup's self-test: the module (in the format's package, runtime and numpy only, with ``check(folder)``
     #: returning the losses of a few steps) and the micro models it reads, relative to the package
     selftest: tuple[str, ...] = ()
-    package: str = ""  # the format's package, where its self-test files are
     baked: str | None = None  # the file a runner's results bake with the trained weights (deploy's memory)
+
+    @property
+    def package(self) -> str:
+        """The format's package (its exporter's), where its self-test files are."""
+        return self.exporter.partition(":")[0].rpartition(".")[0]
 
     @property
     def runtimes(self) -> tuple[str, ...]:

@@ -15,12 +15,14 @@ FORMAT = Format(
     name=NAME, display="ONNX Runtime", exporter="edgetl.formats.onnx.exporter:OnnxExporter", extra="onnx",
     summary="ONNX Runtime training artifacts",
     runtime=Runtime(
-        "onnxruntime-training", NAME, "onnxruntime-training-cpu==1.19.2",
-        ("onnxruntime-training", "onnxruntime-training-cpu"), "onnxruntime",
-        (("Linux", "x86_64"), ("Darwin", "arm64"), ("Darwin", "x86_64"), ("Windows", "AMD64")), ((3, 9), (3, 12)),
-        "Linux x86_64 (glibc 2.27 or newer), macOS and Windows x86_64; no Linux aarch64 wheel (its last "
-        "release, 1.19.2): on a Raspberry Pi deploy a TFLite export", instead="; export with --format tflite"),
+        name="onnxruntime-training", option=NAME, requirement="onnxruntime-training-cpu==1.19.2",
+        dists=("onnxruntime-training", "onnxruntime-training-cpu"), module="onnxruntime",
+        platforms=(("Linux", "x86_64"), ("Darwin", "arm64"), ("Darwin", "x86_64"), ("Windows", "AMD64")),
+        python=((3, 9), (3, 12)),
+        where="Linux x86_64 (glibc 2.27 or newer), macOS and Windows x86_64; no Linux aarch64 wheel (its last "
+              "release, 1.19.2): on a Raspberry Pi deploy a TFLite export",
+        instead="; export with --format tflite"),
     runner="ort_runner", inference_runtime="onnxruntime",
     selftest=("selftest.py", "micro_onnx/training_model.onnx", "micro_onnx/eval_model.onnx",
               "micro_onnx/optimizer_model.onnx", "micro_onnx/checkpoint"),
-    package=__name__, baked="inference.onnx")
+    baked="inference.onnx")

@@ -16,8 +16,8 @@ FORMAT = Format(
     name=NAME, display="TFLite", exporter="edgetl.formats.tflite.exporter:TfliteExporter", extra="tflite",
     summary="one .tflite with train/infer signatures",
     runtime=Runtime(
-        "ai-edge-litert", NAME, "ai-edge-litert==2.3.0", ("ai-edge-litert", "tflite-runtime"), "ai_edge_litert",
-        (("Linux", "x86_64"), ("Linux", "aarch64"), ("Darwin", "arm64")), ((3, 10), (3, 14)),
-        "Linux x86_64 and aarch64 (64-bit Raspberry Pi OS, glibc 2.27 or newer) and macOS arm64"),
-    runner="tflite_runner", inference_runtime="ai-edge-litert", selftest=("selftest.py", "micro.tflite"),
-    package=__name__)
+        name="ai-edge-litert", option=NAME, requirement="ai-edge-litert==2.3.0",
+        dists=("ai-edge-litert", "tflite-runtime"), module="ai_edge_litert",
+        platforms=(("Linux", "x86_64"), ("Linux", "aarch64"), ("Darwin", "arm64")), python=((3, 10), (3, 14)),
+        where="Linux x86_64 and aarch64 (64-bit Raspberry Pi OS, glibc 2.27 or newer) and macOS arm64"),
+    runner="tflite_runner", inference_runtime="ai-edge-litert", selftest=("selftest.py", "micro.tflite"))
