@@ -55,8 +55,8 @@ class Format:
     runtime: Runtime | None = None  # the device runtime training exports run in
     runner: str | None = None  # the device runner module under edgetl/runtime/ (a self-contained file)
     inference_runtime: str | None = None  # an inference export's runtime (its runner runs it too)
-    #: setup's self-test: the module (in the format's package, runtime and numpy only, with ``check(folder)``
-    #: returning the losses of a few steps) and the micro models it reads, relative to the package
+    #: setup's self-test: the module (runtime and numpy only; ``check(folder, x, y, steps, lr)`` returns the losses of
+    #: a few steps) and the micro models it reads, relative to the format's package
     selftest: tuple[str, ...] = ()
     baked: str | None = None  # the file a runner's results bake with the trained weights (deploy's memory)
 
