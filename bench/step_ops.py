@@ -8,7 +8,7 @@ layer beside the profiler's FLOPs (TFLite: each operator alone and in the step; 
 
 A policy with a frozen prefix exports it apart, so the step profiled is the trained region's: the cached step.
 
-TFLite has no op profiler in Python, so two figures per operator (:mod:`edgetl.exporters.tflite_profile`): its time
+TFLite has no op profiler in Python, so two figures per operator (:mod:`edgetl.formats.tflite.profile`): its time
 alone (cut out into a model of its own) and its time in the step (the subgraph cut into about ``--segments`` spans
 of whole layers, each timed in place as the difference of two prefixes, and shared among its operators as their
 times alone are). ``--clock cpu`` counts this thread's CPU time, which other processes barely disturb; it is exact
@@ -73,7 +73,7 @@ def _keys(ops, layer_of) -> list:
 
 
 def profile_tflite(art: Path, args, log) -> dict:
-    from edgetl.exporters import tflite_profile as tp
+    from edgetl.formats.tflite import profile as tp
 
     model = (art / "model.tflite").read_bytes()
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter

@@ -43,12 +43,15 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import ConfigError, EdgeTLError
+from .formats import FORMATS, display
 from .limits import Limit, check_numbers
 from .policies import parse_policy
 from .prefix import check_prefix_batch
 
-RUNTIMES = {"pytorch": "PyTorch", "onnx": "ONNX Runtime", "tflite": "TFLite"}
-RUNNERS = {"onnx": "ort_runner.py", "tflite": "tflite_runner.py"}
+#: what a benchmark compares, by name, for people: PyTorch and each format with a device runner (the registry's)
+RUNTIMES = {"pytorch": display("pytorch"), **{n: f.display for n, f in sorted(FORMATS.items()) if f.runner}}
+#: a format's runner file, as an export copies it beside its artifacts
+RUNNERS = {n: f"{f.runner}.py" for n, f in FORMATS.items() if f.runner}
 FIGURES = ("peak_rss_bytes", "train_peak_rss_bytes", "baseline_rss_bytes", "step_seconds", "cached_step_seconds")
 GFLOPS = (("step_gflops", "step_flops", "step_seconds"), ("cached_step_gflops", "cached_step_flops", "cached_step_seconds"))
 RUN_TIMEOUT_S = 1800

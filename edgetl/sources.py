@@ -32,14 +32,13 @@ import torch
 from .checkpoint import CHECKPOINT, RunError
 from .data import preprocessing
 from .errors import DataError, EdgeTLError
+from .formats import by_runtime, runners
 from .run import Run, device_params
-from .runtime import RUNNERS, runner_module
+from .runtime import runner_module
 from .runtime.runner_common import EVAL_BATCH, RunnerError
 
 #: the files of a deploy result (``edgetl deploy --out``) this module reads; the deploy writes them
 DEPLOY_REPORT, DEVICE_WEIGHTS, EXPORT_MANIFEST = "report.json", "params.npz", "manifest.json"
-#: what installs an export's runtime on this computer
-RUNTIME_EXTRAS = {"ai-edge-litert": "tflite", "onnxruntime-training": "onnx", "onnxruntime": "onnx"}
 
 
 class SourceError(EdgeTLError):
@@ -89,14 +88,14 @@ class ModelSource:
 
             return predict, EVAL_BATCH
         try:
-            runner = runner_module(self.runtime)
+            runner = runner_module(runners()[self.runtime])
         except ImportError as exc:  # the runner module itself needs nothing beyond numpy; be clear anyway
             raise SourceError(f"cannot load the runner of {self.runtime}: {exc}") from None
         with runner_errors(SourceError):
             try:
                 return runner.predictor(str(self.path), None, threads)
             except ImportError as exc:
-                extra = RUNTIME_EXTRAS.get(self.runtime, "all")
+                extra = by_runtime(self.runtime).extra  # what installs it on this computer
                 raise SourceError(f"{self.path} is a {self.manifest.get('format')} export and runs in {self.runtime}, "
                                   f"which is not installed here ({exc.name} missing): pip install 'edgetl[{extra}]'"
                                   ) from None
@@ -153,9 +152,9 @@ def open_source(source: str | os.PathLike) -> ModelSource:
     if path.is_dir() and (path / EXPORT_MANIFEST).is_file() and not (path / DEPLOY_REPORT).is_file():
         manifest = _read_json(path / EXPORT_MANIFEST, "manifest")
         runtime = manifest.get("runtime")
-        if runtime not in RUNNERS:
+        if runtime not in runners():
             raise SourceError(f"{path} is an export for {runtime!r}, which edgetl cannot run; choose an export of: "
-                              f"{', '.join(sorted(RUNNERS))}")
+                              f"{', '.join(sorted(runners()))}")
         kind = "inference export" if manifest.get("kind") == "inference" else "export"
         return ModelSource(path, kind, manifest["model"], manifest.get("policy"), list(manifest["class_names"]),
                            manifest["preprocessing"], runtime, manifest=manifest)

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .devices.deploy import DeployEvents
+from .formats import display
 from .trainer import Callback
 from .units import mib
 
@@ -254,7 +255,6 @@ def print_benchmark(report: dict, console: Console | None = None) -> None:
     c, rows = report["config"], report["rows"]
     setting = (f"{c['model']}, batch {c['batch']}, {c['resolution']}x{c['resolution']}, {c['optimizer']}, "
                f"prefix batch {c['prefix_batch']}, {c.get('threads') or 'default'} threads")
-    names = {"pytorch": "PyTorch", "onnx": "ONNX Runtime", "tflite": "TFLite"}
     table = Table(title=f"Memory: {setting}: medians of {c['rounds']} interleaved round(s)")
     for col in ("policy", "runtime", "training peak MiB", "peak with results MiB", "predicted MiB", "baseline MiB",
                 "step MiB (training peak - baseline)", "analytic MiB", "measured / analytic", "runtime plan MiB",
@@ -265,7 +265,7 @@ def print_benchmark(report: dict, console: Console | None = None) -> None:
         step, analytic = r.get("step_rss_bytes"), r.get("analytic_bytes")
         ref = ft.get(r["runtime"])
         table.add_row(
-            r["policy"], names[r["runtime"]],
+            r["policy"], display(r["runtime"]),
             mib(r.get("train_peak_rss_bytes"), 0), mib(r["peak_rss_bytes"], 0), mib(r.get("predicted_bytes"), 0),
             mib(r["baseline_rss_bytes"], 0), mib(step, 0),
             mib(analytic, 0),
@@ -284,7 +284,7 @@ def print_benchmark(report: dict, console: Console | None = None) -> None:
         ref = torch.get(r["policy"]) if r["runtime"] != "pytorch" else None
         cached = r.get("cached_step_gflops")
         table.add_row(
-            r["policy"], names[r["runtime"]], _ms(r["step_seconds"]), _ms(r["cached_step_seconds"]),
+            r["policy"], display(r["runtime"]), _ms(r["step_seconds"]), _ms(r["cached_step_seconds"]),
             _ratio(r["cached_step_seconds"], r["step_seconds"]),
             _ratio(r["step_seconds"], ref and ref["step_seconds"]),
             _ratio(r["cached_step_seconds"], ref and ref["cached_step_seconds"]),

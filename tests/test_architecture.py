@@ -1,7 +1,7 @@
 """The shape of the import graph of ``edgetl/``, read from the source with ``ast`` (nothing is imported).
 
 Every import counts: module level, inside functions and methods, absolute and relative, and a constant module
-name given to ``importlib.import_module`` / ``__import__`` (a registry's name strings, such as ``EXPORTERS``, are
+name given to ``importlib.import_module`` / ``__import__`` (a registry's name strings, such as a ``Format``'s ``exporter``, are
 not read). A function-level import defers the loading, not the coupling: two modules that import each other, even
 lazily, are one concept split in two or a lower layer reaching up, so a lazy import is never the way out of a
 cycle here. Lazy imports stay where they keep a heavy dependency out of ``import edgetl`` (TensorFlow, ONNX
@@ -14,12 +14,15 @@ package's submodules cannot help importing their own package.
 Checked: no cycle between modules, and the layers point one way (a module imports only its own layer or
 lower ones): ``runtime/`` (numpy and the runtime only, nothing else of edgetl) <- core <- profile <- exporters
 <- devices <- fleet <- cli and the front ends (ui, benchmark); the package ``edgetl/__init__`` is the facade
-that nothing inside imports.
+that nothing inside imports. ``formats/`` spans two layers: the registry (``formats/__init__``, ``spec``) and each
+format's description (its package's ``__init__``) are plain data at the core layer, which core (``sources``) reads;
+a format's exporter, lowering, probe and self-test sit at the exporters layer.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "edgetl"
@@ -27,6 +30,8 @@ PKG = Path(__file__).resolve().parent.parent / "edgetl"
 # layer of a module by its first name below edgetl; everything else is core (rank 1)
 LAYERS = {"runtime": 0, "profile": 2, "exporters": 3, "devices": 4, "fleet": 5, "cli": 6, "ui": 6, "benchmark": 6}
 CORE = 1
+#: the plain-data part of formats/: the registry, its dataclasses, each format's package __init__ (core layer)
+FORMAT_DATA = re.compile(r"edgetl\.formats(\.spec|\.\w+)?")
 
 
 def modules() -> dict[str, Path]:
@@ -103,6 +108,8 @@ def find_cycle(graph: dict[str, dict[str, int]]) -> list[str] | None:
 
 def layer(module: str) -> int:
     parts = module.split(".")
+    if parts[1:2] == ["formats"]:
+        return CORE if FORMAT_DATA.fullmatch(module) else LAYERS["exporters"]
     return LAYERS.get(parts[1], CORE) if len(parts) > 1 else max(LAYERS.values()) + 1
 
 

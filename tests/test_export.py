@@ -193,7 +193,7 @@ def test_a_crashed_export_leaves_nothing_at_out(tmp_path, monkeypatch):
     """Exports are built under a hidden name beside --out and renamed into place when complete: an exception
     mid-export leaves --out as it was (absent, or the previous export); what a killed one left is cleared by the
     next; a folder that is not an export is never replaced."""
-    from edgetl.exporters.onnx import OnnxExporter
+    from edgetl.formats.onnx.exporter import OnnxExporter
 
     run = make_run(tmp_path / "run", resolution=32)
     art = tmp_path / "art"

@@ -63,7 +63,7 @@ def test_an_fp32_inference_export_is_the_run_with_its_weights_as_constants(fmt, 
     got = run_file(fmt, tmp_path / "app" / m["file"], x)  # any batch: 5 here
     assert np.max(np.abs(got - reference)) <= 1e-4 * max(1.0, np.max(np.abs(reference)))
     if fmt == "tflite":
-        from edgetl.exporters.tflite import operators
+        from edgetl.formats.tflite.exporter import operators
 
         ops = {o for v in operators((tmp_path / "app" / m["file"]).read_bytes()).values() for o in v}
         assert not ops & {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE"}  # no variables: constants only

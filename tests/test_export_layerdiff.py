@@ -19,8 +19,10 @@ from .exportutil import make_run, tiny_mobilenet
 
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
-from edgetl.exporters import layerdiff, tflite, tflite_ops  # noqa: E402
-from edgetl.exporters.tflite_graph import Lowering, TrainingModule  # noqa: E402
+from edgetl.exporters import layerdiff  # noqa: E402
+from edgetl.formats.tflite import exporter as tflite  # noqa: E402
+from edgetl.formats.tflite import ops as tflite_ops  # noqa: E402
+from edgetl.formats.tflite.graph import Lowering, TrainingModule  # noqa: E402
 from edgetl.optim import OptimizerSpec  # noqa: E402
 
 BATCH, RES = 8, 224

@@ -17,8 +17,9 @@ from .exportutil import make_run, tiny_mobilenet
 
 pytest.importorskip("onnxruntime.training")
 BATCH, RES = 8, 224  # the stem's norm sees 8 x 112 x 112 elements per channel, as MobileNetV2's does
-from edgetl.exporters import layerdiff, onnx_graph  # noqa: E402
-from edgetl.exporters.onnx import OnnxExporter  # noqa: E402
+from edgetl.exporters import layerdiff  # noqa: E402
+from edgetl.formats.onnx import graph as onnx_graph  # noqa: E402
+from edgetl.formats.onnx.exporter import OnnxExporter  # noqa: E402
 
 
 @pytest.fixture(scope="module")

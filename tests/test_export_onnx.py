@@ -12,7 +12,8 @@ from torch import nn
 
 from edgetl import Run
 from edgetl.cli import main
-from edgetl.exporters import ExportError, export, onnx_graph
+from edgetl.exporters import ExportError, export
+from edgetl.formats.onnx import graph as onnx_graph
 from edgetl.runtime import ort_runner
 
 from .exportutil import make_run, reference_shard, run_runner

@@ -20,7 +20,7 @@ from .test_runner_memory import resident_bytes
 
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
-from edgetl.exporters import tflite  # noqa: E402
+from edgetl.formats.tflite import exporter as tflite  # noqa: E402
 from edgetl.runtime import tflite_runner  # noqa: E402
 
 TFLITE = pytest.mark.parametrize("v3_export", ["tflite"], indirect=True)
@@ -187,7 +187,7 @@ def test_cli_export_tflite(tmp_path):
 @pytest.mark.parametrize("k,stride,size", [(1, 1, 6), (3, 1, 7), (3, 2, 8), (3, 2, 7), (5, 1, 6), (5, 2, 9)])
 def test_conv_gradients_match_tensorflow(depthwise, k, stride, size):
     """The builtin-op gradients of tflite_ops.conv2d against TensorFlow's own conv gradients (PyTorch padding)."""
-    from edgetl.exporters.tflite_ops import conv2d
+    from edgetl.formats.tflite.ops import conv2d
 
     rng = np.random.default_rng(k * 10 + stride)
     pad = (k - 1) // 2
@@ -220,7 +220,7 @@ def test_activation_masks_from_the_output_are_the_exact_gradient(kind):
     in that export; ``bench/parity.py`` at 224 is its check.)"""
     import tensorflow as tf
 
-    from edgetl.exporters.tflite_ops import activation
+    from edgetl.formats.tflite.ops import activation
 
     # values at and around every kink, away from them, and both signs
     x = np.array([-7.0, -3.0, -2.5, -1e-3, 0.0, 1e-3, 0.5, 2.9, 3.0, 5.99, 6.0, 6.5, 9.0], np.float32)

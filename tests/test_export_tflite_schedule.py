@@ -8,10 +8,10 @@ tf = pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
-from edgetl.exporters import tflite_schedule  # noqa: E402
 from edgetl.exporters.reference import training_copy  # noqa: E402
-from edgetl.exporters.tflite import convert, operators  # noqa: E402
-from edgetl.exporters.tflite_graph import Lowering, TrainingModule  # noqa: E402
+from edgetl.formats.tflite import schedule as tflite_schedule  # noqa: E402
+from edgetl.formats.tflite.exporter import convert, operators  # noqa: E402
+from edgetl.formats.tflite.graph import Lowering, TrainingModule  # noqa: E402
 from edgetl.optim import OptimizerSpec  # noqa: E402
 
 from .exportutil import tiny_mobilenet  # noqa: E402

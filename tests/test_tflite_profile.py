@@ -10,12 +10,12 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
-from edgetl.exporters import tflite_profile as tp  # noqa: E402
 from edgetl.exporters.reference import training_copy  # noqa: E402
-from edgetl.exporters.tflite import convert  # noqa: E402
-from edgetl.exporters.tflite_graph import Lowering, TrainingModule  # noqa: E402
-from edgetl.exporters.tflite_ops import DEPTHWISE_MAX_CHANNELS, _depthwise_weight_grad, activation  # noqa: E402
-from edgetl.exporters.tflite_schedule import _Graph, _load, _subgraphs  # noqa: E402
+from edgetl.formats.tflite import profile as tp  # noqa: E402
+from edgetl.formats.tflite.exporter import convert  # noqa: E402
+from edgetl.formats.tflite.graph import Lowering, TrainingModule  # noqa: E402
+from edgetl.formats.tflite.ops import DEPTHWISE_MAX_CHANNELS, _depthwise_weight_grad, activation  # noqa: E402
+from edgetl.formats.tflite.schedule import _Graph, _load, _subgraphs  # noqa: E402
 from edgetl.optim import OptimizerSpec  # noqa: E402
 from edgetl.runtime.tflite_runner import make_interpreter  # noqa: E402
 

@@ -14,11 +14,32 @@ import click
 from rich.console import Console
 
 from ..errors import ConfigError, EdgeTLError
+from ..formats import FORMATS
 from ..ui import show_notes
 
 console = Console()
 if not console.is_terminal:  # piped or captured output: do not squeeze tables into 80 columns
     console = Console(width=160)
+
+
+class FormatChoice(click.Choice):
+    """The registered formats (:mod:`edgetl.formats`) as choices, read when the command line is parsed or its help
+    shown, so a format registered after import is listed too. ``first``: choices before them (``auto``,
+    ``pytorch``); ``deployable``: only formats with a device runtime and runner, in the registry's order unless
+    ``sort``."""
+
+    def __init__(self, first: tuple[str, ...] = (), deployable: bool = False, sort: bool = True):
+        self.first, self.deployable, self.sort = first, deployable, sort
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        names = [n for n, f in FORMATS.items() if not self.deployable or (f.runtime and f.runner)]
+        return (*self.first, *(sorted(names) if self.sort else names))
+
+    @choices.setter
+    def choices(self, _value) -> None:  # click's __init__ sets it; the registry is the source
+        pass
 
 
 def friendly_errors(fn):

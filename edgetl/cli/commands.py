@@ -7,7 +7,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..exporters import EXPORTERS
+from ..formats import DEFAULT, FORMATS
 from ..job import TrainConfig, trainer_from_config
 from ..models import MODELS
 from ..policies import POLICIES
@@ -15,7 +15,7 @@ from ..profile import build_report, fit_policies, largest_batch, parse_size, plo
 from ..profile.budget import DEVICE_PROFILES
 from ..ui import ProgressBar, print_checklist
 from ..units import mib
-from .base import command_line, console, friendly_errors, main, parse_prefix_batch
+from .base import FormatChoice, command_line, console, friendly_errors, main, parse_prefix_batch
 
 _DEFAULTS = TrainConfig()
 
@@ -128,8 +128,8 @@ def _print_fit(model, policies, limit, batch_size, resolution, optimizer, num_cl
 
 @main.command("export")
 @click.argument("run", type=click.Path(), metavar="SOURCE")
-@click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(sorted(EXPORTERS)),
-              help="onnx: ONNX Runtime training artifacts; tflite: one .tflite with train/infer signatures")
+@click.option("--format", "fmt", default=DEFAULT, show_default=True, type=FormatChoice(),
+              help="; ".join(f"{n}: {f.summary}" for n, f in sorted(FORMATS.items())))
 @click.option("--out", default=None, help="artifact directory [default: artifacts/<format>]")
 @click.option("--no-validate", is_flag=True, help="skip the parity check against PyTorch")
 @click.option("--steps", default=3, show_default=True, type=int, help="training steps in the parity check")
@@ -212,7 +212,7 @@ def policies():
 @main.command()
 @click.option("--model", default="mobilenet_v2", show_default=True, type=click.Choice(list(MODELS)))
 @click.option("--policy", "policies", multiple=True, help="repeatable [default: full, ft:5, mobiletl:5]")
-@click.option("--runtime", "runtimes", multiple=True, type=click.Choice(["pytorch", "onnx", "tflite"]),
+@click.option("--runtime", "runtimes", multiple=True, type=FormatChoice(("pytorch",), deployable=True),
               help="repeatable [default: all three]")
 @click.option("--batch-size", default=8, show_default=True, type=int)
 @click.option("--resolution", default=224, show_default=True, type=int)

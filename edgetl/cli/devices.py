@@ -6,7 +6,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .base import console, friendly_errors, main, parse_prefix_batch
+from ..formats import runtimes
+from .base import FormatChoice, console, friendly_errors, main, parse_prefix_batch
 
 
 @main.group()
@@ -54,8 +55,9 @@ def _python_source(uri, info) -> str:
 
 @devices.command("setup")
 @click.argument("uri")
-@click.option("--runtime", default="auto", show_default=True, type=click.Choice(["auto", "tflite", "onnx"]),
-              help="auto: tflite (ai-edge-litert) where it has wheels, else onnx (onnxruntime-training)")
+@click.option("--runtime", default="auto", show_default=True, type=FormatChoice(("auto",), deployable=True, sort=False),
+              help="auto: the first of " + ", ".join(f"{r.option} ({r.name})" for r in runtimes().values())
+              + " that has wheels for the device")
 @click.option("--python", "python", help="the device's Python to build from [default: ?python=, else python3]")
 @click.option("--wheels", type=click.Path(file_okay=False),
               help="install from the wheels in DIR, pushed from here (the device needs no index); an empty DIR is "
@@ -99,7 +101,8 @@ def devices_setup(uri, runtime, python, wheels, force, fleet):
               help="the device's: aarch64 (Raspberry Pi OS 64-bit), x86_64, macos-arm64")
 @click.option("--python", "python", default="3.11", show_default=True, help="the device's Python (Bookworm: 3.11)")
 @click.option("--glibc", default="2.36", show_default=True, help="the device's glibc (Bookworm: 2.36)")
-@click.option("--runtime", default="tflite", show_default=True, type=click.Choice(["tflite", "onnx"]))
+@click.option("--runtime", default=next(iter(runtimes().values())).option, show_default=True,
+              type=FormatChoice(deployable=True, sort=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="directory for the wheels")
 @click.option("--fleet", is_flag=True, help="Flower's wheels too (devices setup --fleet)")
 @friendly_errors

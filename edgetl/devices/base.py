@@ -19,6 +19,7 @@ from typing import Callable
 from urllib.parse import parse_qsl, urlparse
 
 from ..errors import EdgeTLError
+from ..formats import dists
 from ..io import file_sha256  # noqa: F401  (re-exported for transports and bundles)
 
 
@@ -133,8 +134,7 @@ try:
     from importlib import metadata
 except ImportError:
     metadata = None
-for dist in ("onnxruntime-training-cpu", "onnxruntime-training", "onnxruntime", "ai-edge-litert", "tflite-runtime",
-             "numpy", "onnx", "pillow"):
+for dist in __DISTS__:
     try:
         print("runtime." + dist + "=" + metadata.version(dist))
     except Exception:
@@ -142,7 +142,7 @@ for dist in ("onnxruntime-training-cpu", "onnxruntime-training", "onnxruntime", 
 PY
 fi
 true
-"""
+""".replace("__DISTS__", repr((*dists(), "numpy", "pillow")))
 #: where `edgetl devices setup` keeps environments and its record, as a shell word on the device
 ENV_ROOT = '"${XDG_CACHE_HOME:-$HOME/.cache}/edgetl"'
 #: the record's "python" line is read by sed here, so setup writes it first, on a line of its own

@@ -29,7 +29,8 @@ import numpy as np
 
 from ..exporters import ExportError
 from ..exporters.manifest import MANIFEST, verify_manifest
-from ..runtime import RUNNERS, SHARED_FILES
+from ..formats import FORMATS, by_runtime
+from ..runtime import SHARED_FILES
 from .base import Device, DeviceError, DiskFull, file_sha256
 
 BUNDLE_JSON = "bundle.json"
@@ -66,10 +67,12 @@ def make_bundle(artifacts: str | Path, data: str | Path | None = None, shard_siz
     if manifest.get("kind") == "inference":
         raise ExportError(f"{artifacts} is an inference export (weights baked in, for apps): deploy trains a training "
                           f"export; export the run without --inference")
-    runner = RUNNERS.get(manifest.get("runtime"))
-    if runner is None:
-        raise ExportError(f"no device runner for the runtime {manifest.get('runtime')!r} yet")
-    runner += ".py"
+    fmt = FORMATS.get(manifest.get("format")) or by_runtime(manifest.get("runtime"))
+    if fmt is None or fmt.runtime is None or fmt.runner is None:
+        what = f"the {fmt.display} format" if fmt else f"the runtime {manifest.get('runtime')!r}"
+        raise ExportError(f"{artifacts} cannot be deployed: {what} has no device runtime in edgetl; export with "
+                          f"--format {' or --format '.join(f.name for f in FORMATS.values() if f.runner)}")
+    runner = fmt.runner + ".py"
     root = Path(tempfile.mkdtemp(prefix="edgetl-bundle-"))
     for rel in [*manifest["files"], MANIFEST]:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -82,9 +85,11 @@ def make_bundle(artifacts: str | Path, data: str | Path | None = None, shard_siz
     files = {str(p.relative_to(root)): file_sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
     bundle_id = hashlib.sha256("".join(f"{k}:{v}\n" for k, v in sorted(files.items())).encode()).hexdigest()[:16]
     bundle = Bundle(root, bundle_id, manifest, files, runner, shard)
+    # runner and runtime_dists: what the fleet's ClientApp, which imports nothing of edgetl, runs and reports
+    dists = list(dict.fromkeys((fmt.runtime.dist, *fmt.runtime.dists)))
     (root / BUNDLE_JSON).write_text(json.dumps({"id": bundle_id, "files": files, "runner": runner, "shard": shard,
                                                 "format": manifest["format"], "model": manifest["model"],
-                                                "policy": manifest["policy"]}, indent=2))
+                                                "policy": manifest["policy"], "runtime_dists": dists}, indent=2))
     bundle.files[BUNDLE_JSON] = file_sha256(root / BUNDLE_JSON)
     return bundle
 

@@ -41,6 +41,7 @@ from ..data import BUILTIN
 from ..errors import DataError
 from ..exporters import ExportError
 from ..exporters.manifest import MANIFEST
+from ..formats import FORMATS
 from ..io import absolute, atomic_write_json, file_sha256
 from ..limits import check_numbers
 from ..sources import DEPLOY_REPORT as REPORT
@@ -51,8 +52,9 @@ from .memory import check_memory
 from .runtimes import check_runtime
 from .transports import connect
 
-PULLED = ("metrics.json", "params.npz", "checkpoint", "checkpoint.npz", "inference.onnx", "predictions.json",
-          "evaluation.json")
+#: a run's results on the device; ``Format.baked``: the model a format's runner bakes with the trained weights
+PULLED = ("metrics.json", "params.npz", "checkpoint", "checkpoint.npz", *(f.baked for f in FORMATS.values() if f.baked),
+          "predictions.json", "evaluation.json")
 
 
 class DeployEvents:

@@ -29,13 +29,13 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..formats import by_runtime
 from .base import DeviceError, DeviceInfo, MemoryRefused
 
 #: what the gate adds to the prediction before comparing it with the device's available memory
 MARGIN = 0.15
-#: the file a runtime's results copy (ONNX Runtime writes the inference model with the trained weights), and what
-#: baking it holds, in multiples of its size: measured 7.8 to 8.3 on MobileNetV2, V3-Small and V3-Large
-BAKED = {"onnxruntime-training": "inference.onnx"}
+#: what baking the file a format's results copy (``Format.baked``: ONNX Runtime writes the inference model with the
+#: trained weights) holds, in multiples of its size: measured 7.8 to 8.3 on MobileNetV2, V3-Small and V3-Large
 BAKE_FACTOR = 8
 
 
@@ -76,7 +76,8 @@ def predict(manifest: dict, batch_size: int, baseline_bytes: int, artifacts: str
     """The prediction for training the export in ``artifacts`` at ``batch_size`` where the runner's measured baseline
     is ``baseline_bytes``."""
     step, state = step_and_state(manifest, batch_size)
-    baked = BAKED.get(manifest["runtime"])
+    fmt = by_runtime(manifest["runtime"])
+    baked = fmt.baked if fmt else None
     bake = (Path(artifacts) / baked).stat().st_size if baked and (Path(artifacts) / baked).is_file() else 0
     return MemoryPrediction(int(baseline_bytes), step, state, BAKE_FACTOR * bake)
 

@@ -1,59 +1,29 @@
-"""The device runtimes: one table of pins and platforms that setup, deploy's messages and pyproject agree on.
+"""The device runtimes: what setup installs, where it has wheels, and deploy's refusal when a device lacks one.
 
     RUNTIMES["ai-edge-litert"].requirement        # 'ai-edge-litert==2.3.0'
     by_option("onnx")                              # the runtime named by --runtime onnx
     unsupported(RUNTIMES["onnxruntime-training"], "Linux", "aarch64", "3.11", "glibc 2.36")   # why not, or None
     check_runtime(info, "ai-edge-litert")          # raises RuntimeMissing naming `edgetl devices setup URI`
 
-A runtime is keyed by the name an export's manifest gives (``runtime``). The platforms are those the pinned
-release has wheels for (checked with ``pip download --platform``); a test holds pyproject.toml to the pins.
+A runtime is keyed by the name an export's manifest gives (``runtime``). Each format's package describes its
+runtime (pins, platforms: :class:`edgetl.formats.Runtime`); this module reads them from the registry
+(:mod:`edgetl.formats`). A test holds pyproject.toml to the pins.
 """
 
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
+from ..formats import Runtime, runtimes
 from .base import DeviceInfo, RuntimeMissing
 
-
-@dataclass(frozen=True)
-class Runtime:
-    name: str  # as an export's manifest names it
-    option: str  # `edgetl devices setup --runtime OPTION`
-    requirement: str  # what setup installs (pinned)
-    dists: tuple[str, ...]  # distributions that provide it, as a probe lists them
-    module: str  # what it imports as (setup's health check looks for it)
-    platforms: tuple[tuple[str, str], ...]  # (platform.system(), platform.machine()) with wheels
-    python: tuple[tuple[int, int], tuple[int, int]]  # oldest and newest CPython with wheels
-    where: str  # the platforms, for a person
-
-    @property
-    def version(self) -> str:
-        return self.requirement.split("==")[1]
-
-    def python_range(self) -> str:
-        (a, b), (c, d) = self.python
-        return f"Python {a}.{b}-{c}.{d}"
-
-
-RUNTIMES = {
-    "ai-edge-litert": Runtime(
-        "ai-edge-litert", "tflite", "ai-edge-litert==2.3.0", ("ai-edge-litert", "tflite-runtime"), "ai_edge_litert",
-        (("Linux", "x86_64"), ("Linux", "aarch64"), ("Darwin", "arm64")), ((3, 10), (3, 14)),
-        "Linux x86_64 and aarch64 (64-bit Raspberry Pi OS, glibc 2.27 or newer) and macOS arm64"),
-    "onnxruntime-training": Runtime(
-        "onnxruntime-training", "onnx", "onnxruntime-training-cpu==1.19.2",
-        ("onnxruntime-training", "onnxruntime-training-cpu"), "onnxruntime",
-        (("Linux", "x86_64"), ("Darwin", "arm64"), ("Darwin", "x86_64"), ("Windows", "AMD64")), ((3, 9), (3, 12)),
-        "Linux x86_64 (glibc 2.27 or newer), macOS and Windows x86_64; no Linux aarch64 wheel (its last "
-        "release, 1.19.2): on a Raspberry Pi deploy a TFLite export"),
-}
+#: the device runtimes, by the name an export's manifest gives: each format's (:mod:`edgetl.formats`)
+RUNTIMES = runtimes()
 #: installed beside every runtime: numpy for the runners, Pillow for decoding images on the device
 COMMON = ("numpy>=1.24", "pillow>=10")
-#: preference of `--runtime auto`: the first one the device has wheels for
-AUTO_ORDER = ("ai-edge-litert", "onnxruntime-training")
+#: preference of `--runtime auto`: the first one the device has wheels for (the registry's order)
+AUTO_ORDER = tuple(RUNTIMES)
 #: the oldest glibc the pinned Linux wheels (manylinux_2_27) run on
 MIN_GLIBC = (2, 27)
 
@@ -137,16 +107,15 @@ def check_runtime(info: DeviceInfo, runtime: str) -> None:
     if info.python and any(d in info.runtimes for d in spec.dists) and "numpy" in info.runtimes:
         return
     if info.android and not info.termux:
-        raise RuntimeMissing(f"{info.uri} is an Android device: Android has no Python wheels of ai-edge-litert or "
-                             f"onnxruntime-training; build the app in examples/android, which trains the same "
+        raise RuntimeMissing(f"{info.uri} is an Android device: Android has no Python wheels of "
+                             f"{' or '.join(RUNTIMES)}; build the app in examples/android, which trains the same "
                              f"exports with ONNX Runtime's Android training API")
     if not info.python:
         raise RuntimeMissing(f"{info.uri} has no Python for the runner: install Python 3 there (`sudo apt install "
                              f"python3 python3-venv`), then `{setup_command(info.uri, runtime)}`")
     why = unsupported(spec, info.system or "Linux", info.arch, info.python, info.libc)
     if why:
-        hint = "; export with --format tflite" if runtime == "onnxruntime-training" else ""
-        raise RuntimeMissing(f"{info.uri} lacks {runtime} for the runner, and {why}{hint}")
+        raise RuntimeMissing(f"{info.uri} lacks {runtime} for the runner, and {why}{spec.instead}")
     fix = f"run `{setup_command(info.uri, runtime)}`"
     if info.python_source == "uri":
         fix += " and deploy without ?python= (or install the runtime into that interpreter's own environment)"

@@ -32,8 +32,7 @@ from typing import Callable
 from .base import ENV_ROOT, PYSELECT_GIVEN, Device, DeviceError, Disconnected, DiskFull, shell_path
 from .bundle import BUNDLE_JSON, Bundle, push_bundle
 from .runtimes import AUTO_ORDER, RUNTIMES, by_option, platform_tags, requirements, unsupported
-from .selftest import CHECK, FILES
-from .selftest import HERE as SELFTEST
+from .selftest import CHECK, check_args, check_files
 from .transports import connect
 
 RECORD = "env.json"
@@ -50,19 +49,21 @@ import json, os, platform, sys, sysconfig
 from importlib import metadata
 from importlib.util import find_spec
 dists = {}
-for d in ("ai-edge-litert", "tflite-runtime", "onnxruntime-training-cpu", "onnxruntime-training", "numpy", "pillow",
-          "flwr"):
+for d in __DISTS__:
     try:
         dists[d] = metadata.version(d)
     except Exception:
         pass
 stdlib = sysconfig.get_path("stdlib")
-modules = [m for m in ("ai_edge_litert", "onnxruntime", "numpy") if find_spec(m) is not None]
+modules = [m for m in __MODULES__ if find_spec(m) is not None]
 print(json.dumps({"version": sys.version.split()[0], "system": platform.system(), "machine": platform.machine(),
                   "libc": " ".join(platform.libc_ver()).strip(), "executable": sys.executable,
                   "venv": sys.prefix != getattr(sys, "base_prefix", sys.prefix), "dists": dists, "modules": modules,
                   "managed": os.path.exists(os.path.join(stdlib, "EXTERNALLY-MANAGED"))}))
 """
+_DISTS = (*dict.fromkeys(d for r in RUNTIMES.values() for d in (r.dist, *r.dists)), "numpy", "pillow", "flwr")
+INTERP = INTERP.replace("__DISTS__", repr(_DISTS)).replace(
+    "__MODULES__", repr((*(r.module for r in RUNTIMES.values()), "numpy")))
 
 
 class SetupError(DeviceError):
@@ -114,8 +115,8 @@ class _Setup:
     def run(self, runtime: str, python: str | None, wheels, force: bool, fleet: bool = False) -> dict:
         info = self.device.probe()  # also refuses a ?python= that is missing or not Python 3
         if info.android and not info.termux:
-            raise SetupError(f"{self.uri} is an Android device: Android has no Python wheels of ai-edge-litert or "
-                             f"onnxruntime-training, so there is nothing to set up; build the app in "
+            raise SetupError(f"{self.uri} is an Android device: Android has no Python wheels of "
+                             f"{' or '.join(RUNTIMES)}, so there is nothing to set up; build the app in "
                              f"examples/android, which trains the same exports with ONNX Runtime's Android API")
         if info.termux:
             self.say("Termux detected: setting it up like a Linux device")
@@ -170,7 +171,8 @@ class _Setup:
             try:
                 spec = by_option(runtime)
             except KeyError:
-                raise SetupError(f"unknown runtime {runtime!r}: use auto, tflite or onnx") from None
+                options = ", ".join(["auto", *(r.option for r in RUNTIMES.values())])
+                raise SetupError(f"unknown runtime {runtime!r}: use one of {options}") from None
             why = self._why(spec.name, base)
             if why:
                 raise NoWheel(f"cannot set up {spec.option} on {self.uri}: {why}")
@@ -242,14 +244,15 @@ class _Setup:
 
     def _check(self, env: str, names: list[str]) -> dict:
         folder = f"{env}/edgetl-check"
-        files = ["check.py", *sorted({f for n in names for f in FILES[n]})]
+        files = {"check.py": CHECK, **check_files(names)}
         for d in sorted({folder, *(f"{folder}/{Path(f).parent}" for f in files if "/" in f)}):
             self.device.makedirs(d)
-        for rel in files:
-            self.device.push_file(CHECK if rel == "check.py" else SELFTEST / rel, f"{folder}/{rel}")
+        for rel, local in files.items():
+            self.device.push_file(local, f"{folder}/{rel}")
         self.say(f"checking: {', '.join(names)} train{'s' if len(names) == 1 else ''} a micro model on the device")
+        args = " ".join(shlex.quote(a) for a in check_args(names))
         result = self.device.run(f"{shlex.quote(env)}/bin/python {shlex.quote(folder)}/check.py "
-                                 f"{shlex.quote(folder)} {' '.join(names)}", timeout=600)
+                                 f"{shlex.quote(folder)} {args}", timeout=600)
         lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
         report = json.loads(lines[-1]) if lines else {}
         if result.returncode != 0 or not report.get("ok"):
@@ -389,7 +392,7 @@ def wheel_bundle(wheels: Path, staging: Path) -> Bundle:
 
 
 def download_wheels(out: str | Path, system: str, machine: str, python: str, glibc: str = "",
-                    runtimes=("ai-edge-litert",), on_event: Callable[[str], None] | None = None,
+                    runtimes=AUTO_ORDER[:1], on_event: Callable[[str], None] | None = None,
                     fleet: bool = False) -> list[Path]:
     """Download (here) the wheels a device needs for ``runtimes``: ``pip download --platform ... --only-binary``."""
     say = on_event or (lambda line: None)

@@ -1,6 +1,7 @@
-"""Exporters: one module per format, registered by name.
+"""Exporters: the generic layer of every format's export (each format's exporter is in its package, registered in
+:mod:`edgetl.formats`).
 
-    from edgetl.exporters import export, EXPORTERS
+    from edgetl.exporters import export, exporter
     result = export("runs/last", "onnx", "artifacts/onnx")              # a run directory, validated by default
     result = export(model, "tflite", "artifacts/tflite", batch_size=8)  # or a model held in memory, or a Run
     print(result.validation)                                            # ✓/✗ per check; result.files, result.manifest
@@ -8,8 +9,9 @@
 
 An exporter (:class:`~.base.Exporter`) turns a policy-applied model into artifacts a device runtime trains,
 writes ``manifest.json`` and proves parity with PyTorch through :mod:`.validation`; a failed check raises
-:class:`~.base.ValidationFailed`, which carries the result. Adding a format is one module and one line in
-``EXPORTERS``. Importing this package loads no TensorFlow or ONNX Runtime: a format loads its backend when used.
+:class:`~.base.ValidationFailed`, which carries the result. This package is the generic layer; each format's
+exporter lives in its package under :mod:`edgetl.formats`, whose registry names it. Importing this package loads
+no TensorFlow or ONNX Runtime: a format loads its backend when used.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Callable
 
 from torch import nn
 
+from ..formats import FORMATS
 from ..limits import check_numbers
 from ..run import Run, RunError
 from ..sources import SourceError, load_run
@@ -28,16 +31,12 @@ from .base import Exporter, ExportError, ExportResult, ValidationFailed
 from .inference import CALIBRATION_IMAGES, export_inference
 from .manifest import load_manifest, verify_manifest
 
-EXPORTERS = {
-    "onnx": "edgetl.exporters.onnx:OnnxExporter",
-    "tflite": "edgetl.exporters.tflite:TfliteExporter",
-}
-
 
 def exporter(fmt: str) -> Exporter:
-    if fmt not in EXPORTERS:
-        raise ExportError(f"unknown format {fmt!r}; choose one of: {', '.join(EXPORTERS)}")
-    module, cls = EXPORTERS[fmt].split(":")
+    """A new exporter of the registered format ``fmt``."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose one of: {', '.join(sorted(FORMATS))}")
+    module, cls = FORMATS[fmt].exporter.split(":")
     return getattr(importlib.import_module(module), cls)()
 
 
@@ -93,5 +92,5 @@ def export(source: Run | nn.Module | str | os.PathLike, fmt: str, out: str | os.
     return result
 
 
-__all__ = ["EXPORTERS", "ExportError", "ExportResult", "Exporter", "ValidationFailed", "as_run", "export", "exporter",
+__all__ = ["ExportError", "ExportResult", "Exporter", "ValidationFailed", "as_run", "export", "exporter",
            "load_manifest", "verify_manifest"]

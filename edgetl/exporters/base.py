@@ -1,15 +1,15 @@
 """What every exporter is: a registered format that lowers a run, writes artifacts and proves them.
 
     class MyFormat(Exporter):
-        name, runtime, input_name, runner = "myformat", "my-runtime", "input", my_runner_module
+        format, input_name, runner = FORMAT, "input", my_runner_module     # FORMAT: its edgetl.formats.Format
         def lower(self, run, out, spec, batch_size, log) -> tuple[list[str], dict]: ...   # files + manifest fields
 
     result = MyFormat().export(run, Path("artifacts/myformat"))      # an ExportResult (files, manifest, validation)
 
 :meth:`Exporter.export` is the shared flow: the optimizer the format runs, the lowering (the format's own
 part), the reference batches, the manifest, and validation against PyTorch through the format's device
-runner (:func:`.validation.validate_with_runner`). A new format is one module with a subclass and one line
-in ``edgetl.exporters.EXPORTERS``.
+runner (:func:`.validation.validate_with_runner`). A format's subclass lives in its package under
+:mod:`edgetl.formats`, whose registry names it (docs/architecture.md: adding a format).
 """
 
 from __future__ import annotations
@@ -76,12 +76,21 @@ def quiet_stderr():
 
 
 class Exporter(ABC):
+    format: ClassVar  # its registry entry (:class:`edgetl.formats.Format`), which gives the three below
     name: ClassVar[str]
-    runtime: ClassVar[str]  # the device runtime's distribution name
+    runtime: ClassVar[str | None]  # the device runtime's distribution name
+    inference_runtime: ClassVar[str | None]  # an inference export's runtime
     input_name: ClassVar[str]
     fixed_batch: ClassVar[bool] = False  # the training batch size is fixed at export
     runner: ClassVar  # the device runner module (edgetl.runtime.*)
     prefix_file: ClassVar[str]  # the frozen prefix's inference model, when the policy leaves one
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        fmt = cls.__dict__.get("format")
+        if fmt is not None:  # the names a manifest carries are the registry's
+            cls.name, cls.inference_runtime = fmt.name, fmt.inference_runtime
+            cls.runtime = fmt.runtime.name if fmt.runtime else None
 
     def optimizer(self, run: Run, lr: float | None) -> OptimizerSpec:
         """The optimizer the exported graph runs: the run's, at ``lr`` when given."""

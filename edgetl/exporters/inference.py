@@ -42,6 +42,7 @@ import torch
 
 from ..data import preprocessing
 from ..errors import ConfigError, DataError
+from ..formats import runners
 from ..models import create_model
 from ..run import Run
 from ..runtime import runner_data, runner_eval, runner_module
@@ -131,7 +132,7 @@ def torch_logits(model: torch.nn.Module, x: np.ndarray, batch: int = 32) -> np.n
 
 def _run_export(out: Path, x: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, float]:
     """(logits of ``x``, median single-image seconds), run by the runner's own code in the export's runtime."""
-    runner = runner_module(load_manifest(out)["runtime"])
+    runner = runner_module(runners()[load_manifest(out)["runtime"]])
     with runner_errors(ConfigError):
         predict, batch = runner.predictor(str(out), None, threads)
         logits = np.concatenate([np.asarray(predict(x[i:i + batch])) for i in range(0, len(x), batch)])

@@ -20,7 +20,8 @@ through a probe that outputs every layer's activation and the loss gradient with
   percents. (The slope is read from the tapped input, which feeds only the activation in these models.)
 
 The comparison is generic: each format brings its probe (:class:`Probe`, :meth:`.base.Exporter.probe`), which
-lowers the model as that format's export does (:mod:`.onnx_probe`, :mod:`.tflite_probe`).
+lowers the model as that format's export does (its package's ``probe``: :mod:`edgetl.formats.onnx.probe`,
+:mod:`edgetl.formats.tflite.probe`).
 
 A layer departs when the export's error there exceeds ``FACTOR`` times PyTorch float32's own error and a
 floor (``FORWARD_FLOOR``, ``BACKWARD_FLOOR``; below them both are rounding). Errors carry on along the

@@ -27,7 +27,7 @@ What is checked, and why these tolerances (fp32; figures measured on this stack)
     runtime that sums worse than PyTorch: batch statistics summed in one float32 accumulator over 8 x 112 x
     112 elements (TFLite's MEAN) put MobileNetV2's forward 200 times further from float64 than PyTorch's,
     turned 12359 mask elements instead of 54, and measured 0.2 at 224 px; the lowering sums axis by axis
-    instead (``tflite_ops.channel_sum``). A failed export runs :mod:`.layerdiff` and names the layer where
+    instead (``edgetl.formats.tflite.ops.channel_sum``). A failed export runs :mod:`.layerdiff` and names the layer where
     it departs.
 - running statistics of the fully trained norms after those K steps (the runtime updates them from the
   batch statistics, as PyTorch does in training mode): ``STATS_RTOL`` = 1e-3 of max(1, |value|); both

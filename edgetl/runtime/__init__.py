@@ -18,11 +18,9 @@ import importlib
 #: the files every runner imports, copied beside it
 SHARED_FILES = ("runner_common.py", "runner_data.py", "runner_eval.py", "runner_fit.py", "runner_io.py",
                 "runner_prefix.py")
-#: an export's runtime (its manifest's ``runtime``) -> the runner module that trains and runs it (ONNX inference
-#: exports need only the plain ``onnxruntime``)
-RUNNERS = {"onnxruntime-training": "ort_runner", "ai-edge-litert": "tflite_runner", "onnxruntime": "ort_runner"}
 
 
-def runner_module(runtime: str):
-    """The runner module of ``runtime`` (``edgetl.runtime.tflite_runner`` ...); KeyError for an unknown one."""
-    return importlib.import_module(f"{__name__}.{RUNNERS[runtime]}")
+def runner_module(name: str):
+    """The runner module ``name`` of this package (a format's ``Format.runner``: which runner runs an export's
+    runtime is the format registry's, :func:`edgetl.formats.runners`)."""
+    return importlib.import_module(f"{__name__}.{name}")

@@ -25,17 +25,19 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 app = ClientApp()
-RUNNERS = {"ai-edge-litert": "tflite_runner", "onnxruntime-training": "ort_runner"}
-RUNTIME_DISTS = {"ai-edge-litert": ("ai-edge-litert", "tflite-runtime"),
-                 "onnxruntime-training": ("onnxruntime-training-cpu", "onnxruntime-training")}
 
 
 def _bundle(context: Context):
+    """(the bundle's directory, its manifest, the manifest's sha256, its runner module, the distributions that
+    provide its runtime): ``bundle.json`` names the runner and the distributions, as deploy's format registry
+    gave them."""
     root = os.path.expanduser(str(context.node_config["bundle"]))
     with open(os.path.join(root, "manifest.json"), "rb") as f:
         raw = f.read()
-    manifest = json.loads(raw)
-    return root, manifest, hashlib.sha256(raw).hexdigest(), _import_runner(root, RUNNERS[manifest["runtime"]])
+    with open(os.path.join(root, "bundle.json")) as f:
+        bundle = json.load(f)
+    runner = _import_runner(root, os.path.splitext(bundle["runner"])[0])
+    return root, json.loads(raw), hashlib.sha256(raw).hexdigest(), runner, bundle.get("runtime_dists", ())
 
 
 def _import_runner(root: str, name: str):
@@ -50,10 +52,10 @@ def _import_runner(root: str, name: str):
         sys.path.remove(root)
 
 
-def _runtime_version(runtime: str) -> str:
+def _runtime_version(dists) -> str:
     from importlib import metadata
 
-    for dist in RUNTIME_DISTS.get(runtime, ()):
+    for dist in dists:
         try:
             return f"{dist}=={metadata.version(dist)}"
         except metadata.PackageNotFoundError:
@@ -64,9 +66,9 @@ def _runtime_version(runtime: str) -> str:
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     try:
-        _, manifest, sha, _ = _bundle(context)
-        facts = {"manifest-sha256": sha, "runtime": manifest["runtime"],
-                 "runtime-version": _runtime_version(manifest["runtime"]), "label": str(context.node_config.get("label", ""))}
+        _, manifest, sha, _, dists = _bundle(context)
+        facts = {"manifest-sha256": sha, "runtime": manifest["runtime"], "runtime-version": _runtime_version(dists),
+                 "label": str(context.node_config.get("label", ""))}
     except Exception as exc:  # the server refuses this device with the reason
         facts = {"error": f"{type(exc).__name__}: {exc}", "label": str(context.node_config.get("label", ""))}
     return Message(content=RecordDict({"facts": ConfigRecord(facts)}), reply_to=msg)
@@ -83,7 +85,7 @@ def _set(trainer, arrays: dict) -> None:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
-    root, manifest, sha, runner = _bundle(context)
+    root, manifest, sha, runner, _ = _bundle(context)
     config = msg.content["config"]
     if config.get("manifest-sha256") not in (None, sha):
         raise RuntimeError("this device holds other artifacts than the fleet's; it was refused at start")

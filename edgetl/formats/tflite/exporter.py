@@ -5,11 +5,11 @@
     result.validation, result.files
 
 The directory holds ``model.tflite`` (signatures ``train``, ``gradients``, ``infer``, ``get_weights``,
-``set_weights``; see :mod:`.tflite_graph`), ``reference.npz`` (reference batches with PyTorch's logits,
+``set_weights``; see :mod:`.graph`), ``reference.npz`` (reference batches with PyTorch's logits,
 loss and gradient norms, for ``--verify`` on a device), ``tflite_runner.py`` with ``runner_common.py``
 (the device runner: ai-edge-litert and numpy) and ``manifest.json``.
 
-The converted model's training subgraphs run their weight-only work next to its use (:mod:`.tflite_schedule`).
+The converted model's training subgraphs run their weight-only work next to its use (:mod:`.schedule`).
 The model converts with ``TFLITE_BUILTINS`` only, so it trains in ai-edge-litert as a Raspberry Pi
 installs it; any other op fails the export with its name. The training batch size is fixed at export
 (``batch_size``). The run's optimizer runs as PyTorch's: AdamW, or SGD with momentum and weight decay.
@@ -23,13 +23,14 @@ import tempfile
 import time
 from importlib import metadata
 
-from ..io import atomic_write_bytes
-from ..runtime import tflite_runner
-from . import tflite_schedule
-from .base import Exporter, ExportError, quiet_stderr
-from .manifest import copy_runner
-from .reference import training_copy
-from .split import prefix_module, region_module
+from ...exporters.base import Exporter, ExportError, quiet_stderr
+from ...exporters.manifest import copy_runner
+from ...exporters.reference import training_copy
+from ...exporters.split import prefix_module, region_module
+from ...io import atomic_write_bytes
+from ...runtime import tflite_runner
+from . import FORMAT
+from . import schedule as tflite_schedule
 
 
 def _backend():
@@ -103,9 +104,7 @@ def convert(module, tf, calibration=None) -> bytes:
 
 
 class TfliteExporter(Exporter):
-    name = "tflite"
-    runtime = "ai-edge-litert"
-    inference_runtime = "ai-edge-litert"
+    format = FORMAT
     input_name = "images"
     fixed_batch = True
     runner = tflite_runner
@@ -113,7 +112,7 @@ class TfliteExporter(Exporter):
 
     def lower(self, run, out, spec, batch_size, log, split=None):
         tf = _backend()
-        from .tflite_graph import Lowering, PrefixModule, TrainingModule
+        from .graph import Lowering, PrefixModule, TrainingModule
 
         t0 = time.perf_counter()
         if split:  # model.tflite trains the region after the frozen prefix, which prefix.tflite computes
@@ -149,7 +148,7 @@ class TfliteExporter(Exporter):
 
     def lower_inference(self, model, resolution, out, quantize, calibration, log) -> str:
         tf = _backend()
-        from .tflite_graph import InferenceModule, Lowering
+        from .graph import InferenceModule, Lowering
 
         model_bytes = convert(InferenceModule(Lowering(model), resolution), tf,
                               calibration if quantize == "int8" else None)
@@ -157,6 +156,6 @@ class TfliteExporter(Exporter):
         return tflite_runner.MODEL
 
     def probe(self, model, batch_size, resolution):
-        from .tflite_probe import TfliteProbe
+        from .probe import TfliteProbe
 
         return TfliteProbe(model, batch_size, resolution, _backend(), convert)

@@ -38,12 +38,12 @@ from torch import nn
 from torchvision.models import mobilenetv2, mobilenetv3
 from torchvision.ops.misc import SqueezeExcitation
 
-from ..ops import MaskedActivation, MaskedHardswish, ShiftOnlyBatchNorm2d
-from ..optim import OptimizerSpec
-from ..surgery import FrozenPrefix
-from .base import ExportError
-from .split import Prefix
-from .tflite_ops import (
+from ...exporters.base import ExportError
+from ...exporters.split import Prefix
+from ...ops import MaskedActivation, MaskedHardswish, ShiftOnlyBatchNorm2d
+from ...optim import OptimizerSpec
+from ...surgery import FrozenPrefix
+from .ops import (
     FORWARD,
     activation,
     affine,
@@ -173,7 +173,7 @@ class Lowering:
 def _kept_outputs(model: nn.Module) -> set[str]:
     """Layers whose output the next layer keeps for its own backward: the input of a conv with a trained weight (its
     weight gradient reads it) or of squeeze-excitation (the input it scales). An activation there needs no mask of
-    its own (:func:`.tflite_ops.activation`)."""
+    its own (:func:`.ops.activation`)."""
     leaves = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
     squeezes = {f"{n}.avgpool" for n, m in model.named_modules() if isinstance(m, SqueezeExcitation)}
     return {name for (name, _), (after, nxt) in zip(leaves, leaves[1:])

@@ -1,6 +1,6 @@
 """The operator order of a converted TFLite training model: weight-only work runs when it is needed.
 
-    from edgetl.exporters import tflite_schedule
+    from edgetl.formats.tflite import schedule as tflite_schedule
     model = tflite_schedule.reorder(model)             # bytes -> bytes: same ops, same results, later weight work
     tflite_schedule.arena_peak(model, "train")          # largest sum of intermediates alive at once, in bytes
 

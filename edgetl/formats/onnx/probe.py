@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..runtime import ort_runner
-from . import onnx_graph as graph
-from .base import quiet_stderr
+from ...exporters.base import quiet_stderr
+from ...runtime import ort_runner
+from . import graph
 
 
 class OnnxProbe:
-    """``model`` lowered as the ONNX export lowers it (:func:`.onnx_graph.lower`), trained by ONNX Runtime from
+    """``model`` lowered as the ONNX export lowers it (:func:`.graph.lower`), trained by ONNX Runtime from
     artifacts it generates with the export's registered gradients. Every layer's output gets a zero addend that
     is the artifacts' only trainable tensor, so ONNX Runtime's own backward yields dL/d(output) as that addend's
     gradient; the outputs are extra graph outputs. The kernels and gradients are the export's."""

@@ -1,6 +1,6 @@
 """Where a TFLite signature spends its time, operator by operator, in the order the interpreter runs them.
 
-    from edgetl.exporters import tflite_profile
+    from edgetl.formats.tflite import profile as tflite_profile
     ops = tflite_profile.op_times(model_bytes, "train", threads=2)       # [OpTime], execution order, each alone
     spans = tflite_profile.prefix_seconds(model_bytes, "train", [0, 120, 300], threads=2)  # the first k ops, in place
     step = tflite_profile.signature_seconds(model_bytes, "train", threads=2)   # the whole signature
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .tflite_schedule import _Graph, _load, _schema, _subgraphs
+from .schedule import _Graph, _load, _schema, _subgraphs
 
 FREE = ("VAR_HANDLE", "CALL_ONCE")
 
@@ -191,7 +191,7 @@ def _timed(invoke, budget_s: float, least: int, clock=time.perf_counter) -> floa
 
 
 def _interpreter(model: bytes, threads: int):
-    from ..runtime.tflite_runner import make_interpreter  # as the device runner makes it
+    from ...runtime.tflite_runner import make_interpreter  # as the device runner makes it
 
     return make_interpreter(threads, model_content=model)
 

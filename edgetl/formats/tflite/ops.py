@@ -59,7 +59,7 @@ import tensorflow as tf
 
 def _scoped(backward):
     """``backward`` run in its forward's name scope, under ``grad``: every op of the model is named after its layer
-    (``features.14.conv.1.0/grad/...``), which the op profile reads (:mod:`.tflite_profile`)."""
+    (``features.14.conv.1.0/grad/...``), which the op profile reads (:mod:`.profile`)."""
     scope = tf.get_current_name_scope()
 
     def run(*grads):

@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..optim import OptimizerSpec
-from ..run import Run
-from ..runtime import ort_runner
-from .base import Exporter, ExportError, quiet_stderr
-from .manifest import copy_runner
-from .onnx_graph import (
+from ...exporters.base import Exporter, ExportError, quiet_stderr
+from ...exporters.manifest import copy_runner
+from ...exporters.split import prefix_module, region_module
+from ...optim import OptimizerSpec
+from ...run import Run
+from ...runtime import ort_runner
+from . import FORMAT
+from .graph import (
     OPSET,
     batch_stat_norms,
     export_graph,
@@ -37,7 +39,6 @@ from .onnx_graph import (
     register_gradients,
     set_hardswish_threshold,
 )
-from .split import prefix_module, region_module
 
 ARTIFACTS = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
 INFERENCE_FILE = "model.onnx"  # an inference export's one model
@@ -56,9 +57,7 @@ def _backend():
 
 
 class OnnxExporter(Exporter):
-    name = "onnx"
-    runtime = "onnxruntime-training"
-    inference_runtime = "onnxruntime"
+    format = FORMAT
     input_name = "input"
     runner = ort_runner
     prefix_file = "prefix.onnx"
@@ -116,7 +115,7 @@ class OnnxExporter(Exporter):
         return INFERENCE_FILE
 
     def probe(self, model, batch_size, resolution):
-        from .onnx_probe import OnnxProbe
+        from .probe import OnnxProbe
 
         return OnnxProbe(model, batch_size, resolution, _backend())
 

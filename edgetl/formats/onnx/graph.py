@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import FrozenConv2d, FrozenLinear, MaskedActivation, MaskedHardswish, ShiftOnlyBatchNorm2d
-from .base import ExportError
+from ...exporters.base import ExportError
+from ...ops import FrozenConv2d, FrozenLinear, MaskedActivation, MaskedHardswish, ShiftOnlyBatchNorm2d
 
 OPSET = 17
 MAX_IR_VERSION = 10  # what onnxruntime-training 1.19.2 loads

@@ -13,9 +13,9 @@ from typing import Callable
 import numpy as np
 from torch import nn
 
-from ..runtime.tflite_runner import make_interpreter
-from .tflite_graph import Lowering
-from .tflite_ops import cross_entropy
+from ...runtime.tflite_runner import make_interpreter
+from .graph import Lowering
+from .ops import cross_entropy
 
 
 class TfliteProbe:
