@@ -66,16 +66,10 @@ def eval_transform(resolution: int) -> transforms.Compose:
     )
 
 
-def flip_transform(resolution: int) -> transforms.Compose:
-    """The evaluation transform with a random horizontal flip: what a device runner's ``--augment flip`` does."""
-    steps = eval_transform(resolution).transforms
-    return transforms.Compose([*steps[:2], transforms.RandomHorizontalFlip(), *steps[2:]])
-
-
-#: the training transform per ``--augment`` choice: "standard" (random resized crop and flip), "flip" (the inputs
-#: as evaluated, flipped half the time: the device runners' augmentation), "none" (the inputs as evaluated: fixed,
-#: so cacheable)
-AUGMENT = {"standard": train_transform, "flip": flip_transform, "none": eval_transform}
+#: the per-image training transform per ``--augment`` choice: "standard" (random resized crop and flip), "flip"
+#: (the inputs as evaluated; the trainer mirrors half of them, ``Trainer(flip=True)``, drawn as a device runner's
+#: ``--augment flip`` draws them, so both see the same batches), "none" (the inputs as evaluated: fixed, cacheable)
+AUGMENT = {"standard": train_transform, "flip": eval_transform, "none": eval_transform}
 
 
 def preprocessing(resolution: int) -> dict:

@@ -137,7 +137,8 @@ def trainer_from_config(config: TrainConfig, resume: bool = False, callbacks=(),
                    class_names=class_names, resolution=c.resolution,
                    config={**dataclasses.asdict(c), "out": str(out)}, command=command or sys.argv,
                    prefix_batch=c.prefix_batch, cache_features=c.cache_features, cache_dtype=c.cache_dtype,
-                   cache_dir=c.cache_dir, cache_budget_mb=c.cache_budget_mb)
+                   cache_dir=c.cache_dir, cache_budget_mb=c.cache_budget_mb,
+                   flip=c.augment == "flip")  # "flip" is the trainer's, drawn as a device runner draws it
 
 
 def train(callbacks=(), resume: bool = False, command: list[str] | None = None, **settings) -> TrainResult:

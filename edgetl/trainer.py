@@ -15,6 +15,10 @@ With ``out_dir`` it keeps a run directory (:mod:`edgetl.run`) as it goes: a chec
 written atomically. ``resume=True`` continues an interrupted run from it and reaches the same weights as an
 uninterrupted one: every epoch reseeds the shuffling, augmentation and dropout from (seed, epoch), so no RNG
 state has to survive the crash (this holds when the trainer builds the loaders from Datasets).
+
+Epoch ``e`` visits the training images in the order a device runner draws for the same seed, and ``flip=True``
+mirrors the images a runner's ``--augment flip`` mirrors (:mod:`edgetl.order`): trained on the same images, a
+laptop run and a device run of one seed see the same batches.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from .errors import CacheError, ConfigError
 from .limits import check_numbers
 from .models import num_classes_of
 from .optim import OptimizerSpec
+from .order import EpochOrder, epoch_flips, flip_batch
 from .policies import Full
 from .prefix import features_given, prefix_modules, resolve_prefix_batch, run_prefix, set_prefix_batch, split_of
 from .run import link_last, metadata, metrics_of, read_checkpoint, write_metrics, write_run_json
@@ -116,13 +121,13 @@ class Trainer:
                  out_dir: str | Path | None = None, resume: bool = False, class_names: list[str] | None = None,
                  resolution: int | None = None, config: dict | None = None, command: list[str] | None = None,
                  prefix_batch: int | str | None = None, cache_features: bool = False, cache_dtype: str = "float32",
-                 cache_dir: str | Path | None = None, cache_budget_mb: float = 512):
+                 cache_dir: str | Path | None = None, cache_budget_mb: float = 512, flip: bool = False):
         check_numbers(epochs=epochs, batch_size=batch_size, seed=seed, workers=workers, cache_budget_mb=cache_budget_mb)
         if schedule not in ("cosine", "constant"):
             raise ConfigError(f"unknown schedule {schedule!r}; choose cosine or constant")
         self.model, self.train_data, self.val_data, self.schedule = model, train_data, val_data, schedule
         self.spec = OptimizerSpec.parse(optimizer)
-        self.epochs, self.batch_size, self.seed, self.workers = epochs, batch_size, seed, workers
+        self.epochs, self.batch_size, self.seed, self.workers, self.flip = epochs, batch_size, seed, workers, flip
         self.callbacks = [cb if isinstance(cb, Callback) else _EpochFunction(cb) for cb in callbacks]
         self.out = Path(out_dir) if out_dir else None
         self.config, self.command = dict(config or {}), command
@@ -135,7 +140,7 @@ class Trainer:
         if not isinstance(train_data, DataLoader) and len(train_data) < batch_size:
             raise ConfigError(f"the training set has {len(train_data)} images, fewer than one batch of {batch_size}; "
                               f"lower `batch_size` or add images")
-        self.steps_per_epoch = len(self._loader(train_data, shuffle=True))
+        self.steps_per_epoch = len(self._loader(train_data, epoch=0))
         if self.steps_per_epoch < 1:
             raise ConfigError("the training data yields no batch; check the data or lower `batch_size`")
         total = epochs * self.steps_per_epoch
@@ -171,17 +176,15 @@ class Trainer:
         self.start_epoch = len(self.history)
 
     # -- loop --------------------------------------------------------------------------------------
-    def _seed_epoch(self, epoch: int) -> torch.Generator:
-        torch.manual_seed(self.seed * 100_003 + epoch)
-        return torch.Generator().manual_seed(self.seed * 100_019 + epoch)
-
-    def _loader(self, data, shuffle: bool, generator: torch.Generator | None = None):
+    def _loader(self, data, epoch: int | None = None):
+        """Training epoch ``epoch``'s batches (in :mod:`edgetl.order`'s order), or with no epoch evaluation's."""
         if isinstance(data, DataLoader):
             return data
-        # training (shuffled) drops its incomplete last batch: a batch of one cannot train a batch norm;
+        # training drops its incomplete last batch, as the runners do: a batch of one cannot train a batch norm;
         # evaluation sees every image
-        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, generator=generator,
-                          num_workers=self.workers, drop_last=shuffle)
+        sampler = EpochOrder(len(data), self.seed, epoch) if epoch is not None else None
+        return DataLoader(data, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,
+                          drop_last=epoch is not None)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, features: bool = False) -> tuple[float, int]:
         """One optimizer step; returns (loss, number correct). ``features``: ``images`` are the prefix's outputs."""
@@ -203,7 +206,7 @@ class Trainer:
         was = self.model.training
         self.model.eval()
         total_loss, correct, n = 0.0, 0, 0
-        for images, labels in self._loader(data if data is not None else self.val_data, shuffle=False):
+        for images, labels in self._loader(data if data is not None else self.val_data):
             logits = self.model(images)
             total_loss += self.loss_fn(logits, labels).item() * len(labels)
             correct += int((logits.argmax(1) == labels).sum())
@@ -224,13 +227,13 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_fit_start(self)
         for epoch in range(self.start_epoch, self.epochs):
-            gen = self._seed_epoch(epoch)
+            torch.manual_seed(self.seed * 100_003 + epoch)  # dropout
             for cb in self.callbacks:
                 cb.on_epoch_start(self, epoch)
             self.model.train()
             t0 = time.perf_counter()
             loss_sum, correct, n = 0.0, 0, 0
-            for step, (images, labels, features) in enumerate(self._batches(gen)):
+            for step, (images, labels, features) in enumerate(self._batches(epoch)):
                 loss, right = self.train_step(images, labels, features)
                 loss_sum += loss * len(labels)
                 correct, n = correct + right, n + len(labels)
@@ -263,7 +266,7 @@ class Trainer:
                              f"prefix to cache; drop `cache_features=True`, or use ft:K or mobiletl:K")
         if isinstance(self.train_data, DataLoader):
             raise ConfigError("`cache_features=True` needs the training Dataset, not a DataLoader: the cache is per sample")
-        name = random_transform(self.train_data)
+        name = "flip=True" if self.flip else random_transform(self.train_data)
         if name:
             raise CacheError(f"`cache_features=True` needs fixed training inputs, but the training transform is random "
                              f"({name}); pass `augment='none'`")
@@ -280,19 +283,22 @@ class Trainer:
                                                          self.cache_dir, int(self.cache_budget_mb * 2**20))
         return self.cache
 
-    def _batches(self, gen: torch.Generator):
+    def _batches(self, epoch: int):
         """(inputs, labels, inputs are prefix features?) per step; the cache's rows come in the same order."""
         if not self.cache_features:
-            for images, labels in self._loader(self.train_data, shuffle=True, generator=gen):
+            flips = epoch_flips(self.seed, epoch, self.steps_per_epoch * self.batch_size) if self.flip else None
+            for step, (images, labels) in enumerate(self._loader(self.train_data, epoch)):
+                if flips is not None:
+                    images = flip_batch(images, flips[step * len(labels) : (step + 1) * len(labels)])
                 yield images, labels, False
             return
         cache = self._open_cache()
         if cache.complete:
-            for idx in self._loader(_Indices(len(self.train_data)), shuffle=True, generator=gen):
+            for idx in self._loader(_Indices(len(self.train_data)), epoch):
                 yield cache.get(idx), torch.from_numpy(cache.labels[idx.numpy()]), True
             return
         prefix = prefix_modules(self.model)
-        for images, labels, idx in self._loader(_Indexed(self.train_data), shuffle=True, generator=gen):
+        for images, labels, idx in self._loader(_Indexed(self.train_data), epoch):
             features = run_prefix(prefix, images, self.prefix_batch)
             cache.put(idx, features, labels)
             yield features, labels, True
@@ -340,7 +346,7 @@ class _Indexed(Dataset):
 
 
 class _Indices(Dataset):
-    """Only the indices: cached epochs shuffle them exactly as the images would be (same sampler, same generator)."""
+    """Only the indices: cached epochs shuffle them exactly as the images would be (same sampler)."""
 
     def __init__(self, n: int):
         self.n = n
