@@ -5,7 +5,7 @@
     policy = edgetl.MobileTL(k=5, hardswish_threshold=0.0)           # or edgetl.parse_policy("mobiletl:5")
     edgetl.apply_policy(model, policy)
     trainer = edgetl.Trainer(model, train_data=my_dataset, val_data=my_val,   # any torch Dataset or DataLoader
-                             optimizer=edgetl.OptimizerSpec("adamw", lr=1e-3), epochs=5,
+                             optimizer=edgetl.OptimizerSpec("adamw", lr=1e-3), epochs=5,  # or options=TrainerOptions(...)
                              callbacks=[edgetl.ProgressBar()])        # UI is a callback
     result = trainer.fit()                                            # writes nothing unless given out_dir=...
     run = edgetl.Run.save(model, policy, result, "runs/flowers")     # the run directory
@@ -33,7 +33,7 @@ from .policies import POLICIES, Bias, BnLast, FineTune, Full, Last, MobileTL, Po
 from .run import Run, import_weights
 from .sources import ModelSource, open_source
 from .surgery import apply_policy, trainable_parameters
-from .trainer import Callback, Trainer, TrainResult, calibrate_batchnorm
+from .trainer import Callback, Trainer, TrainerOptions, TrainResult, calibrate_batchnorm
 from .version import __version__
 
 
@@ -47,7 +47,7 @@ def __getattr__(name: str):
 __all__ = [
     "MODELS", "POLICIES", "Bias", "BnLast", "Callback", "ConfigError", "DataError", "EdgeTLError", "EvalResult",
     "ExportResult", "FineTune", "Full", "Last", "MobileTL", "ModelSource", "OptimizerSpec", "Policy", "PolicyError",
-    "Predictions", "ProgressBar", "Run", "TrainConfig", "TrainResult", "Trainer", "WeightsError", "__version__",
+    "Predictions", "ProgressBar", "Run", "TrainConfig", "TrainResult", "Trainer", "TrainerOptions", "WeightsError", "__version__",
     "apply_policy", "calibrate_batchnorm", "create_model", "evaluate", "export", "import_weights",
     "inverted_residual_blocks", "open_source", "parse_policy", "predict", "train", "trainable_parameters",
 ]

@@ -26,3 +26,7 @@ class ConfigError(EdgeTLError):
 
 class CacheError(EdgeTLError):
     """The prefix feature cache cannot be built or used (random inputs, no room, no memory, unwritable)."""
+
+
+class FleetError(EdgeTLError):
+    """A fleet run that cannot start or did not finish."""

@@ -33,7 +33,7 @@ from .policies import Policy, parse_policy
 from .prefix import check_prefix_batch
 from .run import read_checkpoint
 from .surgery import apply_policy
-from .trainer import Trainer, TrainResult, calibrate_batchnorm
+from .trainer import Trainer, TrainerOptions, TrainResult, calibrate_batchnorm
 
 log = logging.getLogger("edgetl")
 
@@ -132,13 +132,13 @@ def trainer_from_config(config: TrainConfig, resume: bool = False, callbacks=(),
         calibrate_batchnorm(model, DataLoader(train_ds, batch_size=c.batch_size, shuffle=True, drop_last=True,
                                               generator=torch.Generator().manual_seed(c.seed)))
     apply_policy(model, policy)
-    return Trainer(model, train_ds, val_ds, optimizer=c.optimizer_spec(), epochs=c.epochs, batch_size=c.batch_size,
-                   seed=c.seed, workers=c.workers, callbacks=callbacks, out_dir=out, resume=resume,
-                   class_names=class_names, resolution=c.resolution,
-                   config={**dataclasses.asdict(c), "out": str(out)}, command=command or sys.argv,
-                   prefix_batch=c.prefix_batch, cache_features=c.cache_features, cache_dtype=c.cache_dtype,
-                   cache_dir=c.cache_dir, cache_budget_mb=c.cache_budget_mb,
-                   flip=c.augment == "flip")  # "flip" is the trainer's, drawn as a device runner draws it
+    options = TrainerOptions(epochs=c.epochs, batch_size=c.batch_size, seed=c.seed, workers=c.workers,
+                             flip=c.augment == "flip",  # "flip" is the trainer's, drawn as a device runner draws it
+                             prefix_batch=c.prefix_batch, cache_features=c.cache_features, cache_dtype=c.cache_dtype,
+                             cache_dir=c.cache_dir, cache_budget_mb=c.cache_budget_mb)
+    return Trainer(model, train_ds, val_ds, optimizer=c.optimizer_spec(), options=options, callbacks=callbacks,
+                   out_dir=out, resume=resume, class_names=class_names, resolution=c.resolution,
+                   config={**dataclasses.asdict(c), "out": str(out)}, command=command or sys.argv)
 
 
 def train(callbacks=(), resume: bool = False, command: list[str] | None = None, **settings) -> TrainResult:

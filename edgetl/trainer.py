@@ -38,6 +38,7 @@ from .errors import CacheError, ConfigError
 from .limits import check_numbers
 from .models import num_classes_of
 from .optim import OptimizerSpec
+from .options import with_overrides
 from .order import EpochOrder, epoch_flips, flip_batch
 from .policies import Full
 from .prefix import features_given, prefix_modules, resolve_prefix_batch, run_prefix, set_prefix_batch, split_of
@@ -112,22 +113,51 @@ def calibrate_batchnorm(model: nn.Module, loader, batches: int = 8) -> None:
     model.train(was_training)
 
 
+@dataclass(frozen=True)
+class TrainerOptions:
+    """How the trainer loops: ``epochs`` of ``batch_size``, seeded by ``seed``, the learning rate on ``schedule``;
+    ``flip`` mirrors half the training images as a device runner's ``--augment flip`` does (:mod:`edgetl.order`);
+    ``workers`` data-loading processes. The frozen prefix runs ``prefix_batch`` samples at a time (a number, "auto"
+    or None: all at once), and with ``cache_features`` its outputs are computed in the first epoch and reused
+    (``cache_dtype`` float32 or float16; on disk in ``cache_dir``, default the run directory, beyond
+    ``cache_budget_mb`` of memory)."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    seed: int = 0
+    schedule: str = "cosine"
+    workers: int = 0
+    flip: bool = False
+    prefix_batch: int | str | None = None
+    cache_features: bool = False
+    cache_dtype: str = "float32"
+    cache_dir: str | Path | None = None
+    cache_budget_mb: float = 512
+
+    def check(self) -> None:
+        """Every setting in its range (one line naming the first that is not)."""
+        check_numbers(epochs=self.epochs, batch_size=self.batch_size, seed=self.seed, workers=self.workers,
+                      cache_budget_mb=self.cache_budget_mb)
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose cosine or constant")
+
+
 class Trainer:
-    """One training run of ``model`` on ``train_data``; see the module docstring."""
+    """One training run of ``model`` on ``train_data``; see the module docstring. ``options``: a
+    :class:`TrainerOptions`, or any of its fields by name (``Trainer(model, data, epochs=5)``). ``config`` and
+    ``command``: what made the run, recorded in its run directory."""
 
     def __init__(self, model: nn.Module, train_data: Dataset | DataLoader, val_data: Dataset | DataLoader | None = None,
-                 optimizer: OptimizerSpec | str = "adamw", epochs: int = 10, batch_size: int = 32, seed: int = 0,
-                 workers: int = 0, schedule: str = "cosine", callbacks: list | tuple = (),
-                 out_dir: str | Path | None = None, resume: bool = False, class_names: list[str] | None = None,
-                 resolution: int | None = None, config: dict | None = None, command: list[str] | None = None,
-                 prefix_batch: int | str | None = None, cache_features: bool = False, cache_dtype: str = "float32",
-                 cache_dir: str | Path | None = None, cache_budget_mb: float = 512, flip: bool = False):
-        check_numbers(epochs=epochs, batch_size=batch_size, seed=seed, workers=workers, cache_budget_mb=cache_budget_mb)
-        if schedule not in ("cosine", "constant"):
-            raise ConfigError(f"unknown schedule {schedule!r}; choose cosine or constant")
-        self.model, self.train_data, self.val_data, self.schedule = model, train_data, val_data, schedule
+                 optimizer: OptimizerSpec | str = "adamw", options: TrainerOptions | None = None,
+                 callbacks: list | tuple = (), out_dir: str | Path | None = None, resume: bool = False,
+                 class_names: list[str] | None = None, resolution: int | None = None, config: dict | None = None,
+                 command: list[str] | None = None, **shorthand):
+        (options,) = with_overrides([options or TrainerOptions()], shorthand, "Trainer")
+        options.check()
+        self.options = o = options
+        self.model, self.train_data, self.val_data, self.schedule = model, train_data, val_data, o.schedule
         self.spec = OptimizerSpec.parse(optimizer)
-        self.epochs, self.batch_size, self.seed, self.workers, self.flip = epochs, batch_size, seed, workers, flip
+        self.epochs, self.batch_size, self.seed, self.workers, self.flip = o.epochs, o.batch_size, o.seed, o.workers, o.flip
         self.callbacks = [cb if isinstance(cb, Callback) else _EpochFunction(cb) for cb in callbacks]
         self.out = Path(out_dir) if out_dir else None
         self.config, self.command = dict(config or {}), command
@@ -137,25 +167,25 @@ class Trainer:
         if not self.params:
             raise ConfigError("the model has no trainable parameter; apply a policy (edgetl.apply_policy) first")
         self.optimizer = self.spec.build(self.params.values())
-        if not isinstance(train_data, DataLoader) and len(train_data) < batch_size:
-            raise ConfigError(f"the training set has {len(train_data)} images, fewer than one batch of {batch_size}; "
+        if not isinstance(train_data, DataLoader) and len(train_data) < o.batch_size:
+            raise ConfigError(f"the training set has {len(train_data)} images, fewer than one batch of {o.batch_size}; "
                               f"lower `batch_size` or add images")
         self.steps_per_epoch = len(self._loader(train_data, epoch=0))
         if self.steps_per_epoch < 1:
             raise ConfigError("the training data yields no batch; check the data or lower `batch_size`")
-        total = epochs * self.steps_per_epoch
-        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total) if schedule == "cosine"
+        total = o.epochs * self.steps_per_epoch
+        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total) if o.schedule == "cosine"
                           else torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0))
         self.loss_fn = nn.CrossEntropyLoss()
         self.history: list[dict] = []
         self.resolution = resolution or _input_size(train_data)
         # the frozen prefix: streamed in micro-batches, and its outputs optionally cached (edgetl.prefix, .cache)
-        self.prefix_batch = resolve_prefix_batch(model, prefix_batch, batch_size, self.resolution)
+        self.prefix_batch = resolve_prefix_batch(model, o.prefix_batch, o.batch_size, self.resolution)
         set_prefix_batch(model, self.prefix_batch)
-        self.cache_features, self.cache_dtype, self.cache_budget_mb = cache_features, cache_dtype, cache_budget_mb
-        self.cache_dir = Path(cache_dir) if cache_dir else self.out
+        self.cache_features, self.cache_dtype, self.cache_budget_mb = o.cache_features, o.cache_dtype, o.cache_budget_mb
+        self.cache_dir = Path(o.cache_dir) if o.cache_dir else self.out
         self.cache: FeatureCache | None = None
-        if cache_features:
+        if o.cache_features:
             self._check_cacheable()
         self.start_epoch = 0
         if resume:

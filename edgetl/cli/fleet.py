@@ -63,19 +63,20 @@ def fleet_run(artifacts, device_uris, devices_file, data, device_data, rounds, l
               mu, server_lr, source_run, eval_data, round_timeout, host, address, port, insecure, auth, resume, restarts, seed,
               out):
     """Fine-tune ARTIFACTS across devices: a SuperLink here, a SuperNode on each device, FedAvg by default."""
-    from ..fleet import run_fleet
+    from ..fleet import FleetConfig, Network, Supervision, run_fleet
     from ..ui import FleetTable
 
     uris = list(device_uris)
     if devices_file:
         uris += [line.strip() for line in open(devices_file) if line.strip() and not line.startswith("#")]
-    options = {"mu": mu, "eta": server_lr}  # the API checks both and keeps the strategy's own
+    config = FleetConfig(rounds=rounds, local_steps=local_steps, min_devices=min_devices, fraction=fraction,
+                         strategy=strategy, seed=seed, round_timeout=round_timeout,
+                         strategy_options={"mu": mu, "eta": server_lr})  # the API checks both, keeps the strategy's own
+    network = Network(host=host, address=address, port=port, insecure=insecure, auth=auth)
     with FleetTable(console) as events:
-        result = run_fleet(artifacts, uris, out, data=data, device_data=device_data, rounds=rounds,
-                           local_steps=local_steps, min_devices=min_devices, fraction=fraction, strategy=strategy,
-                           strategy_options=options, run=source_run, eval_data=eval_data, round_timeout=round_timeout,
-                           host=host, address=address, port=port, insecure=insecure, auth=auth, resume=resume, seed=seed,
-                           restarts=restarts, events=events)
+        result = run_fleet(artifacts, uris, out, data=data, device_data=device_data, run=source_run, eval_data=eval_data,
+                           config=config, network=network, supervision=Supervision(restarts=restarts), resume=resume,
+                           events=events)
     message = result.report["message"]
     console.print(f"global model: {result.out} (fleet.json, fleet.png); {message['bytes_per_device_per_direction']:,} "
                   f"bytes per device per direction, {100 * message['ratio_to_whole_model']:.1f}% of the whole model")

@@ -6,13 +6,17 @@
 
 Modules: ``params`` (which tensors travel), ``shard`` (trial shards), ``fab/`` (the ServerApp and ClientApp),
 ``server`` (the rounds, in the ServerApp), ``processes`` (SuperLink, SuperNodes), ``certs`` (TLS),
-``orchestrate`` (one fleet run end to end), ``report`` (fleet.json, fleet.png).
+``config`` (a fleet's options: FleetConfig, Network, Supervision), ``orchestrate`` (one fleet run end to end),
+``report`` (fleet.json, fleet.png).
 """
 
 from __future__ import annotations
 
-from .orchestrate import Fleet, FleetError, FleetEvents, FleetResult, run_fleet
+from ..errors import FleetError
+from .config import FleetConfig, Network, Supervision
+from .orchestrate import Fleet, FleetEvents, FleetResult, run_fleet
 from .params import travelling
 from .shard import make_shards
 
-__all__ = ["Fleet", "FleetError", "FleetEvents", "FleetResult", "make_shards", "run_fleet", "travelling"]
+__all__ = ["Fleet", "FleetConfig", "FleetError", "FleetEvents", "FleetResult", "Network", "Supervision", "make_shards",
+           "run_fleet", "travelling"]

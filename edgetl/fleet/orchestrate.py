@@ -25,22 +25,16 @@ from pathlib import Path
 
 from ..data import BUILTIN
 from ..devices.base import DeviceError
-from ..errors import EdgeTLError
+from ..errors import FleetError
 from ..exporters.manifest import MANIFEST
 from ..io import absolute
-from ..limits import check_numbers
+from ..options import with_overrides
+from .config import FleetConfig, Network, Supervision
 from .processes import SuperLink, SuperNode
 from .server import DONE, RETURNING, ROUNDS, STATE
 
 FAB_DIR = Path(__file__).resolve().parent / "fab"
 EDGETL_ROOT = Path(__file__).resolve().parents[2]
-STRATEGIES = ("fedavg", "fedadam", "fedprox")
-#: the strategy options each strategy reads (others given, e.g. by the CLI's defaults, are checked and left out)
-STRATEGY_OPTIONS = {"fedavg": (), "fedadam": ("eta", "eta_l", "tau"), "fedprox": ("mu",)}
-
-
-class FleetError(EdgeTLError):
-    """A fleet run that cannot start or did not finish."""
 
 
 class FleetEvents:
@@ -85,18 +79,14 @@ class Fleet:
     """One fleet run; :func:`run_fleet` is the usual way in. ``nodes`` are the SuperNodes started (tests stop one)."""
 
     def __init__(self, artifacts, devices: list[str], out, data: str | None = None, device_data: str | None = None,
-                 rounds: int = 10, local_steps: int = 20, min_devices: int | None = None, fraction: float = 1.0,
-                 strategy: str = "fedavg", strategy_options: dict | None = None, run: str | None = None,
-                 eval_data: str | None = None, eval_size: int | None = 500, seed: int = 0, lr: float | None = None,
-                 round_timeout: float = 600, join_timeout: float = 120,
-                 resume: bool = False, insecure: bool = False, host: str = "127.0.0.1",
-                 address: str | None = None, port: int | None = None, auth: bool = False,
-                 keep_client_arrays: bool = False, restarts: int = 5, restart_backoff: float = 5.0,
-                 watch_s: float = 3.0, events: FleetEvents | None = None):
-        check_numbers(rounds=rounds, local_steps=local_steps, min_devices=min_devices, fraction=fraction,
-                      eval_size=eval_size, seed=seed, lr=lr, round_timeout=round_timeout, join_timeout=join_timeout,
-                      port=port, restarts=restarts, mu=(strategy_options or {}).get("mu"),
-                      server_lr=(strategy_options or {}).get("eta"))
+                 run: str | None = None, eval_data: str | None = None, config: FleetConfig | None = None,
+                 network: Network | None = None, supervision: Supervision | None = None, resume: bool = False,
+                 events: FleetEvents | None = None, **options):
+        """``config``, ``network``, ``supervision``: :mod:`.config`'s objects; ``options``: any of their fields by name."""
+        config, network, supervision = with_overrides([config or FleetConfig(), network or Network(),
+                                                      supervision or Supervision()], options, "Fleet")
+        for part in (config, network, supervision):
+            part.check()
         # every local path once, here: the SuperLink, the ServerApp and the SuperNodes run in other directories
         self.artifacts, self.out = Path(artifacts).resolve(), Path(out).resolve()
         data, run, eval_data = absolute(data), absolute(run), absolute(eval_data, BUILTIN)
@@ -105,8 +95,6 @@ class Fleet:
             raise FleetError(f"{artifacts} holds no {MANIFEST}; pass a directory written by `edgetl export`")
         if not devices:
             raise FleetError("no devices: pass --device URI (repeatable) or --devices FILE")
-        if strategy not in STRATEGIES:
-            raise FleetError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
         if data is not None and device_data is not None:
             raise FleetError("pass --data (shards pushed from here) or --device-data (images on each device), not both")
         if data is None and device_data is None:
@@ -120,23 +108,19 @@ class Fleet:
                              f"(the server evaluates and saves the global model with it)")
         self.devices, self.data, self.device_data = list(devices), data, device_data
         self.shards = _shards(data, len(self.devices))
-        self.min_devices = min_devices or len(devices)
+        self.min_devices = config.min_devices or len(devices)
         if not 1 <= self.min_devices <= len(devices):
             raise FleetError(f"--min-devices is from 1 to the {len(devices)} devices given, not {self.min_devices}")
-        self.options = dict(rounds=rounds, local_steps=local_steps, fraction=fraction, strategy=strategy,
-                            strategy_options={k: v for k, v in (strategy_options or {}).items()
-                                              if k in STRATEGY_OPTIONS[strategy]}, eval_size=eval_size, seed=seed, lr=lr,
-                            round_timeout=round_timeout, join_timeout=join_timeout, keep_client_arrays=keep_client_arrays,
-                            restarts=restarts)
+        self.config, self.network, self.supervision = config, network, supervision
+        self.options = {**config.server_options(), "restarts": supervision.restarts}  # what the ServerApp is told
         self.eval_data = eval_data
-        if auth and insecure:
-            raise FleetError("SuperNode authentication needs TLS: drop --insecure to use --auth")
-        self.resume, self.insecure, self.host, self.auth = resume, insecure, host, auth
-        self.port, self.address = port or free_port(), address
+        self.resume, self.insecure, self.host, self.auth = resume, network.insecure, network.host, network.auth
+        self.port, self.address = network.port or free_port(), network.address
         self.events = events or FleetEvents()
         self.nodes: list[SuperNode] = []  # the current SuperNode of each device
         self.retired: list[SuperNode] = []  # SuperNodes that died and were replaced (stopped at the end all the same)
-        self.restarts, self.restart_backoff, self.watch_s = restarts, restart_backoff, watch_s
+        self.restarts, self.restart_backoff, self.watch_s = supervision.restarts, supervision.restart_backoff, \
+            supervision.watch_s
         self.restart_log: list[dict] = []
         self.first_nodes: list[SuperNode] = []  # each device's first SuperNode (its log says why it did not join)
         self._specs, self._tries, self._next_watch, self._node_ids, self._joined = [], {}, 0.0, {}, set()
