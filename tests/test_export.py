@@ -138,7 +138,7 @@ def test_weights_round_trip_through_the_device(v3_export, tmp_path):
 
 def test_hardswish_backward_is_the_sign_approximation(v3_export):
     data = np.load(v3_export.art / "reference.npz")
-    run, trainer = edgetl.Run.load(v3_export.run), v3_export.runner.Trainer
+    run, trainer = edgetl.Run.load(v3_export.run), v3_export.runner.Session
     assert all(c.ok for c in teacher_forced(run, trainer(str(v3_export.art)), data["images"], data["labels"], 2, 0.01))
     # PyTorch with the exact Hard-Swish derivative: the export's gradients must NOT match it
     exact_hardswish(run.model)
