@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,9 +48,15 @@ def torch_logits(run_dir, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])
-def test_an_fp32_inference_export_is_the_run_with_its_weights_as_constants(fmt, source, tmp_path):
+def test_an_fp32_inference_export_is_the_run_with_its_weights_as_constants(fmt, source, tmp_path, monkeypatch):
     require_backend(fmt)
     run, data = source
+    made = []  # the interpreters the TFLite runner makes: its predictor's too, as the training session's
+    if fmt == "tflite":
+        from edgetl.runtime import tflite_runner
+
+        make = tflite_runner.make_interpreter
+        monkeypatch.setattr(tflite_runner, "make_interpreter", lambda *a, **kw: made.append(kw) or make(*a, **kw))
     result = export(run, fmt, tmp_path / "app", inference=True, calibration=None)
     m = result.manifest
     assert m["kind"] == "inference" and m["quantization"] is None and m["runtime"] in ("onnxruntime", "ai-edge-litert")
@@ -67,6 +74,8 @@ def test_an_fp32_inference_export_is_the_run_with_its_weights_as_constants(fmt, 
 
         ops = {o for v in operators((tmp_path / "app" / m["file"]).read_bytes()).values() for o in v}
         assert not ops & {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE"}  # no variables: constants only
+        # validated through the runner's predictor (in the export's temporary directory, renamed into place after)
+        assert [Path(kw["model_path"]).name for kw in made] == [m["file"]] and [*made[0]] == ["model_path"]
     else:
         import onnx
 

@@ -230,8 +230,7 @@ def predictor(artifacts: str, params: dict[str, np.ndarray] | None = None, threa
     if params:
         raise common.RunnerError(f"{artifacts} is an inference export: its weights are baked in, so no other weights "
                                  f"can be set; export the weights you want with `edgetl export SOURCE --inference`")
-    interpreter = interpreter_class()(model_path=os.path.join(artifacts, manifest["file"]),
-                                      num_threads=threads or os.cpu_count())
+    interpreter = make_interpreter(threads, model_path=os.path.join(artifacts, manifest["file"]))
     run = interpreter.get_signature_runner("infer")  # resizes its input to each call's batch
     return (lambda images: run(images=np.ascontiguousarray(images, dtype=np.float32))["logits"],
             manifest["input"]["shape"][0] or common.EVAL_BATCH)
