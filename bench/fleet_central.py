@@ -39,13 +39,13 @@ def central(config: dict, shards: Path, artifacts: Path) -> dict:
     labels = np.concatenate([np.load(f)["labels"] for f in files])
     steps = int(config["rounds"]) * int(config["local_steps"]) * len(files)
     evaluator = Evaluator(config)
-    trainer = runner.Trainer(str(artifacts))
+    session = runner.Session(str(artifacts))
     start = initial_arrays(evaluator.state, config["travelling"])
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(Path(tmp) / "union.npz", images=images, labels=labels)
         split, _, _ = data.open_data(manifest, data=str(Path(tmp) / "union.npz"))
-        state = runner.common.fit(trainer, split, steps=steps, seed=int(config.get("seed", 0)))
-    trained = trainer.trained()
+        state = runner.common.fit(session, split, steps=steps, seed=int(config.get("seed", 0)))
+    trained = session.trained()
     result = evaluator({k: trained[k] for k in start})
     return {"steps": steps, "images": int(len(labels)), "final_loss": float(np.mean(state["losses"][-10:])), **result}
 

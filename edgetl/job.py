@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ from .data import BUILTIN, load_datasets
 from .errors import ConfigError, WeightsError
 from .io import absolute
 from .limits import check_numbers
-from .models import create_model
+from .models import MODELS, create_model
 from .optim import OptimizerSpec
 from .policies import Policy, parse_policy
 from .prefix import check_prefix_batch
@@ -38,33 +38,41 @@ from .trainer import Trainer, TrainerOptions, TrainResult, calibrate_batchnorm
 log = logging.getLogger("edgetl")
 
 
+def _setting(default, help: str | None = None, **cli):
+    """A setting with what its ``edgetl train`` option needs (help, choices, metavar; ``cli=False``: no option);
+    a bool setting is a flag. The CLI generates its options from these (:mod:`edgetl.cli.options`)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
 @dataclass
 class TrainConfig:
-    model: str = "mobilenet_v3_small"
-    policy: str = "mobiletl:5"
-    data: str = "patterns"
-    #: "auto" = ImageNet when obtainable, else random init (said in one line); "imagenet", "none", a path or a run
-    weights: str = "auto"
-    #: with a run as weights: keep its head even when it was trained for other classes (same count only)
-    keep_head: bool = False
-    epochs: int = 10
-    batch_size: int = 32
-    resolution: int = 96
-    lr: float | None = None
-    optimizer: str = "adamw"
-    weight_decay: float = 1e-4
-    seed: int = 0
-    out: str | None = None
-    workers: int = 0
-    hardswish_threshold: float = 0.0
-    #: training transform: "standard" (random crop and flip) or "none" (fixed inputs; needed by cache_features)
-    augment: str = "standard"
-    #: stream the frozen prefix this many samples at a time ("auto": the largest within the trained region's peak)
-    prefix_batch: int | str | None = None
-    cache_features: bool = False
-    cache_dtype: str = "float32"
-    cache_dir: str | None = None
-    cache_budget_mb: float = 512
+    """The settings of an ``edgetl train`` job; each field is also its command-line option."""
+
+    model: str = _setting("mobilenet_v3_small", choices=list(MODELS))
+    policy: str = _setting("mobiletl:5", "full, last, bn+last, bias, ft:K, mobiletl:K")
+    data: str = _setting("patterns", "ImageFolder directory, or 'patterns' (built in)")
+    weights: str = _setting("auto", "auto (ImageNet if obtainable, else random), imagenet, none, or a .pth path")
+    keep_head: bool = _setting(False, "with --weights RUN: keep its classifier head even when it was trained for other "
+                                      "classes")
+    epochs: int = _setting(10)
+    batch_size: int = _setting(32)
+    resolution: int = _setting(96)
+    lr: float | None = _setting(None, "learning rate [default: 0.05 for sgd, 0.001 for adamw]")
+    optimizer: str = _setting("adamw", choices=["sgd", "adamw"])
+    weight_decay: float = _setting(1e-4, cli=False)
+    seed: int = _setting(0)
+    out: str | None = _setting(None, "run directory [default: runs/<model>-<policy>-<time>; runs/last links it]")
+    workers: int = _setting(0, "data loader processes")
+    hardswish_threshold: float = _setting(0.0, "threshold of MobileTL's Hard-Swish backward mask 1[x > t]")
+    augment: str = _setting("standard", "training transform: random crop and flip, flip only (as a device's --augment "
+                                        "flip), or none (fixed inputs, needed by --cache-features)",
+                            choices=["standard", "flip", "none"])
+    prefix_batch: int | str | None = _setting(None, "run the frozen prefix N samples at a time (auto: the largest "
+                                                    "within the trained region's peak)", metavar="N|auto")
+    cache_features: bool = _setting(False, "store the frozen prefix's outputs in epoch 1, reuse them after")
+    cache_dtype: str = _setting("float32", choices=["float32", "float16"])
+    cache_dir: str | None = _setting(None, "where a disk cache goes [default: the run directory]")
+    cache_budget_mb: float = _setting(512, "a larger cache goes to a memory-mapped file on disk")
 
     def validate(self) -> None:
         """Every setting in its range (one line naming the first that is not), before any data is read."""

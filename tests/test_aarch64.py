@@ -88,7 +88,7 @@ def test_tflite_runner_trains_on_aarch64(device_python, tmp_path, monkeypatch):
     loss_diff = max(abs(a - b) / max(1.0, abs(b)) for a, b in zip(losses, host_losses))
     # Parameters are compared by their updates: AdamW divides by sqrt(v), so an element whose gradient is
     # near zero moves by about lr whichever way float rounding tips it; the update as a whole must agree
-    start = tflite_runner.Trainer(str(art)).params()
+    start = tflite_runner.Session(str(art)).params()
     host_params = np.load(host / "params.npz")
     device_update, host_update = (np.concatenate([(p[n] - start[n]).ravel() for n in manifest["trainable"]])
                                   for p in (params, host_params))

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -11,6 +12,8 @@ import edgetl
 from edgetl.cli import main
 from edgetl.prefix import auto_prefix_batch
 from edgetl.profile import analyze, fit_policies, parse_size
+
+from .bounds import numpy_process_rss
 
 _PEAK = """
 import json, sys, torch, edgetl
@@ -93,7 +96,7 @@ def test_benchmark_end_to_end(tmp_path):
         assert row["step_flops"] == expected.training_flops(8) > row["cached_step_flops"] == expected.training_flops(8, True)
         assert row["step_gflops"] == pytest.approx(row["step_flops"] / row["step_seconds"] / 1e9)
         assert row["cached_step_gflops"] == pytest.approx(row["cached_step_flops"] / row["cached_step_seconds"] / 1e9)
-        assert 0 < row["baseline_rss_bytes"] < row["train_peak_rss_bytes"] <= row["peak_rss_bytes"] < 8 * 2**30
+        assert numpy_process_rss() <= row["baseline_rss_bytes"] < row["train_peak_rss_bytes"] <= row["peak_rss_bytes"] < 8 * 2**30
         assert row["step_rss_bytes"] == row["train_peak_rss_bytes"] - row["baseline_rss_bytes"]
         assert 0 < row["step_seconds"] < 60 and (row["cached_step_seconds"] or 0) >= 0
         micro = expected.auto_prefix_batch(8) if expected.split else None
@@ -105,7 +108,11 @@ def test_benchmark_end_to_end(tmp_path):
             assert 0.9 * peak <= predicted <= 1.5 * peak
     assert rows["mobiletl:5", "onnx"]["baseline_rss_bytes"] < rows["mobiletl:5", "pytorch"]["baseline_rss_bytes"]
     assert rows["mobiletl:5", "onnx"]["planned_bytes"] is None is rows["mobiletl:5", "pytorch"]["planned_bytes"]
-    assert rows["mobiletl:5", "tflite"]["planned_bytes"] > 0  # TFLite's export records its plan
+    # TFLite's export records its plan: gradients and what the backward reads, the trained parameters and their
+    # optimizer state at least (the profiler's analytic figures)
+    totals = analyze("mobilenet_v3_small", "mobiletl:5", 64, 5).totals(8, "adamw")
+    assert rows["mobiletl:5", "tflite"]["planned_bytes"] >= sum(totals[k] for k in (
+        "saved_activation_bytes", "gradient_bytes", "trainable_param_bytes", "optimizer_state_bytes"))
 
 
 @pytest.mark.slow
@@ -115,7 +122,10 @@ def test_benchmark_on_a_device_through_deploy(tmp_path):
 
     cfg = BenchmarkConfig(model="mobilenet_v3_small", batch=4, resolution=32, policies=["mobiletl:2"], runtimes=["onnx"],
                           rounds=1, steps=2, device=f"local://{tmp_path / 'device'}?python={sys.executable}")
+    start = time.perf_counter()
     row = run_benchmark(cfg, work=tmp_path)["rows"][0]
+    wall = time.perf_counter() - start
     assert row["where"].startswith("local://") and row["runtime"] == "onnx"
-    assert 0 < row["baseline_rss_bytes"] < row["peak_rss_bytes"] and row["step_seconds"] > 0
-    assert row["cached_step_seconds"] > 0
+    # the runner on the device holds numpy, then its models; its steps were timed within the benchmark
+    assert numpy_process_rss() <= row["baseline_rss_bytes"] < row["peak_rss_bytes"]
+    assert 0 < row["step_seconds"] <= wall and 0 < row["cached_step_seconds"] <= wall

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +13,10 @@ from click.testing import CliRunner
 
 from edgetl.cli import main
 from edgetl.exporters import ValidationFailed, export
-from edgetl.exporters.inference import INT8_AGREEMENT, plain_model
+from edgetl.exporters.inference import INT8_AGREEMENT, LATENCY_RUNS, plain_model
 from edgetl.run import Run
 
+from .bounds import median_fits
 from .conftest import make_image_folder
 from .exportfixtures import require_backend
 from .exportutil import PATTERN_CLASSES, decisive_run
@@ -47,16 +50,24 @@ def torch_logits(run_dir, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])
-def test_an_fp32_inference_export_is_the_run_with_its_weights_as_constants(fmt, source, tmp_path):
+def test_an_fp32_inference_export_is_the_run_with_its_weights_as_constants(fmt, source, tmp_path, monkeypatch):
     require_backend(fmt)
     run, data = source
+    made = []  # the interpreters the TFLite runner makes: its predictor's too, as the training session's
+    if fmt == "tflite":
+        from edgetl.runtime import tflite_runner
+
+        make = tflite_runner.make_interpreter
+        monkeypatch.setattr(tflite_runner, "make_interpreter", lambda *a, **kw: made.append(kw) or make(*a, **kw))
+    start = time.perf_counter()
     result = export(run, fmt, tmp_path / "app", inference=True, calibration=None)
+    wall = time.perf_counter() - start
     m = result.manifest
     assert m["kind"] == "inference" and m["quantization"] is None and m["runtime"] in ("onnxruntime", "ai-edge-litert")
     assert (tmp_path / "app" / "labels.txt").read_text().split() == PATTERN_CLASSES
     assert m["input"]["shape"] == [None, 3, 48, 48] and m["preprocessing"]["center_crop"] == 48
     assert m["size_bytes"] == (tmp_path / "app" / m["file"]).stat().st_size
-    assert m["latency"]["median_single_image_ms"] > 0 and result.validation.ok
+    assert median_fits(m["latency"]["median_single_image_ms"] / 1000, LATENCY_RUNS, wall) and result.validation.ok
     assert sorted(p.name for p in (tmp_path / "app").iterdir()) == sorted(["labels.txt", "manifest.json", m["file"]])
     x = torch.randn(5, 3, 48, 48, generator=torch.Generator().manual_seed(1)).numpy()
     reference = torch_logits(run, x)
@@ -67,6 +78,8 @@ def test_an_fp32_inference_export_is_the_run_with_its_weights_as_constants(fmt, 
 
         ops = {o for v in operators((tmp_path / "app" / m["file"]).read_bytes()).values() for o in v}
         assert not ops & {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE"}  # no variables: constants only
+        # validated through the runner's predictor (in the export's temporary directory, renamed into place after)
+        assert [Path(kw["model_path"]).name for kw in made] == [m["file"]] and [*made[0]] == ["model_path"]
     else:
         import onnx
 

@@ -57,7 +57,16 @@ def test_a_wrong_onnx_backward_is_named_at_its_layer(tmp_path, monkeypatch):
     feeding = {n.rsplit(".", 1)[0] + "." + str(int(n.rsplit(".", 1)[1]) - 1) for n in masked}  # the norm before each
     assert report.first_forward is None, report.summary()
     assert report.first_backward in feeding, report.summary()
-    assert report.turned[0] > 0 and report.turned[1] == 0
+    # the masks of thresholds 1.0 and 0.0 differ only where 0 < x <= 1 (x: the mask's input, in float64 here; the
+    # tolerance covers float32 inputs rounded across 1): at most those elements turned
+    band, reference = {}, copy.deepcopy(model).double()
+    for n in masked:
+        reference.get_submodule(n).register_forward_pre_hook(
+            lambda _, args, n=n: band.__setitem__(n, int(((args[0] > 0) & (args[0] <= 1 + 1e-3)).sum())))
+    with torch.no_grad():
+        reference(torch.from_numpy(images).double())
+    assert 0 < report.turned[0] <= sum(band.values()) and report.turned[1] == 0
+    assert all(d.turned <= band[d.name] for d in report.layers if d.name in band)
 
 
 @pytest.mark.slow  # 5 to 9 s: the second stage of .ci/run

@@ -96,7 +96,7 @@ def test_sgd_momentum_matches_pytorch(v3_export):
     assert any(v["name"].endswith(".momentum_buffer") for v in manifest["variables"])
     # three steps carrying the buffers: the model's own SGD against torch.optim.SGD on the same gradients
     data = np.load(art / "reference.npz")
-    trainer = tflite_runner.Trainer(str(art))
+    trainer = tflite_runner.Session(str(art))
     params = {n: torch.nn.Parameter(torch.from_numpy(v.copy())) for n, v in trainer.params().items()}
     opt = torch.optim.SGD(params.values(), lr=0.05, momentum=0.9, weight_decay=1e-4)
     for i in range(3):
@@ -130,7 +130,7 @@ def test_runner_checkpoint_holds_every_variable_and_resumes(v3_export, tmp_path)
     # resuming continues from the checkpoint: the first loss of a resumed run is the next step's
     run_runner(art, "tflite_runner.py", tmp_path, "--data", shard, "--steps", 1, "--resume", out / "checkpoint.npz",
                "--out", tmp_path / "t2")
-    fresh = tflite_runner.Trainer(str(art))
+    fresh = tflite_runner.Session(str(art))
     fresh.set_state(dict(state))
     x, y = data["images"].reshape(-1, *data["images"].shape[2:]), data["labels"].reshape(-1)
     order = np.random.default_rng([0, 1]).permutation(len(x))[:4]  # epoch 1 of seed 0
@@ -142,7 +142,7 @@ def test_runner_checkpoint_holds_every_variable_and_resumes(v3_export, tmp_path)
 def test_state_views_read_the_same_values_without_a_copy(v3_export):
     """The runner writes its checkpoint from views of get_weights' outputs: the same numbers as the copies,
     in the interpreter's own buffers."""
-    trainer = tflite_runner.Trainer(str(v3_export.art))
+    trainer = tflite_runner.Session(str(v3_export.art))
     copies, views = trainer.state(), trainer.state(copy=False)
     assert sorted(copies) == sorted(views)
     assert all(not v.flags.owndata for v in views.values() if v.ndim)  # numpy copies a 0-d output (the step)
@@ -154,7 +154,7 @@ def test_step_count_initializes_and_the_model_file_leaves_memory(v3_export):
     """The runner's first call sets the variables from the model file, whose pages then leave RSS; the
     step_count signature counts optimizer steps."""
     model = v3_export.art / "model.tflite"
-    trainer = tflite_runner.Trainer(str(v3_export.art))
+    trainer = tflite_runner.Session(str(v3_export.art))
     assert resident_bytes(model) < model.stat().st_size // 4
     assert float(trainer.run("step_count")["step"]) == 0
     ref = np.load(v3_export.art / "reference.npz")
@@ -167,7 +167,7 @@ def test_wrong_batch_size_is_explained(v3_export):
     art = v3_export.art
     images = np.zeros((3, 3, 64, 64), np.float32)
     with pytest.raises(RunnerError, match="trains at batch 4 .*--batch-size 3"):
-        tflite_runner.Trainer(str(art)).step(images, np.zeros(3, np.int64))
+        tflite_runner.Session(str(art)).step(images, np.zeros(3, np.int64))
 
 
 @pytest.mark.slow  # over 9 s: the second stage of .ci/run

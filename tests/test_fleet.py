@@ -416,7 +416,7 @@ import ort_runner, runner_data
 manifest = json.load(open(root + "/manifest.json"))
 with np.load(given) as z:
     start = {k: z[k] for k in z.files}
-trainer = ort_runner.Trainer(root)
+trainer = ort_runner.Session(root)
 trainer.set_params({k: start[k] for k in manifest["trainable"]})
 trainer.running.update({k: v for k, v in start.items() if k in trainer.running})
 train, _, _ = runner_data.open_data(manifest, data=root + "/" + shard)

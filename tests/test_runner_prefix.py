@@ -58,14 +58,14 @@ def test_split_export_validates_and_its_manifest_reads_back(v3_export):
     # the composition validated as a whole export does, every check passing
     assert manifest["validation"]["ok"] and all(c["ok"] for c in manifest["validation"]["checks"])
     # the trained region holds no prefix parameter; the trained ones are all there
-    trainer = v3_export.runner.Trainer(str(v3_export.art))
+    trainer = v3_export.runner.Session(str(v3_export.art))
     assert set(trainer.params()) == set(manifest["trainable"])
 
 
 def test_prefix_features_match_pytorch(v3_export):
     model = edgetl.Run.load(v3_export.run).model
     images = np.load(v3_export.art / "reference.npz")["images"][0]
-    trainer = v3_export.runner.Trainer(str(v3_export.art), prefix_batch=3)
+    trainer = v3_export.runner.Session(str(v3_export.art), prefix_batch=3)
     with torch.no_grad():
         x = torch.from_numpy(images)
         for m in list(model.features)[:model.features.split]:
@@ -76,8 +76,8 @@ def test_prefix_features_match_pytorch(v3_export):
 def test_streamed_step_equals_the_unstreamed_step(v3_export):
     ref = np.load(v3_export.art / "reference.npz")
     images, labels = ref["images"][0], ref["labels"][0]
-    whole = v3_export.runner.Trainer(str(v3_export.art), prefix_batch=len(images))
-    micro = v3_export.runner.Trainer(str(v3_export.art), prefix_batch=1)
+    whole = v3_export.runner.Session(str(v3_export.art), prefix_batch=len(images))
+    micro = v3_export.runner.Session(str(v3_export.art), prefix_batch=1)
     for _ in range(2):
         la, lb = whole.step(images, labels), micro.step(images, labels)
         assert abs(la - lb) <= 1e-6
@@ -125,7 +125,7 @@ def test_disk_cache_is_reused_and_a_stale_one_rebuilt(v3_export, tmp_path):
     header = json.loads((cache_dir / prefix.CACHE_HEADER).read_text())
     assert sorted(os.listdir(cache_dir)) == sorted([prefix.CACHE_DATA, prefix.CACHE_HEADER])
     stored = np.load(cache_dir / prefix.CACHE_DATA)
-    trainer = v3_export.runner.Trainer(str(v3_export.art))
+    trainer = v3_export.runner.Session(str(v3_export.art))
     images = np.load(shard)["images"]
     np.testing.assert_allclose(stored, trainer.features(images), atol=1e-6, rtol=0)  # one row per image, in order
     again = ok(runner(v3_export, tmp_path, *base, "--out", tmp_path / "b"))
@@ -175,7 +175,7 @@ def test_failed_build_leaves_no_cache(v3_export, tmp_path):
     shard = reference_shard(v3_export.art, tmp_path)
     manifest = common.load_manifest(str(v3_export.art))
     train, _, _ = common.data.open_data(manifest, str(shard))
-    trainer = v3_export.runner.Trainer(str(v3_export.art))
+    trainer = v3_export.runner.Session(str(v3_export.art))
     cache = prefix.FeatureCache.open(len(train), manifest["split"]["feature_shape"], "float16", 0, str(tmp_path / "c"),
                                      prefix.cache_key(manifest, train, "float16"), log=lambda s: None)
     assert cache.where == "disk" and len(os.listdir(tmp_path / "c")) == 1  # the temporary file being built

@@ -1,6 +1,7 @@
 """`edgetl train` end to end through click's CliRunner: outputs, resume, and the errors a user can hit."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import edgetl
 import edgetl.trainer
 from edgetl.checkpoint import CHECKPOINT
 from edgetl.cli import main
+from edgetl.data import load_datasets
 from edgetl.job import TrainConfig, trainer_from_config
 
 from .conftest import make_image_folder
@@ -29,7 +31,13 @@ def test_train_writes_checkpoint_metrics_and_command(image_folder, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
-    assert all(0.0 <= e["val_acc"] <= 1.0 and e["train_loss"] > 0 for e in metrics["epochs"])
+    # accuracies count whole images of each split; cross-entropy is at least ln 2 on each image it gets wrong
+    train, val, _ = load_datasets(image_folder, 32)
+    steps = len(train) // 4  # whole batches of 4
+    for e in metrics["epochs"]:
+        assert (e["val_acc"] * len(val)) == pytest.approx(round(e["val_acc"] * len(val)))
+        assert (e["train_acc"] * steps * 4) == pytest.approx(round(e["train_acc"] * steps * 4))
+        assert e["train_loss"] >= (1 - e["train_acc"]) * math.log(2) and e["val_loss"] >= (1 - e["val_acc"]) * math.log(2)
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "finished" and run["policy"] == "mobiletl:2"
     assert run["class_names"] == ["checkerboard", "stripes_horizontal", "stripes_vertical"]

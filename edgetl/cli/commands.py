@@ -16,40 +16,13 @@ from ..profile.budget import DEVICE_PROFILES
 from ..ui import ProgressBar, print_checklist
 from ..units import mib
 from .base import FormatChoice, command_line, console, friendly_errors, main, parse_prefix_batch
-
-_DEFAULTS = TrainConfig()
+from .options import dataclass_options
 
 
 @main.command()
-@click.option("--model", default=_DEFAULTS.model, show_default=True, type=click.Choice(list(MODELS)))
-@click.option("--policy", default=_DEFAULTS.policy, show_default=True, help="full, last, bn+last, bias, ft:K, mobiletl:K")
-@click.option("--data", default=_DEFAULTS.data, show_default=True, help="ImageFolder directory, or 'patterns' (built in)")
-@click.option("--weights", default=_DEFAULTS.weights, show_default=True,
-              help="auto (ImageNet if obtainable, else random), imagenet, none, or a .pth path")
-@click.option("--keep-head", is_flag=True,
-              help="with --weights RUN: keep its classifier head even when it was trained for other classes")
-@click.option("--epochs", default=_DEFAULTS.epochs, show_default=True, type=int)
-@click.option("--batch-size", default=_DEFAULTS.batch_size, show_default=True, type=int)
-@click.option("--resolution", default=_DEFAULTS.resolution, show_default=True, type=int)
-@click.option("--lr", default=None, type=float, help="learning rate [default: 0.05 for sgd, 0.001 for adamw]")
-@click.option("--optimizer", default=_DEFAULTS.optimizer, show_default=True, type=click.Choice(["sgd", "adamw"]))
-@click.option("--seed", default=_DEFAULTS.seed, show_default=True, type=int)
-@click.option("--hardswish-threshold", default=_DEFAULTS.hardswish_threshold, show_default=True, type=float,
-              help="threshold of MobileTL's Hard-Swish backward mask 1[x > t]")
-@click.option("--workers", default=_DEFAULTS.workers, show_default=True, type=int, help="data loader processes")
-@click.option("--out", default=None, help="run directory [default: runs/<model>-<policy>-<time>; runs/last links it]")
+@dataclass_options(TrainConfig)
 @click.option("--resume", is_flag=True, help="continue the interrupted run in --out")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
-@click.option("--augment", default=_DEFAULTS.augment, show_default=True, type=click.Choice(["standard", "flip", "none"]),
-              help="training transform: random crop and flip, flip only (as a device's --augment flip), or none "
-                   "(fixed inputs, needed by --cache-features)")
-@click.option("--prefix-batch", default=None, metavar="N|auto",
-              help="run the frozen prefix N samples at a time (auto: the largest within the trained region's peak)")
-@click.option("--cache-features", is_flag=True, help="store the frozen prefix's outputs in epoch 1, reuse them after")
-@click.option("--cache-dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16"]))
-@click.option("--cache-dir", default=None, help="where a disk cache goes [default: the run directory]")
-@click.option("--cache-budget-mb", default=_DEFAULTS.cache_budget_mb, show_default=True, type=float,
-              help="a larger cache goes to a memory-mapped file on disk")
 @click.pass_context
 @friendly_errors
 def train(ctx, resume, no_progress, **options):

@@ -3,7 +3,7 @@
     validation = validate_with_runner(tflite_runner, "artifacts/tflite", run, images, labels, logits, steps, spec)
     print(validation); assert validation.ok
 
-A runner's ``Trainer`` is the session validation drives: ``params()``, ``set_params(d)``,
+A runner's ``Session`` is what validation drives: ``params()``, ``set_params(d)``,
 ``gradients(x, y) -> (loss, grads)``, ``step_with_gradients``, ``running_stats()`` and ``logits``.
 
 What is checked, and why these tolerances (fp32; figures measured on this stack):
@@ -68,7 +68,7 @@ PARITY_SGD_LR = 0.01  # the learning rate of the teacher-forced steps when the r
 
 
 class Session(Protocol):
-    """What validation needs from an exported model's runtime (a device runner's ``Trainer``)."""
+    """What validation needs from an exported model's runtime (a device runner's ``Session``)."""
 
     def params(self) -> dict[str, np.ndarray]: ...
 
@@ -227,16 +227,16 @@ def free_running(run: Run, images: np.ndarray, labels: np.ndarray, steps: int, o
 
 def validate_with_runner(runner, artifacts: str, run: Run, images: np.ndarray, labels: np.ndarray,
                          ref_logits: np.ndarray, steps: int, spec: OptimizerSpec) -> Validation:
-    """Every check of this module, run through a device runner's own code (its ``Trainer``, ``infer``, ``train``)."""
+    """Every check of this module, run through a device runner's own code (its ``Session``, ``infer``, ``train``)."""
     sgd_lr = spec.lr if spec.name == "sgd" and not spec.momentum else PARITY_SGD_LR
-    stepper = runner.Trainer(artifacts)
+    stepper = runner.Session(artifacts)
     before = stepper.params()
     _, grads = stepper.step_with_gradients(images[0], labels[0])
     checks = [compare_logits(ref_logits, runner.infer(artifacts, images[0])),
-              *teacher_forced(run, runner.Trainer(artifacts), images, labels, steps, sgd_lr),
+              *teacher_forced(run, runner.Session(artifacts), images, labels, steps, sgd_lr),
               compare_optimizer_step(before, grads, stepper.params(), spec)]
     trained = runner.train(artifacts, images, labels, steps)
-    trainer = trained["trainer"]
-    drift = free_running(run, images, labels, steps, spec, trained["losses"], trainer.params(),
-                         trainer.logits(images[0]))
+    session = trained["session"]
+    drift = free_running(run, images, labels, steps, spec, trained["losses"], session.params(),
+                         session.logits(images[0]))
     return Validation(checks, drift, {"runtime_step_seconds": float(np.median(trained["step_seconds"]))})

@@ -2,7 +2,7 @@
 device; no torch, no edgetl).
 
     python artifacts/tflite/tflite_runner.py --artifacts artifacts/tflite --data shard.npz --steps 200
-    from edgetl.runtime import tflite_runner; tflite_runner.Trainer("artifacts/tflite").step(images, labels)
+    from edgetl.runtime import tflite_runner; tflite_runner.Session("artifacts/tflite").step(images, labels)
 
 ``runner_common.py`` holds what they share (the command line, the parity check), ``runner_fit.py`` the training
 loop (schedule, validation, checkpoints and resume), ``runner_io.py`` the one-line error and atomic writes, and

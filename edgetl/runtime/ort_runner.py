@@ -87,8 +87,9 @@ def onnxruntime():
     return ort
 
 
-class Trainer:
-    """ONNX Runtime on-device training of one artifact set."""
+class Session:
+    """A training session of ONNX Runtime on the device over one artifact set (the runner's; edgetl's own Trainer
+    trains in PyTorch)."""
 
     def __init__(self, artifacts: str, lr: float | None = None, checkpoint: str | None = None,
                  threads: int | None = None, prefix_batch: int | str | None = "auto"):
@@ -271,7 +272,7 @@ def inference_session(artifacts: str, params: dict[str, np.ndarray] | None = Non
 def train(artifacts: str, images: np.ndarray, labels: np.ndarray, steps: int, batch_size: int | None = None,
           lr: float | None = None, seed: int = 0, progress=None) -> dict:
     """``steps`` optimizer steps (see ``runner_fit.train_loop``)."""
-    return train_loop(Trainer(artifacts, lr), images, labels, steps, batch_size, seed, progress)
+    return train_loop(Session(artifacts, lr), images, labels, steps, batch_size, seed, progress)
 
 
 def _bake_inference_model(artifacts: str, params: dict[str, np.ndarray], path: str) -> bool:
@@ -288,18 +289,18 @@ def _bake_inference_model(artifacts: str, params: dict[str, np.ndarray], path: s
     return True
 
 
-def save_outputs(trainer: Trainer, artifacts: str, out: str) -> tuple[dict, dict]:
-    trainer.save_checkpoint(os.path.join(out, CHECKPOINT))
-    trained = trainer.trained()
+def save_outputs(session: Session, artifacts: str, out: str) -> tuple[dict, dict]:
+    session.save_checkpoint(os.path.join(out, CHECKPOINT))
+    trained = session.trained()
     baked = _bake_inference_model(artifacts, trained, os.path.join(out, INFERENCE_MODEL))
     return trained, {"inference_model": INFERENCE_MODEL if baked else None, "checkpoint": CHECKPOINT}
 
 
 def main(argv=None) -> int:
-    def make_trainer(art, lr, args):
-        return Trainer(art, lr, args.resume, args.threads, args.prefix_batch)
+    def make_session(art, lr, args):
+        return Session(art, lr, args.resume, args.threads, args.prefix_batch)
 
-    return common.main(argv, "onnxruntime-training", make_trainer, infer, save_outputs, predictor)
+    return common.main(argv, "onnxruntime-training", make_session, infer, save_outputs, predictor)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 ``runner_data.py``, only to decode images).
 
     import runner_common as common          # beside the runner on a device; edgetl.runtime.runner_common here
-    sys.exit(common.main(argv, "ONNX Runtime", make_trainer, infer, save_outputs))
+    sys.exit(common.main(argv, "ONNX Runtime", make_session, infer, save_outputs))
 
-A runtime's runner provides a ``Trainer`` (``step``, ``gradients``, ``trainable``, ``lr``, ``logits`` or
+A runtime's runner provides a ``Session`` (``step``, ``gradients``, ``trainable``, ``lr``, ``logits`` or
 ``predictor()``, and ``batch_size`` when the model fixes it), an ``infer`` function and ``save_outputs``; this
 module gives it the command line, which runs the training loop (``runner_fit.py``: epochs or steps, seeded
 shuffling, the schedule, validation each epoch, checkpoints and resume), the on-device parity check, and the
@@ -48,7 +48,7 @@ def load_manifest(artifacts: str) -> dict:
         return json.load(f)
 
 
-def verify(artifacts: str, trainer, infer) -> list[dict]:
+def verify(artifacts: str, session, infer) -> list[dict]:
     """Repeat the export's parity check here against ``reference.npz``: inference logits, and the loss and
     the per-tensor gradient norms of one training step, as PyTorch computed them at export time."""
     tol = load_manifest(artifacts)["validation"]["tolerances"]
@@ -56,9 +56,9 @@ def verify(artifacts: str, trainer, infer) -> list[dict]:
     logits = infer(artifacts, ref["images"][0])
     logit_diff = float(np.max(np.abs(logits - ref["logits"])))
     logit_tol = tol["logit_atol"] * max(1.0, float(np.max(np.abs(ref["logits"]))))
-    loss, grads = trainer.gradients(ref["images"][0], ref["labels"][0])
+    loss, grads = session.gradients(ref["images"][0], ref["labels"][0])
     loss_diff = abs(loss - float(ref["loss"])) / max(1.0, abs(float(ref["loss"])))
-    norms = np.array([np.linalg.norm(grads[n]) for n in trainer.trainable])
+    norms = np.array([np.linalg.norm(grads[n]) for n in session.trainable])
     norm_diff = float(np.linalg.norm(norms - ref["grad_norms"]) / np.linalg.norm(ref["grad_norms"]))
     return [{"name": "inference logits", "ok": logit_diff <= logit_tol, "max_diff": logit_diff, "tolerance": logit_tol},
             {"name": "training loss, one step", "ok": loss_diff <= tol["loss_rtol"], "max_diff": loss_diff,
@@ -78,12 +78,12 @@ def run_config(args, manifest_path: str) -> dict:
 
 # -- the command line -------------------------------------------------------------------------------------
 
-def main(argv, runtime: str, make_trainer, infer, save_outputs, make_predictor=None) -> int:
+def main(argv, runtime: str, make_session, infer, save_outputs, make_predictor=None) -> int:
     """The runner's command line: train (or ``--verify``), write the outputs atomically; a :class:`RunnerError`
     is printed as one line with exit status 2.
 
-    ``make_trainer(artifacts, lr, args)`` (``args.resume``: a checkpoint to start from);
-    ``save_outputs(trainer, artifacts, out_dir) -> (trained, extra)`` writes the runtime's own files (its
+    ``make_session(artifacts, lr, args)`` (``args.resume``: a checkpoint to start from);
+    ``save_outputs(session, artifacts, out_dir) -> (trained, extra)`` writes the runtime's own files (its
     checkpoint named by ``extra['checkpoint']``) and returns the trained weights (``params.npz``) and extra
     metrics; ``make_predictor(artifacts, params, threads) -> (images -> logits, batch)`` serves ``--predict`` and
     ``--evaluate``.
@@ -137,24 +137,24 @@ def main(argv, runtime: str, make_trainer, infer, save_outputs, make_predictor=N
     ap.add_argument("--top-k", type=int, default=3, help="classes per image for --predict")
     args = ap.parse_args(argv)
     try:
-        return _run(args, runtime, make_trainer, infer, save_outputs, make_predictor)
+        return _run(args, runtime, make_session, infer, save_outputs, make_predictor)
     except RunnerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
-def _run(args, runtime: str, make_trainer, infer, save_outputs, make_predictor) -> int:
+def _run(args, runtime: str, make_session, infer, save_outputs, make_predictor) -> int:
     if args.heap == "lean":
         lean_heap()
     manifest = load_manifest(args.artifacts)
     if args.predict or args.evaluate:  # use what was learned: classify or evaluate images here, then exit
         return evaluation.use(args, manifest, make_predictor, atomic_json)
     if args.baseline:  # what the runtime and the loaded models cost before any step: the benchmark's baseline
-        make_trainer(args.artifacts, None, args).allocate()
+        make_session(args.artifacts, None, args).allocate()
         print(json.dumps({"baseline_rss_bytes": peak_rss_bytes()}), flush=True)
         return 0
     if args.verify:
-        checks = verify(args.artifacts, make_trainer(args.artifacts, None, args), infer)
+        checks = verify(args.artifacts, make_session(args.artifacts, None, args), infer)
         for c in checks:
             print(f"{'PASS' if c['ok'] else 'FAIL'} {c['name']}: max |diff| {c['max_diff']:.3g} (tolerance {c['tolerance']:.3g})")
         print(json.dumps({"verify": checks}))
@@ -190,10 +190,10 @@ def _run(args, runtime: str, make_trainer, infer, save_outputs, make_predictor) 
         args.resume = os.path.join(args.out, state["checkpoint"])
         print(f"resume epoch {state['epoch']} step {state['steps']}", flush=True)
     resumed = state["epoch"] if state else None
-    trainer = make_trainer(args.artifacts, args.lr, args)
+    session = make_session(args.artifacts, args.lr, args)
     cache = None
     if args.cache_features:
-        size = getattr(trainer, "batch_size", None) or max(1, min(args.batch_size, len(train)))
+        size = getattr(session, "batch_size", None) or max(1, min(args.batch_size, len(train)))
         cache = prefix.FeatureCache.open(len(train), manifest["split"]["feature_shape"], args.cache_dtype,
                                          int(args.cache_budget_mb * 2**20), args.cache_dir or args.out,
                                          prefix.cache_key(manifest, train, args.cache_dtype),
@@ -205,7 +205,7 @@ def _run(args, runtime: str, make_trainer, infer, save_outputs, make_predictor) 
         print(f"step {i}/{n} loss {loss:.4f}", flush=True)
 
     def judge(when: str) -> dict:
-        result = evaluate(trainer, held_out, args.batch_size, manifest["class_names"])
+        result = evaluate(session, held_out, args.batch_size, manifest["class_names"])
         print(f"eval {when} top1 {result['top1']:.4f} images {result['images']}", flush=True)
         return result
 
@@ -220,12 +220,12 @@ def _run(args, runtime: str, make_trainer, infer, save_outputs, make_predictor) 
         print(f"epoch {r['epoch']}/{args.epochs or '-'} loss {r['train_loss']:.4f}{val_part} "
               f"skipped {r['skipped_unreadable']}", flush=True)
         if not last and time.monotonic() - saved[0] >= args.checkpoint_every:
-            write_epoch(trainer, args.artifacts, args.out, state, config, save_outputs)
+            write_epoch(session, args.artifacts, args.out, state, config, save_outputs)
             saved[:] = [time.monotonic(), state["epoch"]]
 
     try:
         try:
-            state = fit(trainer, train, val, args.epochs, steps, args.batch_size, args.seed, args.augment,
+            state = fit(session, train, val, args.epochs, steps, args.batch_size, args.seed, args.augment,
                         {**new_state(), **{k: state[k] for k in new_state() if k in state}} if state else
                         {**new_state(), "eval_before": before}, on_epoch, progress, cache, schedule)
         except BaseException:
@@ -235,11 +235,11 @@ def _run(args, runtime: str, make_trainer, infer, save_outputs, make_predictor) 
         if cache is not None:
             cache.discard()  # a cache never sealed (a --steps run that ended inside the first epoch) is not kept
         train_peak = peak_rss_bytes()  # before the outputs: reading every variable back costs memory of its own
-        trained, extra = save_outputs(trainer, args.artifacts, args.out)
+        trained, extra = save_outputs(session, args.artifacts, args.out)
         write_bytes(os.path.join(args.out, "params.npz"), lambda f: np.savez(f, **trained))
         skipped, named = data.unreadable(train, val)
         after = judge("after") if held_out is not None else None
-        metrics = {"steps": state["steps"], "epochs": state["history"], "lr": trainer.lr, "schedule": schedule,
+        metrics = {"steps": state["steps"], "epochs": state["history"], "lr": session.lr, "schedule": schedule,
                    "lrs": state["lrs"],
                    "eval": {"path": os.path.abspath(os.path.expanduser(args.eval_data)), "before": before,
                             "after": after} if held_out is not None else None, "losses": state["losses"],
@@ -247,7 +247,7 @@ def _run(args, runtime: str, make_trainer, infer, save_outputs, make_predictor) 
                    "peak_rss_bytes": peak_rss_bytes(), "train_peak_rss_bytes": train_peak, "runtime": runtime,
                    "machine": platform.machine(), "threads": args.threads,
                    "data": {**info, "skipped_unreadable": skipped, "unreadable": named},
-                   "prefix_batch": getattr(trainer, "prefix_batch", None),
+                   "prefix_batch": getattr(session, "prefix_batch", None),
                    "cache": cache.describe() if cache is not None else None,
                    "resumed_from_epoch": resumed, "torch_imported": "torch" in sys.modules,
                    "tensorflow_imported": "tensorflow" in sys.modules, **extra}

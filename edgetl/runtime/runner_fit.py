@@ -2,8 +2,8 @@
 learning-rate schedule (the trainer's, step for step), validation after each epoch, and the checkpoints a resume
 trusts. Copied beside the runners onto devices; it imports numpy and the other runner files only.
 
-    state = fit(trainer, train, val, epochs=5, batch_size=8, seed=0, schedule="cosine", on_epoch=save)
-    write_epoch(trainer, artifacts, out, state, config, save_outputs)   # then resumable(out, config)
+    state = fit(session, train, val, epochs=5, batch_size=8, seed=0, schedule="cosine", on_epoch=save)
+    write_epoch(session, artifacts, out, state, config, save_outputs)   # then resumable(out, config)
 """
 
 from __future__ import annotations
@@ -30,17 +30,17 @@ else:  # beside the runner on a device
 PROGRESS, CHECKPOINTS = "progress.json", "checkpoints"
 
 
-def predictor_of(trainer):
+def predictor_of(session):
     """``images -> logits`` with the weights trained so far (one inference session for many batches)."""
-    return trainer.predictor() if hasattr(trainer, "predictor") else trainer.logits
+    return session.predictor() if hasattr(session, "predictor") else session.logits
 
 
-def evaluate(trainer, split, batch_size: int, class_names: list[str] | None = None) -> dict:
+def evaluate(session, split, batch_size: int, class_names: list[str] | None = None) -> dict:
     """The current weights on ``split`` (a fixed-batch model gets its last batch padded; only the real images
     count): with ``class_names`` the whole evaluation (``runner_eval``), else the validation record (accuracy,
     cross-entropy, images)."""
-    size = getattr(trainer, "batch_size", None) or batch_size
-    result = evaluation.evaluate(predictor_of(trainer), split, size, class_names)
+    size = getattr(session, "batch_size", None) or batch_size
+    result = evaluation.evaluate(predictor_of(session), split, size, class_names)
     if class_names is not None:
         return result
     return {"val_acc": result["top1"], "val_loss": result["loss"], "val_images": result["images"]}
@@ -72,14 +72,14 @@ def new_state() -> dict:
             "eval_before": None}
 
 
-def fit(trainer, train, val=None, epochs: int | None = None, steps: int | None = None, batch_size: int = 8,
+def fit(session, train, val=None, epochs: int | None = None, steps: int | None = None, batch_size: int = 8,
         seed: int = 0, augment: str = "none", state: dict | None = None, on_epoch=None, progress=None,
         cache=None, schedule: str = "constant") -> dict:
     """Train on the ``train`` split for ``epochs`` epochs or ``steps`` steps (whichever is given), evaluating
     ``val`` after every epoch. Epoch ``e`` visits the images in the order ``default_rng([seed, e])`` draws (and
     flips with ``default_rng([seed, e, 1])``), so a run resumed from ``state`` at an epoch boundary trains
     exactly as an uninterrupted one. The learning rate follows ``schedule`` (:func:`learning_rate`) over the
-    planned steps from the trainer's ``lr``. ``on_epoch(state, last)`` follows every epoch (checkpoints);
+    planned steps from the session's ``lr``. ``on_epoch(state, last)`` follows every epoch (checkpoints);
     ``progress(step, total, loss)`` every step. With ``cache`` (a :class:`runner_prefix.FeatureCache`; fixed
     inputs only) the prefix's features of each image are computed once and read back in later epochs.
     Returns ``state``."""
@@ -87,10 +87,10 @@ def fit(trainer, train, val=None, epochs: int | None = None, steps: int | None =
         raise ValueError("fit needs epochs or steps")
     if schedule not in SCHEDULES:
         raise RunnerError(f"unknown --schedule {schedule!r}: choose {' or '.join(SCHEDULES)}")
-    fixed = getattr(trainer, "batch_size", None)
+    fixed = getattr(session, "batch_size", None)
     size = fixed or max(1, min(batch_size, len(train)))
     state = state or new_state()
-    base_lr, planned = trainer.lr, planned_steps(train, size, epochs, steps)
+    base_lr, planned = session.lr, planned_steps(train, size, epochs, steps)
     for split in (train, val):
         if split is not None:
             split.restore_bad(state["bad"].get(split.name, {}))
@@ -105,7 +105,7 @@ def fit(trainer, train, val=None, epochs: int | None = None, steps: int | None =
         order = np.random.default_rng([seed, epoch]).permutation(len(train))
         flip = np.random.default_rng([seed, epoch, 1]) if augment == "flip" else None
         t0, losses, lrs = time.perf_counter(), [], []
-        feed = (prefix.cached_batches(train, order, size, cache, trainer.features) if cache is not None
+        feed = (prefix.cached_batches(train, order, size, cache, session.features) if cache is not None
                 else data.batches(train, order, size, flip=flip))
         stopped = False
         while True:
@@ -118,10 +118,10 @@ def fit(trainer, train, val=None, epochs: int | None = None, steps: int | None =
                 t = time.perf_counter()
                 # the images are let go once the prefix has made their features (an export without a prefix:
                 # the images themselves), so they do not stay in memory through the trained region's step
-                x = trainer.features(x)
+                x = session.features(x)
             lrs.append(learning_rate(base_lr, state["steps"], planned, schedule))
-            trainer.set_lr(lrs[-1])
-            losses.append(trainer.step_features(x, y))
+            session.set_lr(lrs[-1])
+            losses.append(session.step_features(x, y))
             state["step_seconds"].append(time.perf_counter() - t)
             state["steps"] += 1
             if progress:
@@ -143,7 +143,7 @@ def fit(trainer, train, val=None, epochs: int | None = None, steps: int | None =
         state["lrs"] = state.get("lrs", []) + lrs
         record = {"epoch": epoch, "steps": len(losses), "train_loss": float(np.mean(losses))}
         if val is not None:
-            record.update(evaluate(trainer, val, size))
+            record.update(evaluate(session, val, size))
         record["skipped_unreadable"] = len(train.bad) + (len(val.bad) if val is not None else 0)
         record["seconds"] = time.perf_counter() - t0
         state["history"].append(record)
@@ -151,18 +151,18 @@ def fit(trainer, train, val=None, epochs: int | None = None, steps: int | None =
         state["bad"] = {s.name: s.bad_state() for s in (train, val) if s is not None}
         if on_epoch:
             on_epoch(state, finished())
-    trainer.set_lr(base_lr)
+    session.set_lr(base_lr)
     return state
 
 
-def train_loop(trainer, images: np.ndarray, labels: np.ndarray, steps: int, batch_size: int | None = None,
+def train_loop(session, images: np.ndarray, labels: np.ndarray, steps: int, batch_size: int | None = None,
                seed: int = 0, progress=None) -> dict:
     """``steps`` optimizer steps on arrays: (N, 3, H, W) images sliced into batches, or (K, B, 3, H, W) batches
     cycled in order (the reference batches validation replays)."""
     if images.ndim == 5:
         batches = [(images[i], labels[i]) for i in range(len(images))]
     else:
-        batch_size = min(getattr(trainer, "batch_size", None) or batch_size or 8, len(images))
+        batch_size = min(getattr(session, "batch_size", None) or batch_size or 8, len(images))
         order = np.random.default_rng(seed).permutation(len(images))
         batches = [(images[order[i:i + batch_size]], labels[order[i:i + batch_size]])
                    for i in range(0, len(images) - batch_size + 1, batch_size)]
@@ -170,16 +170,16 @@ def train_loop(trainer, images: np.ndarray, labels: np.ndarray, steps: int, batc
     for i in range(steps):
         x, y = batches[i % len(batches)]
         t0 = time.perf_counter()
-        losses.append(trainer.step(x, y))
+        losses.append(session.step(x, y))
         seconds.append(time.perf_counter() - t0)
         if progress:
             progress(i + 1, steps, losses[-1])
-    return {"trainer": trainer, "losses": losses, "step_seconds": seconds}
+    return {"session": session, "losses": losses, "step_seconds": seconds}
 
 
 # -- checkpoints: what a resume may trust ---------------------------------------------------------------
 
-def write_epoch(trainer, artifacts: str, out: str, state: dict, config: dict, save_outputs) -> None:
+def write_epoch(session, artifacts: str, out: str, state: dict, config: dict, save_outputs) -> None:
     """The weights after ``state['epoch']`` into ``out/checkpoints/epoch-N``, then ``progress.json`` naming it.
 
     ``progress.json`` is written (atomically) only when the checkpoint is whole, and a resume trusts only the
@@ -191,7 +191,7 @@ def write_epoch(trainer, artifacts: str, out: str, state: dict, config: dict, sa
     shutil.rmtree(folder, ignore_errors=True)  # a leftover of an interrupted write, never named by progress.json
     os.makedirs(folder)
     try:
-        trained, extra = save_outputs(trainer, artifacts, folder)
+        trained, extra = save_outputs(session, artifacts, folder)
         write_bytes(os.path.join(folder, "params.npz"), lambda f: np.savez(f, **trained))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)  # give a full disk its space back; the previous checkpoint stands

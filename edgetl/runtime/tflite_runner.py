@@ -73,8 +73,9 @@ def make_interpreter(threads: int | None = None, **model):
         return cls(**model, num_threads=threads)
 
 
-class Trainer:
-    """Training through the model's signatures; parameters by torchvision name, in PyTorch layout."""
+class Session:
+    """A training session of LiteRT on the device: training through the model's signatures; parameters by torchvision
+    name, in PyTorch layout (the runner's; edgetl's own Trainer trains in PyTorch)."""
 
     def __init__(self, artifacts: str, lr: float | None = None, checkpoint: str | None = None,
                  threads: int | None = None, prefix_batch: int | str | None = "auto"):
@@ -222,15 +223,14 @@ def predictor(artifacts: str, params: dict[str, np.ndarray] | None = None, threa
     split) at the batch fixed at export; an inference export (weights baked in) runs its one model at any batch."""
     manifest = common.load_manifest(artifacts)
     if manifest.get("kind") != "inference":
-        trainer = Trainer(artifacts, threads=threads)
+        session = Session(artifacts, threads=threads)
         if params:
-            trainer.set_params(params)
-        return trainer.logits, trainer.batch_size
+            session.set_params(params)
+        return session.logits, session.batch_size
     if params:
         raise common.RunnerError(f"{artifacts} is an inference export: its weights are baked in, so no other weights "
                                  f"can be set; export the weights you want with `edgetl export SOURCE --inference`")
-    interpreter = interpreter_class()(model_path=os.path.join(artifacts, manifest["file"]),
-                                      num_threads=threads or os.cpu_count())
+    interpreter = make_interpreter(threads, model_path=os.path.join(artifacts, manifest["file"]))
     run = interpreter.get_signature_runner("infer")  # resizes its input to each call's batch
     return (lambda images: run(images=np.ascontiguousarray(images, dtype=np.float32))["logits"],
             manifest["input"]["shape"][0] or common.EVAL_BATCH)
@@ -238,29 +238,29 @@ def predictor(artifacts: str, params: dict[str, np.ndarray] | None = None, threa
 
 def infer(artifacts: str, images: np.ndarray, params: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """Logits of the ``infer`` signature, with ``params`` (e.g. trained ones) set first."""
-    trainer = Trainer(artifacts)
+    session = Session(artifacts)
     if params:
-        trainer.set_params(params)
-    return trainer.logits(images)
+        session.set_params(params)
+    return session.logits(images)
 
 
 def train(artifacts: str, images: np.ndarray, labels: np.ndarray, steps: int, batch_size: int | None = None,
           lr: float | None = None, seed: int = 0, progress=None) -> dict:
     """``steps`` optimizer steps (see ``runner_fit.train_loop``)."""
-    return train_loop(Trainer(artifacts, lr), images, labels, steps, batch_size, seed, progress)
+    return train_loop(Session(artifacts, lr), images, labels, steps, batch_size, seed, progress)
 
 
-def save_outputs(trainer: Trainer, artifacts: str, out: str) -> tuple[dict, dict]:
-    state = trainer.state(copy=False)  # one read of every variable serves the checkpoint and the trained weights
+def save_outputs(session: Session, artifacts: str, out: str) -> tuple[dict, dict]:
+    state = session.state(copy=False)  # one read of every variable serves the checkpoint and the trained weights
     write_bytes(os.path.join(out, CHECKPOINT), lambda f: np.savez(f, **state))
-    return trainer.trained(state), {"checkpoint": CHECKPOINT}
+    return session.trained(state), {"checkpoint": CHECKPOINT}
 
 
 def main(argv=None) -> int:
-    def make_trainer(art, lr, args):
-        return Trainer(art, lr, args.resume, args.threads, args.prefix_batch)
+    def make_session(art, lr, args):
+        return Session(art, lr, args.resume, args.threads, args.prefix_batch)
 
-    return common.main(argv, "ai-edge-litert", make_trainer, infer, save_outputs, predictor)
+    return common.main(argv, "ai-edge-litert", make_session, infer, save_outputs, predictor)
 
 
 if __name__ == "__main__":

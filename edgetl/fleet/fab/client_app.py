@@ -74,12 +74,12 @@ def query(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"facts": ConfigRecord(facts)}), reply_to=msg)
 
 
-def _set(trainer, arrays: dict) -> None:
-    if hasattr(trainer, "set_state"):  # TFLite: every variable goes in through one signature call
-        trainer.set_state({**trainer.state(), **arrays})
+def _set(session, arrays: dict) -> None:
+    if hasattr(session, "set_state"):  # TFLite: every variable goes in through one signature call
+        session.set_state({**session.state(), **arrays})
         return
-    trainer.set_params({k: v for k, v in arrays.items() if k in trainer.trainable})
-    trainer.running.update({k: v.astype(np.float32) for k, v in arrays.items() if k in trainer.running})
+    session.set_params({k: v for k, v in arrays.items() if k in session.trainable})
+    session.running.update({k: v.astype(np.float32) for k, v in arrays.items() if k in session.running})
 
 
 @app.train()
@@ -91,24 +91,24 @@ def train(msg: Message, context: Context) -> Message:
         raise RuntimeError("this device holds other artifacts than the fleet's; it was refused at start")
     received = {k: v.numpy() for k, v in msg.content["arrays"].items()}
     runner.common.lean_heap()  # freed step buffers go back to the system, as the runner's --heap lean does
-    trainer = runner.Trainer(root, lr=float(config["lr"]) if config.get("lr") else None)
-    _set(trainer, received)
+    session = runner.Session(root, lr=float(config["lr"]) if config.get("lr") else None)
+    _set(session, received)
     data = runner.common.data  # runner_data, as the runner imported it
     shard = context.node_config.get("data")
     train_split, _, _ = data.open_data(manifest, data=os.path.join(root, str(shard)) if shard else None,
                                        device_data=context.node_config.get("device-data") or None)
-    mu, lr = float(config.get("proximal-mu", 0.0)), trainer.lr
+    mu, lr = float(config.get("proximal-mu", 0.0)), session.lr
     progress = None
     if mu > 0:  # FedProx: the proximal term's gradient mu * (w - w_global), applied after each of the runner's steps
         anchor = {k: received[k] for k in manifest["trainable"]}
 
         def progress(_step, _total, _loss):
-            params = trainer.params()
-            trainer.set_params({k: params[k] - lr * mu * (params[k] - anchor[k]) for k in anchor})
+            params = session.params()
+            session.set_params({k: params[k] - lr * mu * (params[k] - anchor[k]) for k in anchor})
 
     seed = int(config.get("seed", 0)) * 1_000_003 + int(config.get("server-round", 0))
-    state = runner.common.fit(trainer, train_split, steps=int(config["local-steps"]), seed=seed, progress=progress)
-    trained = trainer.trained()
+    state = runner.common.fit(session, train_split, steps=int(config["local-steps"]), seed=seed, progress=progress)
+    trained = session.trained()
     out = ArrayRecord({k: Array(np.ascontiguousarray(trained[k], dtype=np.float32)) for k in received})
     metrics = MetricRecord({"num-examples": len(train_split), "train-loss": float(np.mean(state["losses"])),
                             "steps": int(state["steps"]), "seconds": time.perf_counter() - t0})
