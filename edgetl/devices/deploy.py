@@ -40,7 +40,7 @@ from pathlib import Path
 from ..data import BUILTIN
 from ..errors import DataError
 from ..exporters import ExportError
-from ..exporters.manifest import MANIFEST
+from ..exporters.manifest import MANIFEST, Manifest
 from ..formats import FORMATS
 from ..io import absolute, atomic_write_json, file_sha256
 from ..limits import check_numbers
@@ -135,7 +135,7 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
     data = absolute(data, BUILTIN)
     bundle = make_bundle(artifacts, data, shard_size=shard_size, seed=seed, val_split=val_split)
     manifest = bundle.manifest
-    fixed = manifest["input"]["shape"][0]  # a TFLite model trains at the batch size it was exported with
+    fixed = manifest.batch_size  # a TFLite model trains at the batch size it was exported with
     if fixed and batch_size not in (None, fixed):
         raise ExportError(f"{artifacts} trains at batch {fixed}, fixed at export; drop --batch-size, or export "
                           f"again with --batch-size {batch_size}")
@@ -150,7 +150,7 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
         device_data, eval_data, evaluate = (device.resolve(p) if p else p for p in (device_data, eval_data, evaluate))
         if predict:
             predict = [device.resolve(str(p)) for p in ([predict] if isinstance(predict, (str, Path)) else predict)]
-        check_runtime(info, manifest["runtime"])
+        check_runtime(info, manifest.runtime)
         if device_data or eval_data or use:
             check_pillow(info, device_uri)
         sent = [0]
@@ -204,8 +204,8 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
                 device.pull_file(f"{remote}/{run_dir}/{name}", partial / name)
     shutil.copy2(Path(artifacts) / MANIFEST, partial / MANIFEST)  # the export's: a result is judged by it
     origin = {"device": info.as_dict(), "bundle": bundle.id, "remote": remote, "run": run_dir,
-              "model": manifest["model"], "policy": manifest["policy"], "format": manifest["format"],
-              "artifacts": str(Path(artifacts).resolve()), "source_run": manifest.get("source_run")}
+              "model": manifest.model, "policy": manifest.policy, "format": manifest.format,
+              "artifacts": str(Path(artifacts).resolve()), "source_run": manifest.source_run}
     if use:
         report = _use_report(origin, partial, use, local_weights, time.perf_counter() - t0)
     else:
@@ -238,7 +238,7 @@ def _use_mode(predict, evaluate, steps, epochs, data, device_data, eval_data) ->
     return use
 
 
-def _local_weights(weights: str | Path, manifest: dict) -> Path | None:
+def _local_weights(weights: str | Path, manifest: Manifest) -> Path | None:
     """The ``params.npz`` to push for ``--weights`` (a deploy result or a file here), or None for the choices the
     device makes itself (``latest``, ``export``)."""
     if str(weights) in ("latest", "export"):
@@ -249,8 +249,8 @@ def _local_weights(weights: str | Path, manifest: dict) -> Path | None:
         if not (path / DEVICE_WEIGHTS).is_file():
             raise DataError(f"--weights {path}: no {DEVICE_WEIGHTS} there; give the result directory of a training "
                             f"deploy, a params.npz, latest or export")
-        if report.is_file() and json.loads(report.read_text()).get("model") not in (None, manifest["model"]):
-            raise DataError(f"--weights {path} were trained for another model than {manifest['model']}; give weights "
+        if report.is_file() and json.loads(report.read_text()).get("model") not in (None, manifest.model):
+            raise DataError(f"--weights {path} were trained for another model than {manifest.model}; give weights "
                             f"trained from this export")
         path = path / DEVICE_WEIGHTS
     if not path.is_file():

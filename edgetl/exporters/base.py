@@ -26,7 +26,7 @@ from ..errors import EdgeTLError
 from ..io import staged_dir
 from ..optim import OptimizerSpec
 from ..run import Run
-from .manifest import MANIFEST, manifest_fields, split_entry, validated_manifest
+from .manifest import MANIFEST, Manifest, manifest_fields, split_entry, validated_manifest
 from .reference import training_copy, write_reference
 from .split import Split, plan
 from .validation import Validation, validate_with_runner
@@ -48,13 +48,13 @@ class ValidationFailed(ExportError):
 class ExportResult:
     format: str
     out: Path
-    manifest: dict
+    manifest: Manifest
     validation: Validation | None  # None when validation was skipped
     notes: list[str] = field(default_factory=list)
 
     @property
     def files(self) -> list[Path]:
-        return [self.out / MANIFEST, *(self.out / rel for rel in self.manifest["files"])]
+        return [self.out / MANIFEST, *(self.out / rel for rel in self.manifest.files)]
 
     @property
     def ok(self) -> bool:

@@ -26,7 +26,7 @@ from pathlib import Path
 from ..data import BUILTIN
 from ..devices.base import DeviceError
 from ..errors import EdgeTLError
-from ..exporters.manifest import MANIFEST
+from ..exporters.manifest import MANIFEST, Manifest
 from ..io import absolute
 from ..limits import check_numbers
 from .processes import SuperLink, SuperNode
@@ -113,8 +113,8 @@ class Fleet:
             raise FleetError("no data: pass --data SHARDS (one .npz per device, `edgetl fleet shard` makes them) or "
                              "--device-data PATH (an ImageFolder on each device)")
         self.raw_manifest = (self.artifacts / MANIFEST).read_bytes()
-        self.manifest = json.loads(self.raw_manifest)
-        self.source_run = run or absolute(self.manifest.get("source_run"))
+        self.manifest = Manifest.from_dict(json.loads(self.raw_manifest))
+        self.source_run = run or absolute(self.manifest.source_run)
         if not self.source_run or not Path(self.source_run).exists():
             raise FleetError(f"the run the artifacts came from ({self.source_run}) is not here; pass --run RUN_DIR "
                              f"(the server evaluates and saves the global model with it)")
@@ -161,8 +161,8 @@ class Fleet:
         if self.eval_data:
             from ..data import held_out
 
-            held, _ = held_out(self.eval_data, self.manifest["input"]["shape"][-1],
-                               class_names=self.manifest["class_names"])  # refused here when its classes differ
+            held, _ = held_out(self.eval_data, self.manifest.resolution,
+                               class_names=self.manifest.class_names)  # refused here when its classes differ
             self.events.message(f"the server evaluates each round on the {len(held):,} held-out images of "
                                 f"{self.eval_data}")
             return self.eval_data
@@ -365,7 +365,7 @@ class Fleet:
                   "eval_data": self._eval_data(), "eval_held_out": bool(self.eval_data), "devices": len(self.devices),
                   "min_devices": self.min_devices,
                   "manifest_sha256": hashlib.sha256(self.raw_manifest).hexdigest(), "resume": self.resume,
-                  "travelling": __import__("edgetl.fleet.params", fromlist=["travelling"]).travelling(self.manifest),
+                  "travelling": self.manifest.travelling(),
                   **self.options}
         config_path = self.work / "config.json"
         config_path.write_text(json.dumps(config, indent=2))
