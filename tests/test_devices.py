@@ -30,7 +30,7 @@ from edgetl.devices.base import (
 )
 from edgetl.devices.bundle import make_bundle
 from edgetl.devices.deploy import DeployEvents, deploy
-from edgetl.exporters import ExportError
+from edgetl.exporters import Artifacts, ExportError
 
 from .devicefixtures import DroppingProxy, free_port
 
@@ -188,7 +188,7 @@ def test_adb_full_deploy(adb_peer, artifacts, tmp_path):
     art, root = artifacts
     _, uri = adb_peer()
     out = tmp_path / "result"
-    deploy(art, uri, steps=3, data=root / "data", out=out, batch_size=4)
+    deploy(Artifacts.load(art), uri, steps=3, data=root / "data", out=out, batch_size=4)  # an Artifacts or its directory
     _check_report(out, 3, art)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from edgetl.exporters import Artifacts, ExportError
 from edgetl.exporters.manifest import MANIFEST, Manifest, predicted_memory
 from edgetl.optim import OptimizerSpec
 from edgetl.profile.analytic import analyze
@@ -89,3 +90,14 @@ def test_an_old_manifest_without_memory_loads_and_predicts_as_export_did(v3_expo
                               OptimizerSpec.from_dict(raw["optimizer"]))
     assert m.predicted_memory().bytes_at(8) == expect["fixed_bytes"] + 8 * expect["per_sample_bytes"]
     assert m.predicted_memory().state_bytes == expect["state_bytes"]
+
+
+def test_artifacts_load_reads_back_what_export_returned(v3_export, tmp_path):
+    made, loaded = v3_export.result, Artifacts.load(v3_export.art)
+    assert (loaded.format, loaded.out, loaded.files) == (made.format, made.out, made.files)
+    assert loaded.manifest.as_dict() == json.loads((v3_export.art / MANIFEST).read_text()) == made.manifest.as_dict()
+    assert [(c.name, c.ok, c.max_diff, c.tolerance) for c in loaded.validation.checks] == \
+        [(c.name, c.ok, c.max_diff, c.tolerance) for c in made.validation.checks]
+    assert loaded.ok and Artifacts.of(loaded) is loaded and Artifacts.of(str(v3_export.art)).manifest == loaded.manifest
+    with pytest.raises(ExportError, match="holds no manifest.json; pass a directory written by `edgetl export`"):
+        Artifacts.load(tmp_path)

@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..exporters import ExportError
+from ..exporters import Artifacts, ExportError
 from ..exporters.manifest import MANIFEST, Manifest, verify_manifest
 from ..formats import FORMATS, by_runtime
 from ..runtime import SHARED_FILES
@@ -52,18 +52,16 @@ class Bundle:
         return sum((self.root / rel).stat().st_size for rel in self.files)
 
 
-def make_bundle(artifacts: str | Path, data: str | Path | None = None, shard_size: int | None = None, seed: int = 0,
+def make_bundle(artifacts: Artifacts | str | Path, data: str | Path | None = None, shard_size: int | None = None, seed: int = 0,
                 val_split: float | None = None) -> Bundle:
     """Stage a bundle: the artifacts, the current runner files, and a shard of ``data`` (an ImageFolder or the
     built-in ``patterns``, packed as uint8 with at most ``shard_size`` images per split and ``val_split`` of a flat
     folder held out; or a ``.npz``, copied)."""
-    artifacts = Path(artifacts)
-    if not (artifacts / MANIFEST).is_file():
-        raise ExportError(f"{artifacts} holds no {MANIFEST}; pass a directory written by `edgetl export`")
+    artifacts = Artifacts.of(artifacts).out  # a directory without a manifest is refused there
     bad = verify_manifest(artifacts)
     if bad:
         raise ExportError(f"{artifacts} is damaged: {', '.join(bad[:5])} do not match the manifest; export again")
-    manifest = Manifest.load(artifacts)
+    manifest = Manifest.load(artifacts)  # what is pushed is what is on disk, checked just now
     if manifest.inference:
         raise ExportError(f"{artifacts} is an inference export (weights baked in, for apps): deploy trains a training "
                           f"export; export the run without --inference")

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from ..data import BUILTIN
 from ..errors import DataError
-from ..exporters import ExportError
+from ..exporters import Artifacts, ExportError
 from ..exporters.manifest import MANIFEST, Manifest
 from ..formats import FORMATS
 from ..io import absolute, atomic_write_json, file_sha256
@@ -103,7 +103,7 @@ def parse_epoch(line: str) -> dict | None:
     return record
 
 
-def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, data: str | Path | None = None,
+def deploy(artifacts: Artifacts | str | Path, device_uri: str, steps: int | None = None, data: str | Path | None = None,
            out: str | Path | None = None, batch_size: int | None = None, lr: float | None = None, verify: bool = False,
            force: bool = False, timeout: float = 3600, events: DeployEvents | None = None,
            device_data: str | None = None, epochs: int | None = None, val_split: float | None = None,
@@ -111,13 +111,13 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
            cache_features: bool = False, cache_dtype: str = "float32", eval_data: str | None = None,
            schedule: str | None = None, predict: str | list[str] | None = None, evaluate: str | None = None,
            weights: str | Path = "latest", top_k: int = 3) -> dict:
-    """Train ``artifacts`` on the device for ``epochs`` epochs or ``steps`` steps (default 50 steps), on
-    ``data`` pushed from the laptop or ``device_data`` on the device (``val_split`` of a flat folder held out and
-    evaluated each epoch; ``augment`` none or flip; ``seed`` shuffles); ``prefix_batch`` (a number or auto) runs
-    the frozen prefix in micro-batches, ``cache_features`` computes its features once and reuses them in later
-    epochs (``cache_dtype`` float32 or float16); ``eval_data`` (on the device) is evaluated before and after;
-    ``schedule`` (cosine or constant) overrides the export's. With ``predict`` or ``evaluate`` (paths on the
-    device) nothing trains: see the module docstring. Returns the report."""
+    """Train ``artifacts`` (an :class:`~edgetl.exporters.Artifacts` or its directory) on the device for ``epochs``
+    epochs or ``steps`` steps (default 50 steps), on ``data`` pushed from the laptop or ``device_data`` on the device
+    (``val_split`` of a flat folder held out and evaluated each epoch; ``augment`` none or flip; ``seed`` shuffles);
+    ``prefix_batch`` (a number or auto) runs the frozen prefix in micro-batches, ``cache_features`` computes its
+    features once and reuses them in later epochs (``cache_dtype`` float32 or float16); ``eval_data`` (on the device)
+    is evaluated before and after; ``schedule`` (cosine or constant) overrides the export's. With ``predict`` or
+    ``evaluate`` (paths on the device) nothing trains: see the module docstring. Returns the report."""
     check_numbers(steps=steps, epochs=epochs, val_split=val_split, seed=seed, shard_size=shard_size,
                   batch_size=batch_size, lr=lr, timeout=timeout, top_k=top_k,
                   prefix_batch=prefix_batch if prefix_batch != "auto" else None)
@@ -131,13 +131,14 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
         raise DataError(f"--cache-features needs fixed inputs, but --augment {augment} changes every image each epoch: "
                         f"use --augment none with the cache, or drop --cache-features")
     steps = 50 if steps is None and epochs is None else steps
-    artifacts = Path(artifacts).resolve()  # once, here: the runner works in its bundle on the device
+    artifacts = Artifacts.of(artifacts)
+    root = artifacts.out.resolve()  # once, here: the runner works in its bundle on the device
     data = absolute(data, BUILTIN)
     bundle = make_bundle(artifacts, data, shard_size=shard_size, seed=seed, val_split=val_split)
     manifest = bundle.manifest
     fixed = manifest.batch_size  # a TFLite model trains at the batch size it was exported with
     if fixed and batch_size not in (None, fixed):
-        raise ExportError(f"{artifacts} trains at batch {fixed}, fixed at export; drop --batch-size, or export "
+        raise ExportError(f"{root} trains at batch {fixed}, fixed at export; drop --batch-size, or export "
                           f"again with --batch-size {batch_size}")
     batch_size = batch_size or fixed or 8
     out = Path(out or f"deploy/{time.strftime('%Y%m%d-%H%M%S')}").resolve()
@@ -202,10 +203,10 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
         for name in PULLED:
             if device.exists(f"{remote}/{run_dir}/{name}"):
                 device.pull_file(f"{remote}/{run_dir}/{name}", partial / name)
-    shutil.copy2(Path(artifacts) / MANIFEST, partial / MANIFEST)  # the export's: a result is judged by it
+    shutil.copy2(root / MANIFEST, partial / MANIFEST)  # the export's: a result is judged by it
     origin = {"device": info.as_dict(), "bundle": bundle.id, "remote": remote, "run": run_dir,
               "model": manifest.model, "policy": manifest.policy, "format": manifest.format,
-              "artifacts": str(Path(artifacts).resolve()), "source_run": manifest.source_run}
+              "artifacts": str(root), "source_run": manifest.source_run}
     if use:
         report = _use_report(origin, partial, use, local_weights, time.perf_counter() - t0)
     else:

@@ -48,7 +48,7 @@ from ..run import Run
 from ..runtime import runner_data, runner_eval, runner_module
 from ..runtime.runner_common import RunnerError
 from ..sources import runner_errors
-from .base import ExportError, ExportResult
+from .base import Artifacts, ExportError
 from .manifest import MANIFEST, Manifest, write_manifest
 from .reference import reference_batches
 from .validation import Check, Validation, compare_logits
@@ -178,7 +178,7 @@ def export_inference(exporter, run: Run, out: Path, quantize: str | None = None,
                      validation: str | None = None, validate: bool = True, calibration_images: int = CALIBRATION_IMAGES,
                      threads: int | None = None, log: Callable[[str], None] | None = None):
     """Write an inference export of ``run`` in ``exporter``'s format at ``out`` (see the module docstring); returns
-    an ``ExportResult``. The directory is complete or absent: it is built beside ``out`` and renamed into place."""
+    an :class:`.base.Artifacts`. The directory is complete or absent: it is built beside ``out`` and renamed into place."""
     log = log or (lambda message: None)
     if quantize not in (None, *QUANTIZATIONS):
         raise ConfigError(f"--quantize {quantize!r} is not offered; choose {', '.join(QUANTIZATIONS)} (default: fp32)")
@@ -227,4 +227,4 @@ def export_inference(exporter, run: Run, out: Path, quantize: str | None = None,
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return ExportResult(exporter.name, out, manifest, validation_result, fields["notes"])
+    return Artifacts(exporter.name, out, manifest, validation_result, fields["notes"])

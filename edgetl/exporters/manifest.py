@@ -86,6 +86,7 @@ class Manifest:
     validation: dict = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     source_run: str | None = None
+    notes: list[str] = field(default_factory=list)
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -107,7 +108,7 @@ class Manifest:
             variables=list(d.get("variables", [])), running_stats=list(d.get("running_stats", [])),
             train_intermediates_bytes=d.get("train_intermediates_bytes"), size_bytes=d.get("size_bytes"),
             latency=d.get("latency"), validation=d.get("validation") or {}, files=dict(d.get("files", {})),
-            source_run=d.get("source_run"), raw=d)
+            source_run=d.get("source_run"), notes=list(d.get("notes") or []), raw=d)
 
     @classmethod
     def of(cls, manifest: Manifest | dict | str | Path) -> Manifest:

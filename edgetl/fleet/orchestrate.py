@@ -26,6 +26,7 @@ from pathlib import Path
 from ..data import BUILTIN
 from ..devices.base import DeviceError
 from ..errors import EdgeTLError
+from ..exporters import Artifacts
 from ..exporters.manifest import MANIFEST, Manifest
 from ..io import absolute
 from ..limits import check_numbers
@@ -84,7 +85,8 @@ def _shards(data: str | None, n: int) -> list[str | None]:
 class Fleet:
     """One fleet run; :func:`run_fleet` is the usual way in. ``nodes`` are the SuperNodes started (tests stop one)."""
 
-    def __init__(self, artifacts, devices: list[str], out, data: str | None = None, device_data: str | None = None,
+    def __init__(self, artifacts: Artifacts | str | Path, devices: list[str], out, data: str | None = None,
+                 device_data: str | None = None,
                  rounds: int = 10, local_steps: int = 20, min_devices: int | None = None, fraction: float = 1.0,
                  strategy: str = "fedavg", strategy_options: dict | None = None, run: str | None = None,
                  eval_data: str | None = None, eval_size: int | None = 500, seed: int = 0, lr: float | None = None,
@@ -98,7 +100,9 @@ class Fleet:
                       port=port, restarts=restarts, mu=(strategy_options or {}).get("mu"),
                       server_lr=(strategy_options or {}).get("eta"))
         # every local path once, here: the SuperLink, the ServerApp and the SuperNodes run in other directories
-        self.artifacts, self.out = Path(artifacts).resolve(), Path(out).resolve()
+        # an Artifacts or its directory (a directory without a manifest is refused below, as the fleet's error)
+        self.artifacts = Path(artifacts.out if isinstance(artifacts, Artifacts) else artifacts).resolve()
+        self.out = Path(out).resolve()
         data, run, eval_data = absolute(data), absolute(run), absolute(eval_data, BUILTIN)
         self.work = self.out / ".fleet"
         if not (self.artifacts / MANIFEST).is_file():
