@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .devices.runner_cli import RunnerOptions, last_json
 from .errors import ConfigError, EdgeTLError
 from .exporters.manifest import Manifest
 from .formats import FORMATS, display
@@ -134,15 +135,14 @@ class _Local:
         return proc
 
     def baseline(self, art: Path, fmt: str, prefix_batch) -> int:
-        out = self.run(art, fmt, "--baseline", *_prefix_args(prefix_batch)).stdout.strip().splitlines()[-1]
-        return int(json.loads(out)["baseline_rss_bytes"])
+        out = self.run(art, fmt, "--baseline", *RunnerOptions(prefix_batch=prefix_batch).prefix_argv()).stdout
+        return int(last_json(out)["baseline_rss_bytes"])
 
     def train(self, art: Path, fmt: str, shard: Path, cfg: BenchmarkConfig, cached: bool, tag: str) -> dict:
         out = self.work / f"out-{tag}"
-        args = ["--data", str(shard), "--epochs", str(cfg.epochs if cached else 1), "--batch-size", str(cfg.batch),
-                "--out", str(out), *_prefix_args(cfg.prefix_batch)]
-        args += ["--cache-features", "--cache-dtype", cfg.cache_dtype] if cached else []
-        self.run(art, fmt, *args)
+        options = RunnerOptions(epochs=cfg.epochs if cached else 1, batch_size=cfg.batch, data=str(shard),
+                                prefix_batch=cfg.prefix_batch, cache_features=cached, cache_dtype=cfg.cache_dtype)
+        self.run(art, fmt, *options.argv(), "--out", str(out))
         metrics = json.loads((out / "metrics.json").read_text())
         import shutil
 
@@ -173,10 +173,6 @@ class _Remote:
         metrics = json.loads((self.work / f"deploy-{tag}" / "metrics.json").read_text())
         metrics["_report"] = report
         return metrics
-
-
-def _prefix_args(prefix_batch) -> list[str]:
-    return ["--prefix-batch", str(prefix_batch)] if prefix_batch not in (None, "") else []
 
 
 def _runner_sample(runner, art: Path, fmt: str, shard, cfg: BenchmarkConfig, split: bool, tag: str) -> dict:

@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shlex
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..data import BUILTIN
@@ -49,6 +49,7 @@ from ..sources import DEVICE_WEIGHTS
 from .base import DeviceError, DeviceInfo, RunnerFailed, RuntimeMissing
 from .bundle import make_bundle, push_bundle
 from .memory import check_memory
+from .runner_cli import Epoch, Eval, Images, Note, Resume, RunnerOptions, Step, last_json, parse_line, runner_command, use_args
 from .runtimes import check_runtime
 from .transports import connect
 
@@ -83,24 +84,6 @@ def check_pillow(info: DeviceInfo, device_uri: str) -> None:
     if not any(k.lower() == "pillow" for k in info.runtimes):
         raise RuntimeMissing(f"{info.uri} lacks Pillow for decoding images on the device: run "
                              f"`edgetl devices setup {device_uri}`")
-
-
-def parse_epoch(line: str) -> dict | None:
-    """A runner's ``epoch E/N loss L [val_acc A val_loss V val_n K] skipped S`` line as a record."""
-    parts = line.split()
-    if len(parts) < 4 or parts[0] != "epoch" or "/" not in parts[1]:
-        return None
-    done, _, planned = parts[1].partition("/")
-    fields = dict(zip(parts[2::2], parts[3::2]))
-    try:
-        record = {"epoch": int(done), "epochs": int(planned) if planned.isdigit() else None,
-                  "train_loss": float(fields["loss"]), "skipped_unreadable": int(fields.get("skipped", 0))}
-        if "val_acc" in fields:
-            record.update(val_acc=float(fields["val_acc"]), val_loss=float(fields["val_loss"]),
-                          val_images=int(fields["val_n"]))
-    except (KeyError, ValueError):
-        return None
-    return record
 
 
 def deploy(artifacts: Artifacts | str | Path, device_uri: str, steps: int | None = None, data: str | Path | None = None,
@@ -141,6 +124,10 @@ def deploy(artifacts: Artifacts | str | Path, device_uri: str, steps: int | None
         raise ExportError(f"{root} trains at batch {fixed}, fixed at export; drop --batch-size, or export "
                           f"again with --batch-size {batch_size}")
     batch_size = batch_size or fixed or 8
+    # the runner's options, made once: the memory gate, the run and the report read them from here
+    options = RunnerOptions(epochs=epochs, steps=steps, batch_size=batch_size, seed=seed, augment=augment,
+                            val_split=val_split, schedule=schedule, lr=lr, prefix_batch=prefix_batch,
+                            cache_features=cache_features, cache_dtype=cache_dtype)
     out = Path(out or f"deploy/{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     local_weights = _local_weights(absolute(weights, "latest", "export"), manifest) if use else None
     with connect(device_uri) as device:
@@ -162,18 +149,15 @@ def deploy(artifacts: Artifacts | str | Path, device_uri: str, steps: int | None
 
         remote = push_bundle(device, bundle, on_bytes=on_bytes, log=events.message, free_bytes=info.free_bytes)
         events.push(bundle.size, bundle.size)
-        python = shlex.quote(info.python_bin or "python3")
-        runner = f"cd {shlex.quote(remote)} && {python} {bundle.runner} --artifacts ."
-        micro = f" --prefix-batch {shlex.quote(str(prefix_batch))}" if prefix_batch not in (None, "auto") else ""
+        runner = runner_command(remote, info.python_bin or "python3", bundle.runner)
         # the runner's baseline measured there, plus the step and the results: refused before training when it
         # does not fit (the bundle stays, so the same deploy with --force or a smaller batch sends nothing again)
-        memory = None if use else check_memory(device, runner + micro, manifest, batch_size, info, bundle.root,
+        memory = None if use else check_memory(device, runner + options.prefix_line(), manifest, batch_size, info, bundle.root,
                                                 force, events.message)  # predicting holds no training state
         verified = None
         if verify:
             result = device.run(f"{runner} --verify", timeout=timeout)
-            lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-            verified = json.loads(lines[-1])["verify"] if lines else None
+            verified = (last_json(result.stdout) or {}).get("verify")
             events.verified(verified or [])
             if result.returncode != 0 or not verified:
                 failed = "; ".join(f"{c['name']} differs by {c['max_diff']:.3g} (tolerance {c['tolerance']:.3g})"
@@ -183,16 +167,9 @@ def deploy(artifacts: Artifacts | str | Path, device_uri: str, steps: int | None
         if use:
             args = _use_args(device, str(weights), local_weights, predict, evaluate, top_k)
         else:
-            args = f" --epochs {epochs}" if epochs is not None else f" --steps {steps}"
-            args += f" --batch-size {batch_size} --seed {seed} --augment {augment}"
-            args += f" --data {bundle.shard}" if bundle.shard else ""
-            args += f" --device-data {shlex.quote(device_data)}" if device_data else ""
-            args += f" --val-split {val_split}" if device_data and val_split else ""
-            args += f" --eval-data {shlex.quote(eval_data)}" if eval_data else ""
-            args += f" --schedule {schedule}" if schedule else ""
-            args += f" --lr {lr}" if lr is not None else ""
-            args += micro
-            args += f" --cache-features --cache-dtype {cache_dtype}" if cache_features else ""
+            # the device-side paths as resolved there, and the shard as the bundle names it
+            options = replace(options, data=bundle.shard, device_data=device_data, eval_data=eval_data)
+            args = options.line()
         # the same bundle and settings train in the same directory, so running the same deploy again after an
         # interruption continues from the device's last checkpoint
         run_dir = f"runs/{hashlib.sha256((bundle.id + args).encode()).hexdigest()[:12]}"
@@ -269,32 +246,28 @@ def _use_args(device, weights: str, local_weights: Path | None, predict, evaluat
             device.makedirs(f"{device.workdir}/weights")
             device.push_file(local_weights, weights + ".part")
             device.rename(weights + ".part", weights)
-    if predict:
-        return f" --predict {' '.join(map(shlex.quote, predict))} --top-k {top_k} --weights {shlex.quote(weights)}"
-    return f" --evaluate {shlex.quote(evaluate)} --weights {shlex.quote(weights)}"
+    return use_args(predict, evaluate, top_k, weights)
 
 
 def _run_runner(device, command: str, device_uri: str, timeout: float, events: DeployEvents) -> None:
     """Run the runner with its progress turned into events; a refusal or a crash becomes :class:`RunnerFailed`."""
 
     def on_line(line: str) -> None:
-        parts = line.split()
-        if len(parts) == 4 and parts[0] == "step" and parts[2] == "loss":
-            done, _, total = parts[1].partition("/")
-            events.step(int(done), int(total), parts[3])
-        elif len(parts) == 2 and parts[0] == "images" and "/" in parts[1]:
-            done, _, total = parts[1].partition("/")
-            events.images(int(done), int(total))
-        elif parts[:1] == ["epoch"] and (record := parse_epoch(line)):
-            events.epoch(record)
-        elif parts[:1] == ["eval"] and len(parts) == 6:
-            events.message(f"accuracy on the device's evaluation images {parts[1]} training: {float(parts[3]):.1%} "
-                           f"({parts[5]} images)")
-        elif parts[:1] == ["resume"] and len(parts) == 5:
-            events.message(f"resuming the interrupted run on the device: epoch {parts[2]} and {parts[4]} steps "
+        event = parse_line(line)
+        if isinstance(event, Step):
+            events.step(event.step, event.steps, event.loss)
+        elif isinstance(event, Images):
+            events.images(event.done, event.total)
+        elif isinstance(event, Epoch):
+            events.epoch(event.record)
+        elif isinstance(event, Eval):
+            events.message(f"accuracy on the device's evaluation images {event.when} training: {event.top1:.1%} "
+                           f"({event.images} images)")
+        elif isinstance(event, Resume):
+            events.message(f"resuming the interrupted run on the device: epoch {event.epoch} and {event.steps} steps "
                            f"were done")
-        elif parts[:1] == ["note:"]:
-            events.message(line)
+        elif isinstance(event, Note):
+            events.message(event.text)
 
     result = device.run(command, timeout=timeout, on_line=on_line)
     refused = [line[len("error: "):] for line in result.stderr.splitlines() if line.startswith("error: ")]

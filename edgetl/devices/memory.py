@@ -25,13 +25,13 @@ benchmark`` (and ``bench/runners.py``) prints the prediction beside each runner'
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..exporters.manifest import Manifest
 from ..formats import by_runtime
 from .base import DeviceError, DeviceInfo, MemoryRefused
+from .runner_cli import last_json
 
 #: what the gate adds to the prediction before comparing it with the device's available memory
 MARGIN = 0.15
@@ -73,10 +73,9 @@ def predict(manifest: Manifest, batch_size: int, baseline_bytes: int, artifacts:
 def measure_baseline(device, runner: str, timeout: float = 600) -> int:
     """``runner --baseline`` on the device: its resident memory with the runtime and every model loaded."""
     result = device.run(f"{runner} --baseline", timeout=timeout)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     try:
-        return int(json.loads(lines[-1])["baseline_rss_bytes"])
-    except (IndexError, ValueError, KeyError):
+        return int((last_json(result.stdout) or {})["baseline_rss_bytes"])
+    except (ValueError, KeyError, TypeError):
         raise DeviceError(f"the runner did not report its baseline memory on {device.uri} (exit {result.returncode}): "
                           f"{result.tail(5)}") from None
 
