@@ -164,9 +164,10 @@ class _Remote:
                       shard_size=cfg.batch * cfg.steps, out=self.work / f"deploy-{tag}", batch_size=cfg.batch,
                       prefix_batch=micro, cache_features=cached, cache_dtype=cfg.cache_dtype, force=True)
 
-    def baseline(self, art: Path, fmt: str, prefix_batch, report: dict | None = None) -> int | None:
-        """The runner's baseline as deploy measured it there (``--baseline``, for its memory gate)."""
-        return report["predicted_memory"]["baseline_bytes"] if report else None
+    def baseline(self, art: Path, fmt: str, prefix_batch, report=None) -> int | None:
+        """The runner's baseline as deploy measured it there (``--baseline``, for its memory gate); ``report`` the
+        deploy's :class:`~edgetl.devices.result.DeployResult`."""
+        return report.baseline_bytes if report else None
 
     def train(self, art: Path, fmt: str, shard, cfg: BenchmarkConfig, cached: bool, tag: str) -> dict:
         report = self._deploy(art, cfg, cached, tag)

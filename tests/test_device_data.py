@@ -439,8 +439,8 @@ def test_ssh_deploy_on_device_cifar_never_copied_back(sshd, cifar_export, cifar,
     assert "ai-edge-litert" in info.runtimes and any(k.lower() == "pillow" for k in info.runtimes)
     data = take(cifar, tmp_path / "pi-home" / "captures", {"train": 20, "test": 5})
     report = deploy(cifar_export, uri, device_data=str(data), epochs=3, out=tmp_path / "laptop" / "r")
-    assert report["images_left_device"] is False and len(report["epochs"]) == 3
-    assert report["data"]["train_images"] == 200 and report["data"]["val_images"] == 50
+    assert report.images_left_device is False and len(report.epochs) == 3
+    assert report.data["train_images"] == 200 and report.data["val_images"] == 50
     assert images_in(tmp_path / "laptop") == []
 
 

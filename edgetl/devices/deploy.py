@@ -1,12 +1,12 @@
 """Deploy an exported model to a device, train it there, and bring the results back.
 
-    report = deploy("artifacts/onnx", "ssh://pi@raspberrypi.local", steps=200, data="./shard", out="deploy/pi")
-    report = deploy("artifacts/tflite", "ssh://pi@cam-1", device_data="/home/pi/captures", epochs=5, val_split=0.1)
-    report = deploy(..., events=MyEvents())        # progress and messages, as DeployEvents callbacks (silent by default)
-    report = deploy("artifacts/tflite", "ssh://pi@cam-1", device_data="/home/pi/captures", epochs=5,
+    result = deploy("artifacts/onnx", "ssh://pi@raspberrypi.local", steps=200, data="./shard", out="deploy/pi")
+    result = deploy("artifacts/tflite", "ssh://pi@cam-1", device_data="/home/pi/captures", epochs=5, val_split=0.1)
+    result = deploy(..., events=MyEvents())        # progress and messages, as DeployEvents callbacks (silent by default)
+    result = deploy("artifacts/tflite", "ssh://pi@cam-1", device_data="/home/pi/captures", epochs=5,
                     eval_data="/home/pi/test")    # accuracy on the device before and after training
-    report = deploy("artifacts/tflite", "ssh://pi@cam-1", predict="/home/pi/new")     # classified there, no training
-    report = deploy("artifacts/tflite", "ssh://pi@cam-1", evaluate="/home/pi/test")   # accuracy computed there
+    result = deploy("artifacts/tflite", "ssh://pi@cam-1", predict="/home/pi/new")     # classified there, no training
+    result = deploy("artifacts/tflite", "ssh://pi@cam-1", evaluate="/home/pi/test")   # accuracy computed there
 
 Data: ``data`` is on the laptop (an ImageFolder, packed into a uint8 shard and pushed, or a ``.npz``);
 ``device_data`` is an ImageFolder already on the device, which the runner decodes and streams there: the
@@ -49,6 +49,7 @@ from ..sources import DEVICE_WEIGHTS
 from .base import DeviceError, DeviceInfo, RunnerFailed, RuntimeMissing
 from .bundle import make_bundle, push_bundle
 from .memory import check_memory
+from .result import DeployResult, plot, trained, used
 from .runner_cli import Epoch, Eval, Images, Note, Resume, RunnerOptions, Step, last_json, parse_line, runner_command, use_args
 from .runtimes import check_runtime
 from .transports import connect
@@ -93,14 +94,15 @@ def deploy(artifacts: Artifacts | str | Path, device_uri: str, steps: int | None
            augment: str = "none", seed: int = 0, shard_size: int | None = None, prefix_batch: int | str | None = None,
            cache_features: bool = False, cache_dtype: str = "float32", eval_data: str | None = None,
            schedule: str | None = None, predict: str | list[str] | None = None, evaluate: str | None = None,
-           weights: str | Path = "latest", top_k: int = 3) -> dict:
+           weights: str | Path = "latest", top_k: int = 3) -> DeployResult:
     """Train ``artifacts`` (an :class:`~edgetl.exporters.Artifacts` or its directory) on the device for ``epochs``
     epochs or ``steps`` steps (default 50 steps), on ``data`` pushed from the laptop or ``device_data`` on the device
     (``val_split`` of a flat folder held out and evaluated each epoch; ``augment`` none or flip; ``seed`` shuffles);
     ``prefix_batch`` (a number or auto) runs the frozen prefix in micro-batches, ``cache_features`` computes its
     features once and reuses them in later epochs (``cache_dtype`` float32 or float16); ``eval_data`` (on the device)
     is evaluated before and after; ``schedule`` (cosine or constant) overrides the export's. With ``predict`` or
-    ``evaluate`` (paths on the device) nothing trains: see the module docstring. Returns the report."""
+    ``evaluate`` (paths on the device) nothing trains: see the module docstring. Returns a :class:`.result.DeployResult`
+    (its ``to_dict()`` is the result directory's ``report.json``)."""
     check_numbers(steps=steps, epochs=epochs, val_split=val_split, seed=seed, shard_size=shard_size,
                   batch_size=batch_size, lr=lr, timeout=timeout, top_k=top_k,
                   prefix_batch=prefix_batch if prefix_batch != "auto" else None)
@@ -185,22 +187,22 @@ def deploy(artifacts: Artifacts | str | Path, device_uri: str, steps: int | None
               "model": manifest.model, "policy": manifest.policy, "format": manifest.format,
               "artifacts": str(root), "source_run": manifest.source_run}
     if use:
-        report = _use_report(origin, partial, use, local_weights, time.perf_counter() - t0)
+        result = used(origin, partial, use, local_weights, time.perf_counter() - t0)
     else:
-        report = _train_report(origin, partial, bundle, device_data, batch_size, memory, augment, seed, verified,
-                               time.perf_counter() - t0)
+        result = trained(origin, partial, bundle, device_data, batch_size, memory, augment, seed, verified,
+                         time.perf_counter() - t0)
     if device_data or use:
-        report["images_left_device"] = False
-        report["note"] = ("the images stayed on the device: they were decoded there, and only "
-                          + ("the predictions" if use == "predict" else "the evaluation" if use else
-                             "metrics, trained weights and the checkpoint") + " came back")
-    atomic_write_json(report, partial / REPORT)
-    _plot(report, partial)
+        result.images_left_device = False
+        result.note = ("the images stayed on the device: they were decoded there, and only "
+                       + ("the predictions" if use == "predict" else "the evaluation" if use else
+                          "metrics, trained weights and the checkpoint") + " came back")
+    atomic_write_json(result.to_dict(), partial / REPORT)
+    plot(result, partial)
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
-    report["out"] = str(out)
-    return report
+    result.out = out
+    return result
 
 
 def _use_mode(predict, evaluate, steps, epochs, data, device_data, eval_data) -> str | None:
@@ -278,83 +280,4 @@ def _run_runner(device, command: str, device_uri: str, timeout: float, events: D
                            f"{result.tail()}")
 
 
-def _train_report(origin: dict, partial: Path, bundle, device_data, batch_size, memory, augment, seed, verified,
-                  seconds) -> dict:
-    metrics = json.loads((partial / "metrics.json").read_text())
-    return {**origin, "mode": "train", "steps": metrics["steps"], "batch_size": batch_size,
-            "predicted_memory_bytes": memory.total_bytes, "predicted_memory": memory.as_dict(),
-            "data": _data_report(metrics, bundle, device_data),
-            "epochs": metrics.get("epochs", []), "augment": augment, "seed": seed,
-            "schedule": metrics.get("schedule", "constant"), "lr": metrics.get("lr"),
-            "prefix_batch": metrics.get("prefix_batch"), "cache": metrics.get("cache"),
-            "resumed_from_epoch": metrics.get("resumed_from_epoch"), "eval": metrics.get("eval"),
-            "losses": metrics["losses"], "median_step_seconds": metrics["median_step_seconds"],
-            "peak_rss_bytes": metrics["peak_rss_bytes"], "wall_seconds": seconds,
-            "verify": verified, "files": sorted(p.name for p in partial.iterdir())}
-
-
-def _use_report(origin: dict, partial: Path, use: str, local_weights: Path | None, seconds: float) -> dict:
-    name = "predictions.json" if use == "predict" else "evaluation.json"
-    result = json.loads((partial / name).read_text())
-    weights = str(local_weights) if local_weights else result["weights"]
-    return {**origin, "mode": use, "weights": weights, "evaluation" if use == "evaluate" else "predictions": result,
-            "wall_seconds": seconds, "files": sorted([*(p.name for p in partial.iterdir()), REPORT])}
-
-
-def _data_report(metrics: dict, bundle, device_data: str | None) -> dict:
-    """What the runner trained on: where the images were, how many per split, the unreadable ones skipped."""
-    ran = metrics.get("data", {})
-    if device_data:
-        source = {"source": "device", "path": ran.get("path", device_data)}
-    elif bundle.shard:
-        size = sum((bundle.root / rel).stat().st_size for rel in bundle.files if rel.split("/")[0] == bundle.shard)
-        source = {"source": "pushed", "shard": bundle.shard, "shard_bytes": size,
-                  "format": "uint8 .npy, memory-mapped" if bundle.shard == "shard" else ".npz"}
-    else:
-        source = {"source": "reference", "shard": "reference.npz"}
-    return {**source, "train_images": ran.get("train_images"), "val_images": ran.get("val_images"),
-            "skipped_unreadable": ran.get("skipped_unreadable", 0), "unreadable": ran.get("unreadable", [])}
-
-
-def _plot(report: dict, out: Path) -> None:
-    """``loss.png`` of a training deploy; ``confusion.png`` of what was evaluated on the device (after training)."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:  # the plots are a nicety: report.json holds the numbers
-        return
-    evaluated = report.get("evaluation") or (report.get("eval") or {}).get("after")
-    if evaluated:
-        from ..evaluate import EvalResult
-
-        result = EvalResult.from_dict(evaluated, {"model": report["model"], "policy": report["policy"]})
-        result.plot_confusion(out / "confusion.png", f"{report['model']} {report['policy']} on the device: top-1 "
-                                                     f"{result.top1:.1%} on {result.images} images")
-    if report["mode"] == "train":
-        _plot_losses(report, out / "loss.png")
-
-
-def _plot_losses(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.plot(range(1, len(report["losses"]) + 1), report["losses"], marker=".")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title(f"{report['model']} {report['policy']} on {report['device']['model'] or report['device']['os']}",
-                 fontsize=9)
-    ax.grid(alpha=0.3)
-    val = [(sum(e["steps"] for e in report["epochs"][:i + 1]), e["val_acc"]) for i, e in enumerate(report["epochs"])
-           if e.get("val_acc") is not None]
-    if val:  # validation accuracy per epoch, placed at the step that ended the epoch
-        acc = ax.twinx()
-        acc.plot(*zip(*val), color="tab:green", marker="o")
-        acc.set_ylabel("validation accuracy", color="tab:green")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-__all__ = ["DeployEvents", "DeviceError", "deploy"]
+__all__ = ["DeployEvents", "DeployResult", "DeviceError", "deploy"]
