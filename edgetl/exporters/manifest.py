@@ -95,11 +95,13 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict) -> Manifest:
-        memory, split = d.get("memory") or {}, d.get("split")
+        # every key read leniently, as the dict was: a key missing matters only to whoever needs it
+        memory, split, given = d.get("memory") or {}, d.get("split"), d.get("input") or {}
         return cls(
-            format=d.get("format"), runtime=d.get("runtime"), kind=d.get("kind", "training"), model=d["model"],
-            policy=d.get("policy"), input_name=d["input"].get("name"), input_shape=tuple(d["input"]["shape"]),
-            class_names=list(d["class_names"]), preprocessing=d["preprocessing"], trainable=list(d.get("trainable", [])),
+            format=d.get("format"), runtime=d.get("runtime"), kind=d.get("kind", "training"), model=d.get("model"),
+            policy=d.get("policy"), input_name=given.get("name"), input_shape=tuple(given.get("shape", ())),
+            class_names=list(d.get("class_names", [])), preprocessing=d.get("preprocessing") or {},
+            trainable=list(d.get("trainable", [])),
             optimizer=d.get("optimizer"), schedule=(d.get("schedule") or {}).get("name"),
             memory=PredictedMemory(int(memory["fixed_bytes"]), int(memory["per_sample_bytes"]),
                                    int(memory["state_bytes"])) if "state_bytes" in memory else None,
