@@ -158,13 +158,13 @@ def deploy(artifacts: Artifacts | str | Path, device_uri: str, steps: int | None
                                                 force, events.message)  # predicting holds no training state
         verified = None
         if verify:
-            result = device.run(f"{runner} --verify", timeout=timeout)
-            verified = (last_json(result.stdout) or {}).get("verify")
+            checked = device.run(f"{runner} --verify", timeout=timeout)
+            verified = (last_json(checked.stdout) or {}).get("verify")
             events.verified(verified or [])
-            if result.returncode != 0 or not verified:
+            if checked.returncode != 0 or not verified:
                 failed = "; ".join(f"{c['name']} differs by {c['max_diff']:.3g} (tolerance {c['tolerance']:.3g})"
                                    for c in verified or [] if not c["ok"])
-                raise RunnerFailed(f"the parity check failed on {device_uri}: {failed or result.tail()}. The device's "
+                raise RunnerFailed(f"the parity check failed on {device_uri}: {failed or checked.tail()}. The device's "
                                    f"runtime computes differently from the export machine; check its version")
         if use:
             args = _use_args(device, str(weights), local_weights, predict, evaluate, top_k)
@@ -189,8 +189,8 @@ def deploy(artifacts: Artifacts | str | Path, device_uri: str, steps: int | None
     if use:
         result = used(origin, partial, use, local_weights, time.perf_counter() - t0)
     else:
-        result = trained(origin, partial, bundle, device_data, batch_size, memory, augment, seed, verified,
-                         time.perf_counter() - t0)
+        result = trained(origin, partial, bundle, device_data, batch_size, memory, options.augment, options.seed,
+                         verified, time.perf_counter() - t0)
     if device_data or use:
         result.images_left_device = False
         result.note = ("the images stayed on the device: they were decoded there, and only "
