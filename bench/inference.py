@@ -48,18 +48,19 @@ def measure(run: Path, fmt: str, args, log) -> dict:
     torch_score = evaluate(run, args.data)
     preds = {kind: predict(work / kind, [args.data], top_k=2) for kind in exports}
     decided, n_decided = agreement(preds["fp32"], preds["int8"], NEAR_TIE)
-    m = {kind: r.manifest for kind, r in exports.items()}
+    size = {kind: r.manifest.size_bytes for kind, r in exports.items()}
+    latency = {kind: r.manifest.latency for kind, r in exports.items()}
     (check,) = exports["int8"].validation.checks
-    return {"run": str(run), "model": name, "format": fmt, "fp32_bytes": m["fp32"]["size_bytes"],
-            "int8_bytes": m["int8"]["size_bytes"], "ratio": m["int8"]["size_bytes"] / m["fp32"]["size_bytes"],
+    return {"run": str(run), "model": name, "format": fmt, "fp32_bytes": size["fp32"],
+            "int8_bytes": size["int8"], "ratio": size["int8"] / size["fp32"],
             "fp32_check_ok": exports["fp32"].validation.ok,
             "fp32_max_logit_diff": exports["fp32"].validation.checks[0].max_diff,
             "int8_check": check.as_dict(), "test_images": scores["fp32"].images,
             "agreement_test": agreement(preds["fp32"], preds["int8"])[0], "agreement_test_decided": decided,
             "test_images_decided": n_decided,
             "top1_pytorch": torch_score.top1, "top1_fp32": scores["fp32"].top1, "top1_int8": scores["int8"].top1,
-            "latency_ms_fp32": m["fp32"]["latency"]["median_single_image_ms"],
-            "latency_ms_int8": m["int8"]["latency"]["median_single_image_ms"], "threads": m["fp32"]["latency"]["threads"]}
+            "latency_ms_fp32": latency["fp32"]["median_single_image_ms"],
+            "latency_ms_int8": latency["int8"]["median_single_image_ms"], "threads": latency["fp32"]["threads"]}
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ import importlib
 
 from .errors import ConfigError, DataError, EdgeTLError, PolicyError, WeightsError
 from .evaluate import EvalResult, Predictions, evaluate, predict
-from .exporters import ExportResult, export
+from .exporters import Artifacts, ExportResult, export
 from .job import TrainConfig, train
 from .models import MODELS, create_model, inverted_residual_blocks
 from .optim import OptimizerSpec
@@ -45,9 +45,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'edgetl' has no attribute {name!r}")
 
 __all__ = [
-    "MODELS", "POLICIES", "Bias", "BnLast", "Callback", "ConfigError", "DataError", "EdgeTLError", "EvalResult",
-    "ExportResult", "FineTune", "Full", "Last", "MobileTL", "ModelSource", "OptimizerSpec", "Policy", "PolicyError",
-    "Predictions", "ProgressBar", "Run", "TrainConfig", "TrainResult", "Trainer", "TrainerOptions", "WeightsError", "__version__",
+    "MODELS", "POLICIES", "Artifacts", "Bias", "BnLast", "Callback", "ConfigError", "DataError", "EdgeTLError",
+    "EvalResult", "ExportResult", "FineTune", "Full", "Last", "MobileTL", "ModelSource", "OptimizerSpec", "Policy",
+    "PolicyError", "Predictions", "ProgressBar", "Run", "TrainConfig", "TrainResult", "Trainer", "TrainerOptions",
+    "WeightsError", "__version__",
     "apply_policy", "calibrate_batchnorm", "create_model", "evaluate", "export", "import_weights",
     "inverted_residual_blocks", "open_source", "parse_policy", "predict", "train", "trainable_parameters",
 ]

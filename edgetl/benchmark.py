@@ -32,7 +32,6 @@ Every runtime runs at ``threads`` (default: every CPU), and the report records i
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -42,7 +41,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .devices.runner_cli import RunnerOptions, last_json
 from .errors import ConfigError, EdgeTLError
+from .exporters.manifest import Manifest
 from .formats import FORMATS, display
 from .limits import Limit, check_numbers
 from .policies import parse_policy
@@ -134,15 +135,14 @@ class _Local:
         return proc
 
     def baseline(self, art: Path, fmt: str, prefix_batch) -> int:
-        out = self.run(art, fmt, "--baseline", *_prefix_args(prefix_batch)).stdout.strip().splitlines()[-1]
-        return int(json.loads(out)["baseline_rss_bytes"])
+        out = self.run(art, fmt, "--baseline", *RunnerOptions(prefix_batch=prefix_batch).prefix_argv()).stdout
+        return int(last_json(out)["baseline_rss_bytes"])
 
     def train(self, art: Path, fmt: str, shard: Path, cfg: BenchmarkConfig, cached: bool, tag: str) -> dict:
         out = self.work / f"out-{tag}"
-        args = ["--data", str(shard), "--epochs", str(cfg.epochs if cached else 1), "--batch-size", str(cfg.batch),
-                "--out", str(out), *_prefix_args(cfg.prefix_batch)]
-        args += ["--cache-features", "--cache-dtype", cfg.cache_dtype] if cached else []
-        self.run(art, fmt, *args)
+        options = RunnerOptions(epochs=cfg.epochs if cached else 1, batch_size=cfg.batch, data=str(shard),
+                                prefix_batch=cfg.prefix_batch, cache_features=cached, cache_dtype=cfg.cache_dtype)
+        self.run(art, fmt, *options.argv(), "--out", str(out))
         metrics = json.loads((out / "metrics.json").read_text())
         import shutil
 
@@ -164,19 +164,16 @@ class _Remote:
                       shard_size=cfg.batch * cfg.steps, out=self.work / f"deploy-{tag}", batch_size=cfg.batch,
                       prefix_batch=micro, cache_features=cached, cache_dtype=cfg.cache_dtype, force=True)
 
-    def baseline(self, art: Path, fmt: str, prefix_batch, report: dict | None = None) -> int | None:
-        """The runner's baseline as deploy measured it there (``--baseline``, for its memory gate)."""
-        return report["predicted_memory"]["baseline_bytes"] if report else None
+    def baseline(self, art: Path, fmt: str, prefix_batch, report=None) -> int | None:
+        """The runner's baseline as deploy measured it there (``--baseline``, for its memory gate); ``report`` the
+        deploy's :class:`~edgetl.devices.result.DeployResult`."""
+        return report.baseline_bytes if report else None
 
     def train(self, art: Path, fmt: str, shard, cfg: BenchmarkConfig, cached: bool, tag: str) -> dict:
         report = self._deploy(art, cfg, cached, tag)
         metrics = json.loads((self.work / f"deploy-{tag}" / "metrics.json").read_text())
         metrics["_report"] = report
         return metrics
-
-
-def _prefix_args(prefix_batch) -> list[str]:
-    return ["--prefix-batch", str(prefix_batch)] if prefix_batch not in (None, "") else []
 
 
 def _runner_sample(runner, art: Path, fmt: str, shard, cfg: BenchmarkConfig, split: bool, tag: str) -> dict:
@@ -245,7 +242,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = lambda msg:
                     art = root / f"{fmt}-{policy.replace(':', '')}"
                     export(run, fmt, art, validate=False, batch_size=cfg.batch)
                     arts[policy, fmt] = art
-                    plans[policy, fmt] = _planned_bytes(art)
+                    plans[policy, fmt] = Manifest.load(art).planned_bytes
         cells = [(p, r) for p in cfg.policies for r in cfg.runtimes]
         samples: dict[tuple, list] = {c: [] for c in cells}
         for rnd in range(cfg.rounds):
@@ -292,16 +289,7 @@ def _predicted(art: Path, batch: int, baseline: int | None) -> int | None:
 
     if not baseline:
         return None
-    return predict(json.loads((art / "manifest.json").read_text()), batch, baseline, art).total_bytes
-
-
-def _planned_bytes(art: Path) -> int | None:
-    """The runtime's own plan of a step, where the export records one (TFLite: the training subgraph's
-    intermediates in its op order, plus every variable: weights, running statistics, optimizer state)."""
-    manifest = json.loads((art / "manifest.json").read_text())
-    if manifest.get("train_intermediates_bytes") is None:
-        return None
-    return manifest["train_intermediates_bytes"] + sum(4 * math.prod(v["shape"]) for v in manifest["variables"])
+    return predict(Manifest.load(art), batch, baseline, art).total_bytes
 
 
 def measure_artifacts(artifacts: list, cfg: BenchmarkConfig, log: Callable[[str], None] = lambda msg: None,
@@ -311,19 +299,19 @@ def measure_artifacts(artifacts: list, cfg: BenchmarkConfig, log: Callable[[str]
     from .data import pack_uint8_shard
 
     arts = [Path(a) for a in artifacts]
-    manifests = [json.loads((a / "manifest.json").read_text()) for a in arts]
+    manifests = [Manifest.load(a) for a in arts]
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         root = Path(tmp)
         runner, shard = _Local(root, cfg.threads), root / "shard"
-        pack_uint8_shard("patterns", manifests[0]["input"]["shape"][-1], shard, count=cfg.batch * cfg.steps)
+        pack_uint8_shard("patterns", manifests[0].resolution, shard, count=cfg.batch * cfg.steps)
         samples: list[list[dict]] = [[] for _ in arts]
         for rnd in range(cfg.rounds):
             for i, (art, manifest) in enumerate(zip(arts, manifests)):
                 log(f"round {rnd + 1}/{cfg.rounds}: {art}")
-                samples[i].append(_runner_sample(runner, art, manifest["format"], shard, cfg,
-                                                 bool(manifest.get("split")), f"{i}-{rnd}"))
-    return [{"artifacts": str(art), "policy": m["policy"], "runtime": m["format"], **_median(s),
-             "planned_bytes": _planned_bytes(art)} for art, m, s in zip(arts, manifests, samples)]
+                samples[i].append(_runner_sample(runner, art, manifest.format, shard, cfg,
+                                                 manifest.split is not None, f"{i}-{rnd}"))
+    return [{"artifacts": str(art), "policy": m.policy, "runtime": m.format, **_median(s),
+             "planned_bytes": m.planned_bytes} for art, m, s in zip(arts, manifests, samples)]
 
 
 def write_json(report: dict, path) -> None:

@@ -23,7 +23,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,9 @@ from .formats import by_runtime, runners
 from .run import Run, device_params
 from .runtime import runner_module
 from .runtime.runner_common import EVAL_BATCH, RunnerError
+
+if typing.TYPE_CHECKING:
+    from .exporters.manifest import Manifest
 
 #: the files of a deploy result (``edgetl deploy --out``) this module reads; the deploy writes them
 DEPLOY_REPORT, DEVICE_WEIGHTS, EXPORT_MANIFEST = "report.json", "params.npz", "manifest.json"
@@ -66,7 +70,7 @@ class ModelSource:
     preprocessing: dict
     runtime: str  # "pytorch", or the export's runtime
     run: Run | None = None  # the PyTorch kinds
-    manifest: dict = field(default_factory=dict)  # the export kinds (and a deploy result's export)
+    manifest: Manifest | None = None  # the export kinds (and a deploy result's export)
 
     @property
     def resolution(self) -> int:
@@ -96,7 +100,7 @@ class ModelSource:
                 return runner.predictor(str(self.path), None, threads)
             except ImportError as exc:
                 extra = by_runtime(self.runtime).extra  # what installs it on this computer
-                raise SourceError(f"{self.path} is a {self.manifest.get('format')} export and runs in {self.runtime}, "
+                raise SourceError(f"{self.path} is a {self.manifest.format} export and runs in {self.runtime}, "
                                   f"which is not installed here ({exc.name} missing): pip install 'edgetl[{extra}]'"
                                   ) from None
 
@@ -106,6 +110,16 @@ def _read_json(path: Path, what: str) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         raise SourceError(f"{path} is not a readable {what}: it is damaged; make it again") from None
+
+
+def _read_manifest(path: Path) -> Manifest:
+    # imported here: edgetl.exporters, which that import initialises, opens runs through this module
+    from .exporters.manifest import Manifest
+
+    try:
+        return Manifest.from_dict(_read_json(path / EXPORT_MANIFEST, "manifest"))
+    except (KeyError, TypeError, AttributeError):
+        raise SourceError(f"{path / EXPORT_MANIFEST} is not an edgetl manifest: it is damaged; export again") from None
 
 
 def deploy_run_path(result: Path, report: dict) -> Path:
@@ -138,9 +152,9 @@ def load_run(source: str | os.PathLike) -> Run:
         run.notes.append(f"weights trained on {report.get('device', {}).get('uri', 'a device')} ({path})")
         return run
     if path.is_dir() and (path / EXPORT_MANIFEST).is_file():
-        manifest = _read_json(path / EXPORT_MANIFEST, "manifest")
+        manifest = _read_manifest(path)
         raise SourceError(f"{path} is an export: it holds no PyTorch model; pass the run it came from "
-                          f"({manifest.get('source_run') or 'see its manifest'}), or a deploy result")
+                          f"({manifest.source_run or 'see its manifest'}), or a deploy result")
     return Run.load(path)
 
 
@@ -150,20 +164,19 @@ def open_source(source: str | os.PathLike) -> ModelSource:
     if not path.exists():
         raise SourceError(f"{path} does not exist: pass a run directory, a checkpoint, a deploy result or an export")
     if path.is_dir() and (path / EXPORT_MANIFEST).is_file() and not (path / DEPLOY_REPORT).is_file():
-        manifest = _read_json(path / EXPORT_MANIFEST, "manifest")
-        runtime = manifest.get("runtime")
+        manifest = _read_manifest(path)
+        runtime = manifest.runtime
         if runtime not in runners():
             raise SourceError(f"{path} is an export for {runtime!r}, which edgetl cannot run; choose an export of: "
                               f"{', '.join(sorted(runners()))}")
-        kind = "inference export" if manifest.get("kind") == "inference" else "export"
-        return ModelSource(path, kind, manifest["model"], manifest.get("policy"), list(manifest["class_names"]),
-                           manifest["preprocessing"], runtime, manifest=manifest)
+        kind = "inference export" if manifest.inference else "export"
+        return ModelSource(path, kind, manifest.model, manifest.policy, list(manifest.class_names),
+                           manifest.preprocessing, runtime, manifest=manifest)
     try:
         run = load_run(path)
     except RunError as exc:
         raise SourceError(str(exc)) from None
     kind = "deploy" if (path / DEPLOY_REPORT).is_file() else "run" if path.is_dir() else "checkpoint"
-    manifest = _read_json(path / EXPORT_MANIFEST, "manifest") if kind == "deploy" and (path / EXPORT_MANIFEST).is_file() \
-        else {}
+    manifest = _read_manifest(path) if kind == "deploy" and (path / EXPORT_MANIFEST).is_file() else None
     return ModelSource(path, kind, run.model_name, str(run.policy), list(run.class_names), preprocessing(run.resolution),
                        "pytorch", run=run, manifest=manifest)

@@ -135,47 +135,43 @@ class DeployProgress(DeployEvents):
         self.message(f"epoch {record['epoch']}{of} on the device  train loss {record['train_loss']:.4f}{val}{skipped}")
 
 
-def print_deploy_report(report: dict, console: Console | None = None) -> None:
+def print_deploy_report(result, console: Console | None = None) -> None:
+    """A deploy's :class:`~edgetl.devices.result.DeployResult` as a table (training) or its predictions/evaluation."""
     console = console or Console(stderr=True)
-    if report.get("mode") in ("predict", "evaluate"):
-        _print_device_use(report, console)
+    if result.mode in ("predict", "evaluate"):
+        _print_device_use(result, console)
         return
-    table = Table(title=f"deploy to {_device_name(report)}")
+    table = Table(title=f"deploy to {result.device_name}")
     table.add_column("")
     table.add_column("")
-    losses, data, epochs = report["losses"], report.get("data", {}), report.get("epochs", [])
+    losses, data, epochs = result.losses, result.data or {}, result.epochs
     where = {"device": f"on the device, {data.get('path')} (never sent back)",
              "pushed": f"pushed {data.get('shard')} ({data.get('shard_bytes', 0) / 2**20:.1f} MiB, {data.get('format')})",
              "reference": "the export's reference batches"}.get(data.get("source"), "")
-    rows = [("model", f"{report['model']} {report['policy']} ({report['format']})"), ("data", where),
+    rows = [("model", f"{result.model} {result.policy} ({result.format})"), ("data", where),
             ("images", f"{data.get('train_images')} train, {data.get('val_images')} validation"
                        + (f", {data['skipped_unreadable']} unreadable skipped" if data.get("skipped_unreadable") else "")),
-            ("steps", f"{report['steps']} at batch {report['batch_size']}"
+            ("steps", f"{result.steps} at batch {result.batch_size}"
                       + (f", {len(epochs)} epoch(s)" if epochs else "")
-                      + (f" (resumed after epoch {report['resumed_from_epoch']})" if report.get("resumed_from_epoch") else "")),
+                      + (f" (resumed after epoch {result.resumed_from_epoch})" if result.resumed_from_epoch else "")),
             ("loss", f"{losses[0]:.4f} -> {losses[-1]:.4f}")]
     accs = [f"{e['val_acc']:.3f}" for e in epochs if e.get("val_acc") is not None]
     if accs:
         rows.append(("val accuracy", " -> ".join(accs) + " (per epoch, on the device)"))
-    held_out = report.get("eval")
+    held_out = result.eval
     if held_out:
         rows.append(("held-out accuracy", f"{_pct(held_out['before']['top1'])} before -> {_pct(held_out['after']['top1'])} "
                                           f"after training ({held_out['after']['images']} images on the device, "
                                           f"{held_out['path']})"))
-    if "images_left_device" in report:
-        rows.append(("privacy", "images stayed on the device" if not report["images_left_device"] else "images left the device"))
+    if result.images_left_device is not None:
+        rows.append(("privacy", "images stayed on the device" if not result.images_left_device else "images left the device"))
     for key, value in [*rows,
-                       ("step time", f"{1000 * report['median_step_seconds']:.0f} ms (median)"),
-                       ("peak RSS", f"{report['peak_rss_bytes'] / 2**20:,.0f} MiB on the device "
-                                    f"(predicted {report['predicted_memory_bytes'] / 2**20:,.0f} MiB)"),
-                       ("results", report["out"])]:
+                       ("step time", f"{1000 * result.median_step_seconds:.0f} ms (median)"),
+                       ("peak RSS", f"{result.peak_rss_bytes / 2**20:,.0f} MiB on the device "
+                                    f"(predicted {result.predicted_memory_bytes / 2**20:,.0f} MiB)"),
+                       ("results", str(result.out))]:
         table.add_row(key, value)
     console.print(table)
-
-
-def _device_name(report: dict) -> str:
-    """The device's URI without its query (key files, known hosts): what a person recognises it by."""
-    return report["device"]["uri"].split("?")[0]
 
 
 def _shown(path: str) -> str:
@@ -186,17 +182,17 @@ def _shown(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
-def _print_device_use(report: dict, console: Console) -> None:
+def _print_device_use(result, console: Console) -> None:
     """A ``deploy --predict`` or ``--evaluate``: what the device computed, with the weights it used."""
     from .evaluate import EvalResult, Predictions
 
-    source = {"model": report["model"], "policy": report["policy"], "kind": f"on {_device_name(report)}"}
-    if report["mode"] == "evaluate":
-        print_evaluation(EvalResult.from_dict(report["evaluation"], source), console,
-                         title=f"{report['model']} {report['policy']} evaluated on {_device_name(report)}")
+    source = {"model": result.model, "policy": result.policy, "kind": f"on {result.device_name}"}
+    if result.mode == "evaluate":
+        print_evaluation(EvalResult.from_dict(result.evaluation, source), console,
+                         title=f"{result.model} {result.policy} evaluated on {result.device_name}")
     else:
-        print_predictions(Predictions.from_dict(report["predictions"], source), console)
-    console.print(f"weights: {report['weights']}; the images stayed on the device; results in {report['out']}",
+        print_predictions(Predictions.from_dict(result.predictions, source), console)
+    console.print(f"weights: {result.weights}; the images stayed on the device; results in {result.out}",
                   highlight=False, soft_wrap=True)
 
 

@@ -63,7 +63,7 @@ def test_tflite_runner_trains_on_aarch64(device_python, tmp_path, monkeypatch):
 
     run = make_run(tmp_path / "run", "mobilenet_v3_small", "mobiletl:5", resolution=64)
     art = tmp_path / "art"
-    manifest = export(run, "tflite", art, steps=2, batch_size=4).manifest
+    manifest = export(run, "tflite", art, steps=2, batch_size=4).manifest.as_dict()
     env = blocked_env(tmp_path)  # torch, TensorFlow and edgetl fail on import, as on a device
     monkeypatch.setenv("PYTHONPATH", env["PYTHONPATH"])  # the local "device" runs with this environment
 

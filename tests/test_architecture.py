@@ -15,8 +15,10 @@ Checked: no cycle between modules, and the layers point one way (a module import
 lower ones): ``runtime/`` (numpy and the runtime only, nothing else of edgetl) <- core <- profile <- exporters
 <- devices <- fleet <- cli and the front ends (ui, benchmark); the package ``edgetl/__init__`` is the facade
 that nothing inside imports. ``formats/`` spans two layers: the registry (``formats/__init__``, ``spec``) and each
-format's description (its package's ``__init__``) are plain data at the core layer, which core (``sources``) reads;
-a format's exporter, lowering, probe and self-test sit at the exporters layer.
+format's description (its package's ``__init__``) are plain data at the core layer, which core reads;
+a format's exporter, lowering, probe and self-test sit at the exporters layer. ``sources`` (a model from a run, a
+checkpoint, a deploy result or an export) and ``evaluate`` (which opens sources) sit at the exporters layer too: they
+read exports through the typed manifest that ``exporters.manifest`` owns.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "edgetl"
 
 # layer of a module by its first name below edgetl; everything else is core (rank 1)
-LAYERS = {"runtime": 0, "profile": 2, "exporters": 3, "devices": 4, "fleet": 5, "cli": 6, "ui": 6, "benchmark": 6}
+LAYERS = {"runtime": 0, "profile": 2, "exporters": 3, "devices": 4, "fleet": 5, "cli": 6, "ui": 6, "benchmark": 6,
+          # a model from any source, exports included, read through their typed manifest (exporters.manifest)
+          "sources": 3, "evaluate": 3}
 CORE = 1
 #: the plain-data part of formats/: the registry, its dataclasses, each format's package __init__ (core layer)
 FORMAT_DATA = re.compile(r"edgetl\.formats(\.spec|\.\w+)?")

@@ -401,7 +401,7 @@ def test_pushed_laptop_data_is_a_memory_mapped_uint8_shard(cifar_export, cifar, 
     pushed = sum((bundle.root / rel).stat().st_size for rel in bundle.files if rel.startswith("shard/"))
     print(f"pushed shard: {pushed:,} bytes for 30 images, float32 would be {as_float32:,} ({as_float32 / pushed:.2f}x)")
     assert pushed < as_float32 / 3.9
-    train, val = runner_data.pushed_shard(str(bundle.root / "shard"), bundle.manifest)
+    train, val = runner_data.pushed_shard(str(bundle.root / "shard"), bundle.manifest.as_dict())
     assert train.map is not None and val is None  # memory-mapped, page-dropped after each batch
     # the laptop's float32 shard (torchvision's eval transform) of the same images, in the same order
     f32, labels, classes = _float32_shard(folder / "train", RESOLUTION, count=30, seed=0)
@@ -439,8 +439,8 @@ def test_ssh_deploy_on_device_cifar_never_copied_back(sshd, cifar_export, cifar,
     assert "ai-edge-litert" in info.runtimes and any(k.lower() == "pillow" for k in info.runtimes)
     data = take(cifar, tmp_path / "pi-home" / "captures", {"train": 20, "test": 5})
     report = deploy(cifar_export, uri, device_data=str(data), epochs=3, out=tmp_path / "laptop" / "r")
-    assert report["images_left_device"] is False and len(report["epochs"]) == 3
-    assert report["data"]["train_images"] == 200 and report["data"]["val_images"] == 50
+    assert report.images_left_device is False and len(report.epochs) == 3
+    assert report.data["train_images"] == 200 and report.data["val_images"] == 50
     assert images_in(tmp_path / "laptop") == []
 
 

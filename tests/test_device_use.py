@@ -127,9 +127,9 @@ def test_deploy_judges_and_uses_what_the_device_learned(tflite, tmp_path):
     art, run_dir, data = tflite
     uri = f"local://{tmp_path / 'device'}"
     trained = deploy(art, uri, device_data=str(data), eval_data=str(data), epochs=2, out=tmp_path / "r")
-    held_out = trained["eval"]
+    held_out = trained.eval
     assert held_out["before"]["images"] == held_out["after"]["images"] == 16
-    assert trained["schedule"] == "cosine" and trained["source_run"] == str(run_dir.resolve())
+    assert trained.schedule == "cosine" and trained.source_run == str(run_dir.resolve())
     laptop = evaluate(tmp_path / "r", data)
     assert laptop.source["kind"] == "deploy" and laptop.confusion == held_out["after"]["confusion"]
     assert abs(laptop.top1 - held_out["after"]["top1"]) <= 0.005
@@ -137,23 +137,25 @@ def test_deploy_judges_and_uses_what_the_device_learned(tflite, tmp_path):
     assert before.confusion == held_out["before"]["confusion"]
     assert (tmp_path / "r" / "confusion.png").is_file()
     on_device = deploy(art, uri, evaluate=str(data), out=tmp_path / "e")
-    assert on_device["mode"] == "evaluate" and on_device["weights"].endswith("params.npz")
-    assert on_device["evaluation"]["confusion"] == held_out["after"]["confusion"]
+    assert on_device.mode == "evaluate" and on_device.weights.endswith("params.npz")
+    assert on_device.evaluation["confusion"] == held_out["after"]["confusion"]
     assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["confusion.png", "evaluation.json", "manifest.json",
                                                                   "report.json"]
     latest = deploy(art, uri, predict=str(data / "dots"), top_k=3, out=tmp_path / "p")
     here = predict(tmp_path / "r", [data / "dots"], top_k=3)
-    rows = latest["predictions"]["predictions"]
+    rows = latest.predictions["predictions"]
     assert [r["image"] for r in rows] == [r.image for r in here.rows]
     for row, mine in zip(rows, here.rows):
         assert [t["class"] for t in row["top"]] == [c for c, _ in mine.top]
         assert [t["probability"] for t in row["top"]] == pytest.approx([p for _, p in mine.top], abs=1e-4)
     own = deploy(art, uri, predict=str(data / "dots"), weights="export", out=tmp_path / "o")
-    assert own["weights"] == "the export's own weights"
-    assert own["predictions"]["predictions"] != rows
+    assert own.weights == "the export's own weights"
+    assert own.predictions["predictions"] != rows
     shutil.rmtree(tmp_path / "device" / "bundles")  # a fresh device: the weights travel from the result
     pushed = deploy(art, uri, predict=str(data / "dots"), weights=str(tmp_path / "r"), top_k=3, out=tmp_path / "w")
-    assert pushed["predictions"]["predictions"] == rows
+    assert pushed.predictions["predictions"] == rows
+    # report.json is the result as to_dict() gives it, key for key
+    assert json.loads((tmp_path / "w" / "report.json").read_text()) == pushed.to_dict()
     with pytest.raises(DataError, match="trains nothing: drop --epochs"):
         deploy(art, uri, predict=str(data), epochs=1, out=tmp_path / "x")
     r = CliRunner().invoke(main, ["deploy", str(art), "--device", uri, "--evaluate", str(data), "--predict", str(data)])

@@ -30,8 +30,8 @@ from edgetl.devices.base import (
     file_sha256,
 )
 from edgetl.devices.bundle import make_bundle
-from edgetl.devices.deploy import DeployEvents, deploy
-from edgetl.exporters import ExportError
+from edgetl.devices.deploy import DeployEvents, DeployResult, deploy
+from edgetl.exporters import Artifacts, ExportError
 
 from .bounds import median_fits, numpy_process_rss
 from .devicefixtures import DroppingProxy, free_port
@@ -101,9 +101,12 @@ def test_ssh_probe(sshd, tmp_path):
 def test_ssh_full_deploy(sshd, artifacts, tmp_path):
     art, root = artifacts
     out = tmp_path / "result"
-    report = deploy(art, _ssh_uri(sshd, tmp_path), steps=4, data=root / "data", out=out, batch_size=4, verify=True)
-    _check_report(out, 4, art)
-    assert report["verify"] and all(c["ok"] for c in report["verify"])
+    result = deploy(art, _ssh_uri(sshd, tmp_path), steps=4, data=root / "data", out=out, batch_size=4, verify=True)
+    report = _check_report(out, 4, art)
+    assert result.verify and all(c["ok"] for c in result.verify)
+    # the typed result is report.json, key for key, and reads back from it
+    assert result.to_dict() == report and DeployResult.load(out) == result and result.out == out.resolve()
+    assert result.predicted_memory_bytes == report["predicted_memory"]["total_bytes"]
     bundle = make_bundle(art, root / "data")
     remote = tmp_path / "pi" / "bundles" / bundle.id
     assert {str(p.relative_to(remote)) for p in remote.rglob("*") if p.is_file() and "runs" not in p.parts} == set(bundle.files)
@@ -195,7 +198,7 @@ def test_adb_full_deploy(adb_peer, artifacts, tmp_path):
     art, root = artifacts
     _, uri = adb_peer()
     out = tmp_path / "result"
-    deploy(art, uri, steps=3, data=root / "data", out=out, batch_size=4)
+    deploy(Artifacts.load(art), uri, steps=3, data=root / "data", out=out, batch_size=4)  # an Artifacts or its directory
     _check_report(out, 3, art)
 
 
@@ -279,9 +282,9 @@ def test_ssh_deploy_tflite_and_weights_back(sshd, tflite_artifacts, tmp_path):
     out = tmp_path / "result"
     with pytest.raises(ExportError, match="trains at batch 4, fixed at export.*--batch-size 8"):
         deploy(art, _ssh_uri(sshd, tmp_path), steps=1, out=out, batch_size=8)
-    report = deploy(art, _ssh_uri(sshd, tmp_path), steps=4, data=root / "data", out=out, verify=True)
-    assert report["format"] == "tflite" and report["batch_size"] == 4
-    assert report["verify"] and all(c["ok"] for c in report["verify"])
+    result = deploy(art, _ssh_uri(sshd, tmp_path), steps=4, data=root / "data", out=out, verify=True)
+    assert result.format == "tflite" and result.batch_size == 4
+    assert result.verify and all(c["ok"] for c in result.verify)
     _check_report(out, 4, art)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["runtime"] == "ai-edge-litert" and not metrics["torch_imported"] and not metrics["tensorflow_imported"]

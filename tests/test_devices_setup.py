@@ -94,7 +94,7 @@ def test_local_python_param_and_deploy(artifacts, tmp_path):
     assert info.python_bin == sys.executable and info.python_source == "uri"
     assert info.env == (sys.prefix if sys.prefix != sys.base_prefix else None)
     report = deploy(art, uri, steps=1, out=tmp_path / "out")
-    assert report["device"]["python_bin"] == sys.executable and len(report["losses"]) == 1
+    assert report.device["python_bin"] == sys.executable and len(report.losses) == 1
     fails_with(["devices", "probe", f"local://{tmp_path / 'dev'}?python={tmp_path / 'nope'}"],
                f"?python={tmp_path / 'nope'}: no such file", "full path")
     fails_with(["deploy", art, "--device", f"local://{tmp_path / 'dev'}?python=/bin/sh"], "is not Python 3")

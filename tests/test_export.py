@@ -34,14 +34,14 @@ def test_parity(tmp_path, fmt, model, policy):
     # 96 px: at 64 px MobileNetV2's last maps are 2 x 2 (see validation.py on mask flips)
     run = make_run(tmp_path / "run", model, policy, resolution=96)
     result = export(run, fmt, tmp_path / "art", steps=3, batch_size=4)  # raises ValidationFailed if a check fails
-    validation = result.manifest["validation"]
+    validation = result.manifest.validation
     assert validation["validated"] and validation["ok"] and result.validation.ok
     names = [c.name for c in result.validation.checks]
     assert names[0] == "inference logits" and any(n.startswith("gradients") for n in names)
     assert any("step of the exported optimizer" in n for n in names)
     assert validation["free_running"]["steps"] == 3
     trainable = {n for n, p in edgetl.Run.load(run).model.named_parameters() if p.requires_grad}
-    assert set(result.manifest["trainable"]) == trainable
+    assert set(result.manifest.trainable) == trainable
     if policy == "ft:2":  # fully trained norms: running statistics are updated on the device, checked after the steps
         assert any(n.startswith("running statistics") for n in names)
 
@@ -67,7 +67,7 @@ def test_manifest_memory_is_the_profilers(v3_export):
     """Deploy reads the predicted memory from the manifest; it equals the profiler's figure at any batch."""
     from edgetl.profile.analytic import analyze
 
-    manifest = v3_export.result.manifest
+    manifest = v3_export.result.manifest.as_dict()
     prof = analyze("mobilenet_v3_small", "mobiletl:3", 64, num_classes=5)
     spec = edgetl.OptimizerSpec.from_dict(manifest["optimizer"])
     for batch in (1, 4, 8, 32):
@@ -86,7 +86,7 @@ def test_runner_trains_without_torch(v3_export, tmp_path):
     assert metrics["torch_imported"] is False and metrics["tensorflow_imported"] is False
     # the runner's process holds numpy, the runtime and the export's models at least
     assert metrics["peak_rss_bytes"] >= numpy_process_rss() + model_bytes(art) and proc.stdout.count("step ") == 4
-    assert set(v3_export.result.manifest["trainable"]) <= set(np.load(out / "params.npz").files)
+    assert set(v3_export.result.manifest.trainable) <= set(np.load(out / "params.npz").files)
 
 
 def test_runner_verify_on_device(v3_export, tmp_path):
@@ -110,7 +110,7 @@ def test_runner_explains_a_bad_shard(v3_export, tmp_path):
     from edgetl.runtime import runner_data
 
     with pytest.raises(runner_data.RunnerError, match="pack the shard at the model's resolution"):
-        runner_data.npz_shard(str(shard), v3_export.result.manifest)
+        runner_data.npz_shard(str(shard), v3_export.result.manifest.as_dict())
 
 
 def test_weights_round_trip_through_the_device(v3_export, tmp_path):
@@ -162,7 +162,7 @@ def test_a_failed_check_carries_the_result(v3_export, tmp_path, monkeypatch):
     monkeypatch.setattr(validation, "LOGIT_ATOL", 0.0)  # nothing passes a zero tolerance
     with pytest.raises(ValidationFailed, match="inference logits differs by") as err:
         export(v3_export.run, v3_export.fmt, tmp_path / "art", steps=1, batch_size=4)
-    assert not err.value.result.validation.ok and err.value.result.manifest["validation"]["ok"] is False
+    assert not err.value.result.validation.ok and err.value.result.manifest.validation["ok"] is False
     # refused, not crashed: the files stay at --out for inspection, their manifest saying so
     assert json.loads((tmp_path / "art" / "manifest.json").read_text())["validation"]["ok"] is False
     assert err.value.result.out == tmp_path / "art" and not list(tmp_path.glob(".art.*"))

@@ -62,7 +62,7 @@ def test_an_fp32_inference_export_is_the_run_with_its_weights_as_constants(fmt, 
     start = time.perf_counter()
     result = export(run, fmt, tmp_path / "app", inference=True, calibration=None)
     wall = time.perf_counter() - start
-    m = result.manifest
+    m = result.manifest.as_dict()
     assert m["kind"] == "inference" and m["quantization"] is None and m["runtime"] in ("onnxruntime", "ai-edge-litert")
     assert (tmp_path / "app" / "labels.txt").read_text().split() == PATTERN_CLASSES
     assert m["input"]["shape"] == [None, 3, 48, 48] and m["preprocessing"]["center_crop"] == 48
@@ -101,9 +101,9 @@ def test_int8_is_calibrated_smaller_and_its_agreement_is_measured(fmt, source, t
                         calibration_images=24)
     except ValidationFailed as exc:  # the check is what is tested here, not this random model's quantizability
         result = exc.result
-    m = result.manifest
+    m = result.manifest.as_dict()
     assert m["quantization"]["type"] == "int8" and m["quantization"]["calibration_images"] == 24
-    assert m["size_bytes"] <= 0.3 * fp32.manifest["size_bytes"]
+    assert m["size_bytes"] <= 0.3 * fp32.manifest.size_bytes
     (check,) = result.validation.checks
     assert check.name.startswith("int8 top-1 agreement") and "accuracy" in check.detail
     assert m["validation"]["images"] == 16  # the 40 images less the 24 that calibrated

@@ -162,6 +162,6 @@ def test_batch_statistics_at_224(tmp_path, fmt, model, policy):
         pytest.importorskip("onnxruntime.training")
     run = make_run(tmp_path / "run", model, policy, resolution=224)
     result = export(run, fmt, tmp_path / "art", steps=3, batch_size=8)  # raises ExportError if a check fails
-    validation = result.manifest["validation"]
+    validation = result.manifest.validation
     assert validation["ok"] and all(c["ok"] for c in validation["checks"]), validation["checks"]
     assert "layers" not in validation  # the layer-by-layer comparison runs only for a failed export

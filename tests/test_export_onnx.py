@@ -28,16 +28,16 @@ ONNX = pytest.mark.parametrize("v3_export", ["onnx"], indirect=True)
 def test_frozen_parameters_are_not_trainable(v3_export):
     art, result = v3_export.art, v3_export.result
     state = ort_runner.training_api().CheckpointState.load_checkpoint(str(art / "checkpoint"))
-    trainable = set(result.manifest["trainable"])
+    trainable = set(result.manifest.trainable)
     params = dict(iter(state.parameters))  # (name, Parameter) pairs
     assert trainable <= set(params)
     assert {n for n, p in params.items() if p.requires_grad} == trainable
-    split = result.manifest["split"]["index"]
+    split = result.manifest.split.index
     frozen = set(params) - trainable
     assert frozen and all(int(n.split(".")[1]) >= split for n in frozen if n.startswith("features."))  # region only
     import onnx
 
-    prefix = {i.name for i in onnx.load(str(art / result.manifest["split"]["prefix"])).graph.initializer}
+    prefix = {i.name for i in onnx.load(str(art / result.manifest.split.prefix)).graph.initializer}
     assert any(n.startswith("features.0.") for n in prefix)  # the frozen stem lives in the prefix's model
 
 

@@ -46,7 +46,7 @@ def test_only_builtin_ops(v3_export):
     used = {o for v in ops.values() for o in v}
     assert used <= builtins and not any(o.startswith("Flex") for o in used)
     assert {"BATCH_MATMUL", "DEPTHWISE_CONV_2D", "ASSIGN_VARIABLE", "READ_VARIABLE"} <= used
-    assert sorted(used) == result.manifest["operators"]
+    assert sorted(used) == result.manifest.as_dict()["operators"]
     # trained 1x1 convs and linear layers are matmuls XNNPACK runs: CONV_2D and FULLY_CONNECTED with a variable
     # weight run in TFLite's own kernels at a fifth of the speed (this trained region has no frozen conv)
     assert "CONV_2D" not in ops["train"] and "FULLY_CONNECTED" not in ops["train"]
@@ -91,7 +91,7 @@ def test_unsupported_layer_is_named(tmp_path):
 
 @TFLITE
 def test_sgd_momentum_matches_pytorch(v3_export):
-    art, manifest = v3_export.art, v3_export.result.manifest
+    art, manifest = v3_export.art, v3_export.result.manifest.as_dict()
     assert manifest["optimizer"]["name"] == "sgd" and manifest["optimizer"]["momentum"] == 0.9
     assert any(v["name"].endswith(".momentum_buffer") for v in manifest["variables"])
     # three steps carrying the buffers: the model's own SGD against torch.optim.SGD on the same gradients

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from edgetl.devices.bundle import BUNDLE_JSON
-from edgetl.exporters import export
+from edgetl.exporters import Artifacts, export
 from edgetl.fleet import Fleet, FleetError, FleetEvents, make_shards, run_fleet, travelling
 from edgetl.fleet.certs import FleetCerts, make_node_key
 from edgetl.run import Run
@@ -191,8 +191,9 @@ def test_a_supernode_that_keeps_dying_is_restarted_a_bounded_number_of_times_the
     (bindir / "flower-supernode").write_text("#!/bin/sh\nexit 3\n")
     (bindir / "flower-supernode").chmod(0o755)
     uri = local(tmp_path, "d0")
-    fleet = Fleet(art, [uri], tmp_path / "o", data=str(shards), restarts=2, restart_backoff=0.5, watch_s=0,
-                  events=Recorder())
+    fleet = Fleet(Artifacts.load(art), [uri], tmp_path / "o", data=str(shards), restarts=2, restart_backoff=0.5,
+                  watch_s=0, events=Recorder())  # an Artifacts, as a directory: the same fleet
+    assert fleet.artifacts == Path(art).resolve() and fleet.manifest == Artifacts.load(art).manifest
     with connect(uri) as device:
         first = fleet.start_node(device, str(bindir / "python"), "127.0.0.1:9", {"label": "d0"})
         deadline = time.monotonic() + 30

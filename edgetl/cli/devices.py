@@ -182,10 +182,10 @@ def deploy(artifacts, device_uri, steps, epochs, data, device_data, val_split, a
     err = Console(stderr=True)
     prefix_batch = parse_prefix_batch(prefix_batch)
     with DeployProgress(err) as events:
-        report = run_deploy(artifacts, device_uri, steps=steps, data=data, out=out, batch_size=batch_size, lr=lr,
+        result = run_deploy(artifacts, device_uri, steps=steps, data=data, out=out, batch_size=batch_size, lr=lr,
                             verify=verify, force=force, timeout=timeout, events=events, device_data=device_data,
                             epochs=epochs, val_split=val_split, augment=augment, seed=seed, shard_size=shard_size,
                             prefix_batch=prefix_batch, cache_features=cache_features, cache_dtype=cache_dtype,
                             eval_data=eval_data, schedule=schedule, predict=list(predict) or None, evaluate=evaluate,
                             weights=weights, top_k=top_k)
-    print_deploy_report(report, console if report["mode"] != "train" else err)
+    print_deploy_report(result, console if result.mode != "train" else err)

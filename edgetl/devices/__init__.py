@@ -3,7 +3,7 @@
     from edgetl.devices import connect, deploy
     with connect("ssh://pi@raspberrypi.local") as device:
         print(device.probe())
-    report = deploy("artifacts/onnx", "adb://192.168.1.20:5555", steps=200, data="./shard")
+    result = deploy("artifacts/onnx", "adb://192.168.1.20:5555", steps=200, data="./shard")   # a DeployResult
     setup_device("ssh://pi@raspberrypi.local")          # a checked Python environment with the runtime there
 
 ``runner/`` holds the scripts that train on a device with nothing but their runtime and numpy installed.

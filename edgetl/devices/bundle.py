@@ -27,8 +27,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..exporters import ExportError
-from ..exporters.manifest import MANIFEST, verify_manifest
+from ..exporters import Artifacts, ExportError
+from ..exporters.manifest import MANIFEST, Manifest, verify_manifest
 from ..formats import FORMATS, by_runtime
 from ..runtime import SHARED_FILES
 from .base import Device, DeviceError, DiskFull, file_sha256
@@ -42,7 +42,7 @@ RUNTIME_DIR = Path(__file__).resolve().parents[1] / "runtime"
 class Bundle:
     root: Path
     id: str
-    manifest: dict
+    manifest: Manifest
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     runner: str = ""
     shard: str | None = None
@@ -52,29 +52,27 @@ class Bundle:
         return sum((self.root / rel).stat().st_size for rel in self.files)
 
 
-def make_bundle(artifacts: str | Path, data: str | Path | None = None, shard_size: int | None = None, seed: int = 0,
+def make_bundle(artifacts: Artifacts | str | Path, data: str | Path | None = None, shard_size: int | None = None, seed: int = 0,
                 val_split: float | None = None) -> Bundle:
     """Stage a bundle: the artifacts, the current runner files, and a shard of ``data`` (an ImageFolder or the
     built-in ``patterns``, packed as uint8 with at most ``shard_size`` images per split and ``val_split`` of a flat
     folder held out; or a ``.npz``, copied)."""
-    artifacts = Path(artifacts)
-    if not (artifacts / MANIFEST).is_file():
-        raise ExportError(f"{artifacts} holds no {MANIFEST}; pass a directory written by `edgetl export`")
+    artifacts = Artifacts.of(artifacts).out  # a directory without a manifest is refused there
     bad = verify_manifest(artifacts)
     if bad:
         raise ExportError(f"{artifacts} is damaged: {', '.join(bad[:5])} do not match the manifest; export again")
-    manifest = json.loads((artifacts / MANIFEST).read_text())
-    if manifest.get("kind") == "inference":
+    manifest = Manifest.load(artifacts)  # what is pushed is what is on disk, checked just now
+    if manifest.inference:
         raise ExportError(f"{artifacts} is an inference export (weights baked in, for apps): deploy trains a training "
                           f"export; export the run without --inference")
-    fmt = FORMATS.get(manifest.get("format")) or by_runtime(manifest.get("runtime"))
+    fmt = FORMATS.get(manifest.format) or by_runtime(manifest.runtime)
     if fmt is None or fmt.runtime is None or fmt.runner is None:
-        what = f"the {fmt.display} format" if fmt else f"the runtime {manifest.get('runtime')!r}"
+        what = f"the {fmt.display} format" if fmt else f"the runtime {manifest.runtime!r}"
         raise ExportError(f"{artifacts} cannot be deployed: {what} has no device runtime in edgetl; export with "
                           f"--format {' or --format '.join(f.name for f in FORMATS.values() if f.runner)}")
     runner = fmt.runner + ".py"
     root = Path(tempfile.mkdtemp(prefix="edgetl-bundle-"))
-    for rel in [*manifest["files"], MANIFEST]:
+    for rel in [*manifest.files, MANIFEST]:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(artifacts / rel, root / rel)
     for name in (runner, *SHARED_FILES):
@@ -88,13 +86,13 @@ def make_bundle(artifacts: str | Path, data: str | Path | None = None, shard_siz
     # runner and runtime_dists: what the fleet's ClientApp, which imports nothing of edgetl, runs and reports
     dists = list(dict.fromkeys((fmt.runtime.dist, *fmt.runtime.dists)))
     (root / BUNDLE_JSON).write_text(json.dumps({"id": bundle_id, "files": files, "runner": runner, "shard": shard,
-                                                "format": manifest["format"], "model": manifest["model"],
-                                                "policy": manifest["policy"], "runtime_dists": dists}, indent=2))
+                                                "format": manifest.format, "model": manifest.model,
+                                                "policy": manifest.policy, "runtime_dists": dists}, indent=2))
     bundle.files[BUNDLE_JSON] = file_sha256(root / BUNDLE_JSON)
     return bundle
 
 
-def _write_shard(data: Path, root: Path, manifest: dict, count: int | None, seed: int,
+def _write_shard(data: Path, root: Path, manifest: Manifest, count: int | None, seed: int,
                  val_split: float | None) -> str:
     """The shard's name in the bundle: ``shard.npz`` copied, or ``shard/`` packed as uint8 ``.npy``."""
     if data.suffix == ".npz":
@@ -105,8 +103,8 @@ def _write_shard(data: Path, root: Path, manifest: dict, count: int | None, seed
         return SHARD
     from ..data import pack_uint8_shard
 
-    pack_uint8_shard(data, manifest["input"]["shape"][-1], root / SHARD_DIR, count, seed, val_split,
-                     class_names=manifest["class_names"])
+    pack_uint8_shard(data, manifest.resolution, root / SHARD_DIR, count, seed, val_split,
+                     class_names=manifest.class_names)
     return SHARD_DIR
 
 

@@ -1,12 +1,12 @@
 """Deploy an exported model to a device, train it there, and bring the results back.
 
-    report = deploy("artifacts/onnx", "ssh://pi@raspberrypi.local", steps=200, data="./shard", out="deploy/pi")
-    report = deploy("artifacts/tflite", "ssh://pi@cam-1", device_data="/home/pi/captures", epochs=5, val_split=0.1)
-    report = deploy(..., events=MyEvents())        # progress and messages, as DeployEvents callbacks (silent by default)
-    report = deploy("artifacts/tflite", "ssh://pi@cam-1", device_data="/home/pi/captures", epochs=5,
+    result = deploy("artifacts/onnx", "ssh://pi@raspberrypi.local", steps=200, data="./shard", out="deploy/pi")
+    result = deploy("artifacts/tflite", "ssh://pi@cam-1", device_data="/home/pi/captures", epochs=5, val_split=0.1)
+    result = deploy(..., events=MyEvents())        # progress and messages, as DeployEvents callbacks (silent by default)
+    result = deploy("artifacts/tflite", "ssh://pi@cam-1", device_data="/home/pi/captures", epochs=5,
                     eval_data="/home/pi/test")    # accuracy on the device before and after training
-    report = deploy("artifacts/tflite", "ssh://pi@cam-1", predict="/home/pi/new")     # classified there, no training
-    report = deploy("artifacts/tflite", "ssh://pi@cam-1", evaluate="/home/pi/test")   # accuracy computed there
+    result = deploy("artifacts/tflite", "ssh://pi@cam-1", predict="/home/pi/new")     # classified there, no training
+    result = deploy("artifacts/tflite", "ssh://pi@cam-1", evaluate="/home/pi/test")   # accuracy computed there
 
 Data: ``data`` is on the laptop (an ImageFolder, packed into a uint8 shard and pushed, or a ``.npz``);
 ``device_data`` is an ImageFolder already on the device, which the runner decodes and streams there: the
@@ -32,15 +32,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shlex
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..data import BUILTIN
 from ..errors import DataError
-from ..exporters import ExportError
-from ..exporters.manifest import MANIFEST
+from ..exporters import Artifacts, ExportError
+from ..exporters.manifest import MANIFEST, Manifest
 from ..formats import FORMATS
 from ..io import absolute, atomic_write_json, file_sha256
 from ..limits import check_numbers
@@ -49,6 +49,8 @@ from ..sources import DEVICE_WEIGHTS
 from .base import DeviceError, DeviceInfo, RunnerFailed, RuntimeMissing
 from .bundle import make_bundle, push_bundle
 from .memory import check_memory
+from .result import DeployResult, plot, trained, used
+from .runner_cli import Epoch, Eval, Images, Note, Resume, RunnerOptions, Step, last_json, parse_line, runner_command, use_args
 from .runtimes import check_runtime
 from .transports import connect
 
@@ -85,39 +87,22 @@ def check_pillow(info: DeviceInfo, device_uri: str) -> None:
                              f"`edgetl devices setup {device_uri}`")
 
 
-def parse_epoch(line: str) -> dict | None:
-    """A runner's ``epoch E/N loss L [val_acc A val_loss V val_n K] skipped S`` line as a record."""
-    parts = line.split()
-    if len(parts) < 4 or parts[0] != "epoch" or "/" not in parts[1]:
-        return None
-    done, _, planned = parts[1].partition("/")
-    fields = dict(zip(parts[2::2], parts[3::2]))
-    try:
-        record = {"epoch": int(done), "epochs": int(planned) if planned.isdigit() else None,
-                  "train_loss": float(fields["loss"]), "skipped_unreadable": int(fields.get("skipped", 0))}
-        if "val_acc" in fields:
-            record.update(val_acc=float(fields["val_acc"]), val_loss=float(fields["val_loss"]),
-                          val_images=int(fields["val_n"]))
-    except (KeyError, ValueError):
-        return None
-    return record
-
-
-def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, data: str | Path | None = None,
+def deploy(artifacts: Artifacts | str | Path, device_uri: str, steps: int | None = None, data: str | Path | None = None,
            out: str | Path | None = None, batch_size: int | None = None, lr: float | None = None, verify: bool = False,
            force: bool = False, timeout: float = 3600, events: DeployEvents | None = None,
            device_data: str | None = None, epochs: int | None = None, val_split: float | None = None,
            augment: str = "none", seed: int = 0, shard_size: int | None = None, prefix_batch: int | str | None = None,
            cache_features: bool = False, cache_dtype: str = "float32", eval_data: str | None = None,
            schedule: str | None = None, predict: str | list[str] | None = None, evaluate: str | None = None,
-           weights: str | Path = "latest", top_k: int = 3) -> dict:
-    """Train ``artifacts`` on the device for ``epochs`` epochs or ``steps`` steps (default 50 steps), on
-    ``data`` pushed from the laptop or ``device_data`` on the device (``val_split`` of a flat folder held out and
-    evaluated each epoch; ``augment`` none or flip; ``seed`` shuffles); ``prefix_batch`` (a number or auto) runs
-    the frozen prefix in micro-batches, ``cache_features`` computes its features once and reuses them in later
-    epochs (``cache_dtype`` float32 or float16); ``eval_data`` (on the device) is evaluated before and after;
-    ``schedule`` (cosine or constant) overrides the export's. With ``predict`` or ``evaluate`` (paths on the
-    device) nothing trains: see the module docstring. Returns the report."""
+           weights: str | Path = "latest", top_k: int = 3) -> DeployResult:
+    """Train ``artifacts`` (an :class:`~edgetl.exporters.Artifacts` or its directory) on the device for ``epochs``
+    epochs or ``steps`` steps (default 50 steps), on ``data`` pushed from the laptop or ``device_data`` on the device
+    (``val_split`` of a flat folder held out and evaluated each epoch; ``augment`` none or flip; ``seed`` shuffles);
+    ``prefix_batch`` (a number or auto) runs the frozen prefix in micro-batches, ``cache_features`` computes its
+    features once and reuses them in later epochs (``cache_dtype`` float32 or float16); ``eval_data`` (on the device)
+    is evaluated before and after; ``schedule`` (cosine or constant) overrides the export's. With ``predict`` or
+    ``evaluate`` (paths on the device) nothing trains: see the module docstring. Returns a :class:`.result.DeployResult`
+    (its ``to_dict()`` is the result directory's ``report.json``)."""
     check_numbers(steps=steps, epochs=epochs, val_split=val_split, seed=seed, shard_size=shard_size,
                   batch_size=batch_size, lr=lr, timeout=timeout, top_k=top_k,
                   prefix_batch=prefix_batch if prefix_batch != "auto" else None)
@@ -131,15 +116,20 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
         raise DataError(f"--cache-features needs fixed inputs, but --augment {augment} changes every image each epoch: "
                         f"use --augment none with the cache, or drop --cache-features")
     steps = 50 if steps is None and epochs is None else steps
-    artifacts = Path(artifacts).resolve()  # once, here: the runner works in its bundle on the device
+    artifacts = Artifacts.of(artifacts)
+    root = artifacts.out.resolve()  # once, here: the runner works in its bundle on the device
     data = absolute(data, BUILTIN)
     bundle = make_bundle(artifacts, data, shard_size=shard_size, seed=seed, val_split=val_split)
     manifest = bundle.manifest
-    fixed = manifest["input"]["shape"][0]  # a TFLite model trains at the batch size it was exported with
+    fixed = manifest.batch_size  # a TFLite model trains at the batch size it was exported with
     if fixed and batch_size not in (None, fixed):
-        raise ExportError(f"{artifacts} trains at batch {fixed}, fixed at export; drop --batch-size, or export "
+        raise ExportError(f"{root} trains at batch {fixed}, fixed at export; drop --batch-size, or export "
                           f"again with --batch-size {batch_size}")
     batch_size = batch_size or fixed or 8
+    # the runner's options, made once: the memory gate, the run and the report read them from here
+    options = RunnerOptions(epochs=epochs, steps=steps, batch_size=batch_size, seed=seed, augment=augment,
+                            val_split=val_split, schedule=schedule, lr=lr, prefix_batch=prefix_batch,
+                            cache_features=cache_features, cache_dtype=cache_dtype)
     out = Path(out or f"deploy/{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     local_weights = _local_weights(absolute(weights, "latest", "export"), manifest) if use else None
     with connect(device_uri) as device:
@@ -150,7 +140,7 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
         device_data, eval_data, evaluate = (device.resolve(p) if p else p for p in (device_data, eval_data, evaluate))
         if predict:
             predict = [device.resolve(str(p)) for p in ([predict] if isinstance(predict, (str, Path)) else predict)]
-        check_runtime(info, manifest["runtime"])
+        check_runtime(info, manifest.runtime)
         if device_data or eval_data or use:
             check_pillow(info, device_uri)
         sent = [0]
@@ -161,37 +151,27 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
 
         remote = push_bundle(device, bundle, on_bytes=on_bytes, log=events.message, free_bytes=info.free_bytes)
         events.push(bundle.size, bundle.size)
-        python = shlex.quote(info.python_bin or "python3")
-        runner = f"cd {shlex.quote(remote)} && {python} {bundle.runner} --artifacts ."
-        micro = f" --prefix-batch {shlex.quote(str(prefix_batch))}" if prefix_batch not in (None, "auto") else ""
+        runner = runner_command(remote, info.python_bin or "python3", bundle.runner)
         # the runner's baseline measured there, plus the step and the results: refused before training when it
         # does not fit (the bundle stays, so the same deploy with --force or a smaller batch sends nothing again)
-        memory = None if use else check_memory(device, runner + micro, manifest, batch_size, info, bundle.root,
+        memory = None if use else check_memory(device, runner + options.prefix_line(), manifest, batch_size, info, bundle.root,
                                                 force, events.message)  # predicting holds no training state
         verified = None
         if verify:
-            result = device.run(f"{runner} --verify", timeout=timeout)
-            lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-            verified = json.loads(lines[-1])["verify"] if lines else None
+            checked = device.run(f"{runner} --verify", timeout=timeout)
+            verified = (last_json(checked.stdout) or {}).get("verify")
             events.verified(verified or [])
-            if result.returncode != 0 or not verified:
+            if checked.returncode != 0 or not verified:
                 failed = "; ".join(f"{c['name']} differs by {c['max_diff']:.3g} (tolerance {c['tolerance']:.3g})"
                                    for c in verified or [] if not c["ok"])
-                raise RunnerFailed(f"the parity check failed on {device_uri}: {failed or result.tail()}. The device's "
+                raise RunnerFailed(f"the parity check failed on {device_uri}: {failed or checked.tail()}. The device's "
                                    f"runtime computes differently from the export machine; check its version")
         if use:
             args = _use_args(device, str(weights), local_weights, predict, evaluate, top_k)
         else:
-            args = f" --epochs {epochs}" if epochs is not None else f" --steps {steps}"
-            args += f" --batch-size {batch_size} --seed {seed} --augment {augment}"
-            args += f" --data {bundle.shard}" if bundle.shard else ""
-            args += f" --device-data {shlex.quote(device_data)}" if device_data else ""
-            args += f" --val-split {val_split}" if device_data and val_split else ""
-            args += f" --eval-data {shlex.quote(eval_data)}" if eval_data else ""
-            args += f" --schedule {schedule}" if schedule else ""
-            args += f" --lr {lr}" if lr is not None else ""
-            args += micro
-            args += f" --cache-features --cache-dtype {cache_dtype}" if cache_features else ""
+            # the device-side paths as resolved there, and the shard as the bundle names it
+            options = replace(options, data=bundle.shard, device_data=device_data, eval_data=eval_data)
+            args = options.line()
         # the same bundle and settings train in the same directory, so running the same deploy again after an
         # interruption continues from the device's last checkpoint
         run_dir = f"runs/{hashlib.sha256((bundle.id + args).encode()).hexdigest()[:12]}"
@@ -202,27 +182,27 @@ def deploy(artifacts: str | Path, device_uri: str, steps: int | None = None, dat
         for name in PULLED:
             if device.exists(f"{remote}/{run_dir}/{name}"):
                 device.pull_file(f"{remote}/{run_dir}/{name}", partial / name)
-    shutil.copy2(Path(artifacts) / MANIFEST, partial / MANIFEST)  # the export's: a result is judged by it
+    shutil.copy2(root / MANIFEST, partial / MANIFEST)  # the export's: a result is judged by it
     origin = {"device": info.as_dict(), "bundle": bundle.id, "remote": remote, "run": run_dir,
-              "model": manifest["model"], "policy": manifest["policy"], "format": manifest["format"],
-              "artifacts": str(Path(artifacts).resolve()), "source_run": manifest.get("source_run")}
+              "model": manifest.model, "policy": manifest.policy, "format": manifest.format,
+              "artifacts": str(root), "source_run": manifest.source_run}
     if use:
-        report = _use_report(origin, partial, use, local_weights, time.perf_counter() - t0)
+        result = used(origin, partial, use, local_weights, time.perf_counter() - t0)
     else:
-        report = _train_report(origin, partial, bundle, device_data, batch_size, memory, augment, seed, verified,
-                               time.perf_counter() - t0)
+        result = trained(origin, partial, bundle, device_data, batch_size, memory, options.augment, options.seed,
+                         verified, time.perf_counter() - t0)
     if device_data or use:
-        report["images_left_device"] = False
-        report["note"] = ("the images stayed on the device: they were decoded there, and only "
-                          + ("the predictions" if use == "predict" else "the evaluation" if use else
-                             "metrics, trained weights and the checkpoint") + " came back")
-    atomic_write_json(report, partial / REPORT)
-    _plot(report, partial)
+        result.images_left_device = False
+        result.note = ("the images stayed on the device: they were decoded there, and only "
+                       + ("the predictions" if use == "predict" else "the evaluation" if use else
+                          "metrics, trained weights and the checkpoint") + " came back")
+    atomic_write_json(result.to_dict(), partial / REPORT)
+    plot(result, partial)
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
-    report["out"] = str(out)
-    return report
+    result.out = out
+    return result
 
 
 def _use_mode(predict, evaluate, steps, epochs, data, device_data, eval_data) -> str | None:
@@ -238,7 +218,7 @@ def _use_mode(predict, evaluate, steps, epochs, data, device_data, eval_data) ->
     return use
 
 
-def _local_weights(weights: str | Path, manifest: dict) -> Path | None:
+def _local_weights(weights: str | Path, manifest: Manifest) -> Path | None:
     """The ``params.npz`` to push for ``--weights`` (a deploy result or a file here), or None for the choices the
     device makes itself (``latest``, ``export``)."""
     if str(weights) in ("latest", "export"):
@@ -249,8 +229,8 @@ def _local_weights(weights: str | Path, manifest: dict) -> Path | None:
         if not (path / DEVICE_WEIGHTS).is_file():
             raise DataError(f"--weights {path}: no {DEVICE_WEIGHTS} there; give the result directory of a training "
                             f"deploy, a params.npz, latest or export")
-        if report.is_file() and json.loads(report.read_text()).get("model") not in (None, manifest["model"]):
-            raise DataError(f"--weights {path} were trained for another model than {manifest['model']}; give weights "
+        if report.is_file() and json.loads(report.read_text()).get("model") not in (None, manifest.model):
+            raise DataError(f"--weights {path} were trained for another model than {manifest.model}; give weights "
                             f"trained from this export")
         path = path / DEVICE_WEIGHTS
     if not path.is_file():
@@ -268,32 +248,28 @@ def _use_args(device, weights: str, local_weights: Path | None, predict, evaluat
             device.makedirs(f"{device.workdir}/weights")
             device.push_file(local_weights, weights + ".part")
             device.rename(weights + ".part", weights)
-    if predict:
-        return f" --predict {' '.join(map(shlex.quote, predict))} --top-k {top_k} --weights {shlex.quote(weights)}"
-    return f" --evaluate {shlex.quote(evaluate)} --weights {shlex.quote(weights)}"
+    return use_args(predict, evaluate, top_k, weights)
 
 
 def _run_runner(device, command: str, device_uri: str, timeout: float, events: DeployEvents) -> None:
     """Run the runner with its progress turned into events; a refusal or a crash becomes :class:`RunnerFailed`."""
 
     def on_line(line: str) -> None:
-        parts = line.split()
-        if len(parts) == 4 and parts[0] == "step" and parts[2] == "loss":
-            done, _, total = parts[1].partition("/")
-            events.step(int(done), int(total), parts[3])
-        elif len(parts) == 2 and parts[0] == "images" and "/" in parts[1]:
-            done, _, total = parts[1].partition("/")
-            events.images(int(done), int(total))
-        elif parts[:1] == ["epoch"] and (record := parse_epoch(line)):
-            events.epoch(record)
-        elif parts[:1] == ["eval"] and len(parts) == 6:
-            events.message(f"accuracy on the device's evaluation images {parts[1]} training: {float(parts[3]):.1%} "
-                           f"({parts[5]} images)")
-        elif parts[:1] == ["resume"] and len(parts) == 5:
-            events.message(f"resuming the interrupted run on the device: epoch {parts[2]} and {parts[4]} steps "
+        event = parse_line(line)
+        if isinstance(event, Step):
+            events.step(event.step, event.steps, event.loss)
+        elif isinstance(event, Images):
+            events.images(event.done, event.total)
+        elif isinstance(event, Epoch):
+            events.epoch(event.record)
+        elif isinstance(event, Eval):
+            events.message(f"accuracy on the device's evaluation images {event.when} training: {event.top1:.1%} "
+                           f"({event.images} images)")
+        elif isinstance(event, Resume):
+            events.message(f"resuming the interrupted run on the device: epoch {event.epoch} and {event.steps} steps "
                            f"were done")
-        elif parts[:1] == ["note:"]:
-            events.message(line)
+        elif isinstance(event, Note):
+            events.message(event.text)
 
     result = device.run(command, timeout=timeout, on_line=on_line)
     refused = [line[len("error: "):] for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -304,83 +280,4 @@ def _run_runner(device, command: str, device_uri: str, timeout: float, events: D
                            f"{result.tail()}")
 
 
-def _train_report(origin: dict, partial: Path, bundle, device_data, batch_size, memory, augment, seed, verified,
-                  seconds) -> dict:
-    metrics = json.loads((partial / "metrics.json").read_text())
-    return {**origin, "mode": "train", "steps": metrics["steps"], "batch_size": batch_size,
-            "predicted_memory_bytes": memory.total_bytes, "predicted_memory": memory.as_dict(),
-            "data": _data_report(metrics, bundle, device_data),
-            "epochs": metrics.get("epochs", []), "augment": augment, "seed": seed,
-            "schedule": metrics.get("schedule", "constant"), "lr": metrics.get("lr"),
-            "prefix_batch": metrics.get("prefix_batch"), "cache": metrics.get("cache"),
-            "resumed_from_epoch": metrics.get("resumed_from_epoch"), "eval": metrics.get("eval"),
-            "losses": metrics["losses"], "median_step_seconds": metrics["median_step_seconds"],
-            "peak_rss_bytes": metrics["peak_rss_bytes"], "wall_seconds": seconds,
-            "verify": verified, "files": sorted(p.name for p in partial.iterdir())}
-
-
-def _use_report(origin: dict, partial: Path, use: str, local_weights: Path | None, seconds: float) -> dict:
-    name = "predictions.json" if use == "predict" else "evaluation.json"
-    result = json.loads((partial / name).read_text())
-    weights = str(local_weights) if local_weights else result["weights"]
-    return {**origin, "mode": use, "weights": weights, "evaluation" if use == "evaluate" else "predictions": result,
-            "wall_seconds": seconds, "files": sorted([*(p.name for p in partial.iterdir()), REPORT])}
-
-
-def _data_report(metrics: dict, bundle, device_data: str | None) -> dict:
-    """What the runner trained on: where the images were, how many per split, the unreadable ones skipped."""
-    ran = metrics.get("data", {})
-    if device_data:
-        source = {"source": "device", "path": ran.get("path", device_data)}
-    elif bundle.shard:
-        size = sum((bundle.root / rel).stat().st_size for rel in bundle.files if rel.split("/")[0] == bundle.shard)
-        source = {"source": "pushed", "shard": bundle.shard, "shard_bytes": size,
-                  "format": "uint8 .npy, memory-mapped" if bundle.shard == "shard" else ".npz"}
-    else:
-        source = {"source": "reference", "shard": "reference.npz"}
-    return {**source, "train_images": ran.get("train_images"), "val_images": ran.get("val_images"),
-            "skipped_unreadable": ran.get("skipped_unreadable", 0), "unreadable": ran.get("unreadable", [])}
-
-
-def _plot(report: dict, out: Path) -> None:
-    """``loss.png`` of a training deploy; ``confusion.png`` of what was evaluated on the device (after training)."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:  # the plots are a nicety: report.json holds the numbers
-        return
-    evaluated = report.get("evaluation") or (report.get("eval") or {}).get("after")
-    if evaluated:
-        from ..evaluate import EvalResult
-
-        result = EvalResult.from_dict(evaluated, {"model": report["model"], "policy": report["policy"]})
-        result.plot_confusion(out / "confusion.png", f"{report['model']} {report['policy']} on the device: top-1 "
-                                                     f"{result.top1:.1%} on {result.images} images")
-    if report["mode"] == "train":
-        _plot_losses(report, out / "loss.png")
-
-
-def _plot_losses(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.plot(range(1, len(report["losses"]) + 1), report["losses"], marker=".")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title(f"{report['model']} {report['policy']} on {report['device']['model'] or report['device']['os']}",
-                 fontsize=9)
-    ax.grid(alpha=0.3)
-    val = [(sum(e["steps"] for e in report["epochs"][:i + 1]), e["val_acc"]) for i, e in enumerate(report["epochs"])
-           if e.get("val_acc") is not None]
-    if val:  # validation accuracy per epoch, placed at the step that ended the epoch
-        acc = ax.twinx()
-        acc.plot(*zip(*val), color="tab:green", marker="o")
-        acc.set_ylabel("validation accuracy", color="tab:green")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-__all__ = ["DeployEvents", "DeviceError", "deploy"]
+__all__ = ["DeployEvents", "DeployResult", "DeviceError", "deploy"]

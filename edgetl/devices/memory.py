@@ -25,12 +25,13 @@ benchmark`` (and ``bench/runners.py``) prints the prediction beside each runner'
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..exporters.manifest import Manifest
 from ..formats import by_runtime
 from .base import DeviceError, DeviceInfo, MemoryRefused
+from .runner_cli import last_json
 
 #: what the gate adds to the prediction before comparing it with the device's available memory
 MARGIN = 0.15
@@ -58,25 +59,12 @@ class MemoryPrediction:
         return {**asdict(self), "total_bytes": self.total_bytes, "margin": MARGIN, "gate_bytes": self.gate_bytes}
 
 
-def step_and_state(manifest: dict, batch_size: int) -> tuple[int, int]:
-    """(analytic training memory of a step at ``batch_size``, bytes of the trained tensors and optimizer state)."""
-    memory = manifest.get("memory") or {}
-    if "state_bytes" not in memory:  # an export made before manifests carried these: the profiler, as export does
-        from ..exporters.manifest import predicted_memory
-        from ..optim import OptimizerSpec
-        from ..profile.analytic import analyze
-
-        prof = analyze(manifest["model"], manifest["policy"], manifest["input"]["shape"][-1],
-                       len(manifest["class_names"]))
-        memory = predicted_memory(prof, OptimizerSpec.from_dict(manifest["optimizer"]))
-    return int(memory["fixed_bytes"] + memory["per_sample_bytes"] * batch_size), int(memory["state_bytes"])
-
-
-def predict(manifest: dict, batch_size: int, baseline_bytes: int, artifacts: str | Path) -> MemoryPrediction:
+def predict(manifest: Manifest, batch_size: int, baseline_bytes: int, artifacts: str | Path) -> MemoryPrediction:
     """The prediction for training the export in ``artifacts`` at ``batch_size`` where the runner's measured baseline
     is ``baseline_bytes``."""
-    step, state = step_and_state(manifest, batch_size)
-    fmt = by_runtime(manifest["runtime"])
+    memory = manifest.predicted_memory()
+    step, state = memory.bytes_at(batch_size), memory.state_bytes
+    fmt = by_runtime(manifest.runtime)
     baked = fmt.baked if fmt else None
     bake = (Path(artifacts) / baked).stat().st_size if baked and (Path(artifacts) / baked).is_file() else 0
     return MemoryPrediction(int(baseline_bytes), step, state, BAKE_FACTOR * bake)
@@ -85,22 +73,21 @@ def predict(manifest: dict, batch_size: int, baseline_bytes: int, artifacts: str
 def measure_baseline(device, runner: str, timeout: float = 600) -> int:
     """``runner --baseline`` on the device: its resident memory with the runtime and every model loaded."""
     result = device.run(f"{runner} --baseline", timeout=timeout)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     try:
-        return int(json.loads(lines[-1])["baseline_rss_bytes"])
-    except (IndexError, ValueError, KeyError):
+        return int((last_json(result.stdout) or {})["baseline_rss_bytes"])
+    except (ValueError, KeyError, TypeError):
         raise DeviceError(f"the runner did not report its baseline memory on {device.uri} (exit {result.returncode}): "
                           f"{result.tail(5)}") from None
 
 
-def check_memory(device, runner: str, manifest: dict, batch_size: int, info: DeviceInfo, artifacts: str | Path,
+def check_memory(device, runner: str, manifest: Manifest, batch_size: int, info: DeviceInfo, artifacts: str | Path,
                  force: bool = False, warn=lambda message: None) -> MemoryPrediction:
     """Measure the runner's baseline on the device, predict the run's memory, and refuse (:class:`MemoryRefused`)
     when the prediction plus ``MARGIN`` exceeds the device's available memory, unless ``force`` (then ``warn``)."""
     memory = predict(manifest, batch_size, measure_baseline(device, runner), artifacts)
     available = info.mem_available_bytes
     if available and memory.gate_bytes > available:
-        message = (f"training {manifest['model']} {manifest['policy']} at batch {batch_size} needs about "
+        message = (f"training {manifest.model} {manifest.policy} at batch {batch_size} needs about "
                    f"{memory.total_bytes / 2**20:,.0f} MiB ({memory.baseline_bytes / 2**20:,.0f} MiB the runtime and "
                    f"models, measured there; {memory.step_bytes / 2**20:,.0f} MiB a step; "
                    f"{(memory.state_bytes + memory.bake_bytes) / 2**20:,.0f} MiB the results), "

@@ -5,6 +5,7 @@
     result = export("runs/last", "onnx", "artifacts/onnx")              # a run directory, validated by default
     result = export(model, "tflite", "artifacts/tflite", batch_size=8)  # or a model held in memory, or a Run
     print(result.validation)                                            # ✓/✗ per check; result.files, result.manifest
+    art = Artifacts.load("artifacts/onnx")                              # an existing export: what deploy and Fleet take
     result = export("deploy/pi", "tflite", "app/", inference=True, quantize="int8", calibration="./train")  # for apps
 
 An exporter (:class:`~.base.Exporter`) turns a policy-applied model into artifacts a device runtime trains,
@@ -27,7 +28,7 @@ from ..formats import FORMATS
 from ..limits import check_numbers
 from ..run import Run, RunError
 from ..sources import SourceError, load_run
-from .base import Exporter, ExportError, ExportResult, ValidationFailed
+from .base import Artifacts, Exporter, ExportError, ExportResult, ValidationFailed
 from .inference import CALIBRATION_IMAGES, export_inference
 from .manifest import load_manifest, verify_manifest
 
@@ -58,7 +59,7 @@ def export(source: Run | nn.Module | str | os.PathLike, fmt: str, out: str | os.
            steps: int = 3, batch_size: int = 4, lr: float | None = None, log: Callable[[str], None] | None = None,
            data=None, inference: bool = False, quantize: str | None = None, calibration: str | os.PathLike | None = None,
            validation_data: str | os.PathLike | None = None, calibration_images: int = CALIBRATION_IMAGES,
-           **model_info) -> ExportResult:
+           **model_info) -> Artifacts:
     """Export ``source`` as ``fmt`` into ``out``; raises :class:`ValidationFailed` when a check fails.
 
     ``data``: a Dataset for the reference batches (default: the run's validation data, else random images).
@@ -92,5 +93,5 @@ def export(source: Run | nn.Module | str | os.PathLike, fmt: str, out: str | os.
     return result
 
 
-__all__ = ["ExportError", "ExportResult", "Exporter", "ValidationFailed", "as_run", "export", "exporter",
+__all__ = ["Artifacts", "ExportError", "ExportResult", "Exporter", "ValidationFailed", "as_run", "export", "exporter",
            "load_manifest", "verify_manifest"]

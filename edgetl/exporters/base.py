@@ -4,7 +4,8 @@
         format, input_name, runner = FORMAT, "input", my_runner_module     # FORMAT: its edgetl.formats.Format
         def lower(self, run, out, spec, batch_size, log) -> tuple[list[str], dict]: ...   # files + manifest fields
 
-    result = MyFormat().export(run, Path("artifacts/myformat"))      # an ExportResult (files, manifest, validation)
+    result = MyFormat().export(run, Path("artifacts/myformat"))      # Artifacts: out, manifest, files, validation
+    art = Artifacts.load("artifacts/myformat")                         # an existing export (what deploy and fleet take)
 
 :meth:`Exporter.export` is the shared flow: the optimizer the format runs, the lowering (the format's own
 part), the reference batches, the manifest, and validation against PyTorch through the format's device
@@ -26,7 +27,7 @@ from ..errors import EdgeTLError
 from ..io import staged_dir
 from ..optim import OptimizerSpec
 from ..run import Run
-from .manifest import MANIFEST, manifest_fields, split_entry, validated_manifest
+from .manifest import MANIFEST, Manifest, manifest_fields, split_entry, validated_manifest
 from .reference import training_copy, write_reference
 from .split import Split, plan
 from .validation import Validation, validate_with_runner
@@ -39,26 +40,46 @@ class ExportError(EdgeTLError):
 class ValidationFailed(ExportError):
     """The export was written but does not match PyTorch; ``result`` holds its checks."""
 
-    def __init__(self, message: str, result: ExportResult):
+    def __init__(self, message: str, result: Artifacts):
         super().__init__(message)
         self.result = result
 
 
 @dataclass
-class ExportResult:
+class Artifacts:
+    """An export directory: ``out``, its typed :class:`.manifest.Manifest`, its files and its validation against
+    PyTorch. ``export()`` returns one; ``Artifacts.load(dir)`` reads an existing export."""
+
     format: str
     out: Path
-    manifest: dict
+    manifest: Manifest
     validation: Validation | None  # None when validation was skipped
     notes: list[str] = field(default_factory=list)
 
+    @classmethod
+    def load(cls, out: str | Path) -> Artifacts:
+        out = Path(out)
+        if not (out / MANIFEST).is_file():
+            raise ExportError(f"{out} holds no {MANIFEST}; pass a directory written by `edgetl export`")
+        manifest = Manifest.load(out)
+        return cls(manifest.format, out, manifest, Validation.from_dict(manifest.validation), list(manifest.notes))
+
+    @classmethod
+    def of(cls, artifacts: Artifacts | str | Path) -> Artifacts:
+        """``artifacts`` itself, or the export in that directory."""
+        return artifacts if isinstance(artifacts, Artifacts) else cls.load(artifacts)
+
     @property
     def files(self) -> list[Path]:
-        return [self.out / MANIFEST, *(self.out / rel for rel in self.manifest["files"])]
+        return [self.out / MANIFEST, *(self.out / rel for rel in self.manifest.files)]
 
     @property
     def ok(self) -> bool:
         return self.validation is None or self.validation.ok
+
+
+#: the name export()'s result had before it could be loaded from a directory
+ExportResult = Artifacts
 
 
 @contextlib.contextmanager
@@ -136,7 +157,7 @@ class Exporter(ABC):
         prefix is written as ``prefix_file``, an inference model; a full inference model is still written."""
 
     def export(self, run: Run, out: Path, validate: bool = True, steps: int = 3, batch_size: int = 4,
-               lr: float | None = None, log: Callable[[str], None] | None = None, dataset=None) -> ExportResult:
+               lr: float | None = None, log: Callable[[str], None] | None = None, dataset=None) -> Artifacts:
         """Build the artifacts in a hidden directory beside ``out`` and rename it to ``out`` once written and
         validated (a failed validation too: its manifest says so, and the files stay for inspection); a crash
         or an interruption leaves ``out`` as it was."""
@@ -150,7 +171,7 @@ class Exporter(ABC):
         return result
 
     def _build(self, run: Run, out: Path, validate: bool, steps: int, batch_size: int, lr: float | None,
-               log: Callable[[str], None] | None, dataset) -> ExportResult:
+               log: Callable[[str], None] | None, dataset) -> Artifacts:
         log = log or (lambda message: None)
         spec = self.optimizer(run, lr)
         split = plan(run.model, run.resolution)
@@ -162,4 +183,4 @@ class Exporter(ABC):
                                     steps), **own}
         manifest, validation = validated_manifest(
             out, fields, validate, lambda: self._validate(run, out, images, labels, logits, steps, spec))
-        return ExportResult(self.name, out, manifest, validation, list(run.notes))
+        return Artifacts(self.name, out, manifest, validation, list(run.notes))

@@ -2,7 +2,7 @@
 
     result = export("deploy/pi", "tflite", "artifacts/app", inference=True)             # fp32 (the default)
     result = export("runs/last", "onnx", "artifacts/app", inference=True, quantize="int8", calibration="./train")
-    result.validation, result.manifest["size_bytes"], result.manifest["latency"]
+    result.validation, result.manifest.size_bytes, result.manifest.latency
 
 The model is the run's network as torchvision builds it, with the trained weights: the policy's training
 modules (masked activations, shift-only norms) compute in inference exactly what plain layers compute, so they
@@ -48,8 +48,8 @@ from ..run import Run
 from ..runtime import runner_data, runner_eval, runner_module
 from ..runtime.runner_common import RunnerError
 from ..sources import runner_errors
-from .base import ExportError, ExportResult
-from .manifest import MANIFEST, load_manifest, write_manifest
+from .base import Artifacts, ExportError
+from .manifest import MANIFEST, Manifest, write_manifest
 from .reference import reference_batches
 from .validation import Check, Validation, compare_logits
 
@@ -132,7 +132,7 @@ def torch_logits(model: torch.nn.Module, x: np.ndarray, batch: int = 32) -> np.n
 
 def _run_export(out: Path, x: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, float]:
     """(logits of ``x``, median single-image seconds), run by the runner's own code in the export's runtime."""
-    runner = runner_module(runners()[load_manifest(out)["runtime"]])
+    runner = runner_module(runners()[Manifest.load(out).runtime])
     with runner_errors(ConfigError):
         predict, batch = runner.predictor(str(out), None, threads)
         logits = np.concatenate([np.asarray(predict(x[i:i + batch])) for i in range(0, len(x), batch)])
@@ -178,7 +178,7 @@ def export_inference(exporter, run: Run, out: Path, quantize: str | None = None,
                      validation: str | None = None, validate: bool = True, calibration_images: int = CALIBRATION_IMAGES,
                      threads: int | None = None, log: Callable[[str], None] | None = None):
     """Write an inference export of ``run`` in ``exporter``'s format at ``out`` (see the module docstring); returns
-    an ``ExportResult``. The directory is complete or absent: it is built beside ``out`` and renamed into place."""
+    an :class:`.base.Artifacts`. The directory is complete or absent: it is built beside ``out`` and renamed into place."""
     log = log or (lambda message: None)
     if quantize not in (None, *QUANTIZATIONS):
         raise ConfigError(f"--quantize {quantize!r} is not offered; choose {', '.join(QUANTIZATIONS)} (default: fp32)")
@@ -227,4 +227,4 @@ def export_inference(exporter, run: Run, out: Path, quantize: str | None = None,
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return ExportResult(exporter.name, out, {**manifest}, validation_result, fields["notes"])
+    return Artifacts(exporter.name, out, manifest, validation_result, fields["notes"])

@@ -114,6 +114,14 @@ class Validation:
     def failed(self) -> list[Check]:
         return [c for c in self.checks if not c.ok]
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Validation | None:
+        """What :meth:`as_dict` wrote (an export's manifest), or None when the export was not validated."""
+        if not d.get("validated"):
+            return None
+        extra = {k: v for k, v in d.items() if k not in ("validated", "ok", "checks", "free_running")}
+        return cls([Check(**c) for c in d.get("checks", [])], d.get("free_running"), extra)
+
     def as_dict(self) -> dict:
         return {"validated": True, "ok": self.ok, "checks": [c.as_dict() for c in self.checks],
                 "free_running": self.free_running, **self.extra}

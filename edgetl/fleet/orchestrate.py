@@ -26,7 +26,8 @@ from pathlib import Path
 from ..data import BUILTIN
 from ..devices.base import DeviceError
 from ..errors import FleetError
-from ..exporters.manifest import MANIFEST
+from ..exporters import Artifacts
+from ..exporters.manifest import MANIFEST, Manifest
 from ..io import absolute
 from ..options import with_overrides
 from .config import FleetConfig, Network, Supervision
@@ -78,8 +79,8 @@ def _shards(data: str | None, n: int) -> list[str | None]:
 class Fleet:
     """One fleet run; :func:`run_fleet` is the usual way in. ``nodes`` are the SuperNodes started (tests stop one)."""
 
-    def __init__(self, artifacts, devices: list[str], out, data: str | None = None, device_data: str | None = None,
-                 run: str | None = None, eval_data: str | None = None, config: FleetConfig | None = None,
+    def __init__(self, artifacts: Artifacts | str | Path, devices: list[str], out, data: str | None = None,
+                 device_data: str | None = None, run: str | None = None, eval_data: str | None = None, config: FleetConfig | None = None,
                  network: Network | None = None, supervision: Supervision | None = None, resume: bool = False,
                  events: FleetEvents | None = None, **options):
         """``config``, ``network``, ``supervision``: :mod:`.config`'s objects; ``options``: any of their fields by name."""
@@ -88,7 +89,9 @@ class Fleet:
         for part in (config, network, supervision):
             part.check()
         # every local path once, here: the SuperLink, the ServerApp and the SuperNodes run in other directories
-        self.artifacts, self.out = Path(artifacts).resolve(), Path(out).resolve()
+        # an Artifacts or its directory (a directory without a manifest is refused below, as the fleet's error)
+        self.artifacts = Path(artifacts.out if isinstance(artifacts, Artifacts) else artifacts).resolve()
+        self.out = Path(out).resolve()
         data, run, eval_data = absolute(data), absolute(run), absolute(eval_data, BUILTIN)
         self.work = self.out / ".fleet"
         if not (self.artifacts / MANIFEST).is_file():
@@ -101,8 +104,8 @@ class Fleet:
             raise FleetError("no data: pass --data SHARDS (one .npz per device, `edgetl fleet shard` makes them) or "
                              "--device-data PATH (an ImageFolder on each device)")
         self.raw_manifest = (self.artifacts / MANIFEST).read_bytes()
-        self.manifest = json.loads(self.raw_manifest)
-        self.source_run = run or absolute(self.manifest.get("source_run"))
+        self.manifest = Manifest.from_dict(json.loads(self.raw_manifest))
+        self.source_run = run or absolute(self.manifest.source_run)
         if not self.source_run or not Path(self.source_run).exists():
             raise FleetError(f"the run the artifacts came from ({self.source_run}) is not here; pass --run RUN_DIR "
                              f"(the server evaluates and saves the global model with it)")
@@ -145,8 +148,8 @@ class Fleet:
         if self.eval_data:
             from ..data import held_out
 
-            held, _ = held_out(self.eval_data, self.manifest["input"]["shape"][-1],
-                               class_names=self.manifest["class_names"])  # refused here when its classes differ
+            held, _ = held_out(self.eval_data, self.manifest.resolution,
+                               class_names=self.manifest.class_names)  # refused here when its classes differ
             self.events.message(f"the server evaluates each round on the {len(held):,} held-out images of "
                                 f"{self.eval_data}")
             return self.eval_data
@@ -349,7 +352,7 @@ class Fleet:
                   "eval_data": self._eval_data(), "eval_held_out": bool(self.eval_data), "devices": len(self.devices),
                   "min_devices": self.min_devices,
                   "manifest_sha256": hashlib.sha256(self.raw_manifest).hexdigest(), "resume": self.resume,
-                  "travelling": __import__("edgetl.fleet.params", fromlist=["travelling"]).travelling(self.manifest),
+                  "travelling": self.manifest.travelling(),
                   **self.options}
         config_path = self.work / "config.json"
         config_path.write_text(json.dumps(config, indent=2))

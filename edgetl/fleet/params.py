@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..exporters.manifest import Manifest
 
-def travelling(manifest: dict) -> list[str]:
-    """Names (torchvision's) of the tensors a round exchanges, in a fixed order."""
-    names = list(manifest["trainable"])
-    names += [v["name"] for v in manifest.get("variables", []) if v.get("kind") == "stat"]
-    for norm in manifest.get("running_stats", []):
-        names += [f"{norm['name']}.running_mean", f"{norm['name']}.running_var"]
-    return list(dict.fromkeys(names))
+
+def travelling(manifest: Manifest | dict) -> list[str]:
+    """Names (torchvision's) of the tensors a round exchanges, in a fixed order (the manifest's own list)."""
+    return Manifest.of(manifest).travelling()
 
 
 def initial_arrays(state_dict: dict, names: list[str]) -> dict[str, np.ndarray]:

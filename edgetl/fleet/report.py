@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..exporters.manifest import Manifest
 from ..io import atomic_write_json
 
 
-def write_report(out, records: list[dict], config: dict, manifest: dict, refused: list[dict] | None = None,
+def write_report(out, records: list[dict], config: dict, manifest: Manifest, refused: list[dict] | None = None,
                  restarts: list[dict] | None = None) -> dict:
     out = Path(out)
     rounds = [r for r in records if r.get("event") == "round"]
@@ -24,8 +25,8 @@ def write_report(out, records: list[dict], config: dict, manifest: dict, refused
             for r in rounds if r.get("lost")]
     rejoined = [{"round": r["round"], "devices": r["rejoined"]} for r in rounds if r.get("rejoined")]
     report = {
-        "format": "edgetl.fleet/1", "artifacts_format": manifest["format"], "model": manifest["model"],
-        "policy": manifest["policy"],
+        "format": "edgetl.fleet/1", "artifacts_format": manifest.format, "model": manifest.model,
+        "policy": manifest.policy,
         "settings": {k: config.get(k) for k in ("rounds", "local_steps", "min_devices", "fraction", "strategy",
                                                 "strategy_options", "seed", "eval_data", "devices", "restarts")},
         "message": {"tensors": len(travelling), "bytes_per_device_per_direction": per_device,

@@ -3,7 +3,7 @@ benchmark, UI and CLI instead of tables of their own.
 
     from edgetl.formats import FORMATS, by_runtime
     FORMATS["onnx"].runtime.requirement   # 'onnxruntime-training-cpu==1.19.2'
-    by_runtime(manifest["runtime"])       # the Format an export's runtime belongs to, or None
+    by_runtime(manifest.runtime)          # the Format an export's runtime belongs to, or None
 
 A format is a package here (``formats/NAME/``): its ``__init__`` describes it (``FORMAT``, plain data), beside
 it are its exporter and lowering, its layer probe and its self-test; its device runner is a self-contained file
