@@ -80,9 +80,10 @@ class Fleet:
     """One fleet run; :func:`run_fleet` is the usual way in. ``nodes`` are the SuperNodes started (tests stop one)."""
 
     def __init__(self, artifacts: Artifacts | str | Path, devices: list[str], out, data: str | None = None,
-                 device_data: str | None = None, run: str | None = None, eval_data: str | None = None, config: FleetConfig | None = None,
-                 network: Network | None = None, supervision: Supervision | None = None, resume: bool = False,
-                 events: FleetEvents | None = None, **options):
+                 device_data: str | None = None, run: str | None = None, eval_data: str | None = None,
+                 config: FleetConfig | None = None, network: Network | None = None,
+                 supervision: Supervision | None = None, resume: bool = False, events: FleetEvents | None = None,
+                 **options):
         """``config``, ``network``, ``supervision``: :mod:`.config`'s objects; ``options``: any of their fields by name."""
         config, network, supervision = with_overrides([config or FleetConfig(), network or Network(),
                                                       supervision or Supervision()], options, "Fleet")
