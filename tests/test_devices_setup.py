@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from edgetl.cli import main
 from edgetl.devices import connect
 from edgetl.devices.deploy import deploy
-from edgetl.devices.runtimes import COMMON, FLEET, RUNTIMES, platform_tags, setup_command, unsupported
+from edgetl.devices.runtime_packages import COMMON, FLEET, RUNTIMES, platform_tags, setup_command, unsupported
 from edgetl.devices.setup import setup_device
 
 from .devicefixtures import SYSTEM_PYTHON, DroppingProxy, require

@@ -44,7 +44,7 @@ def devices_probe(uri, as_json):
 
 def _python_source(uri, info) -> str:
     """Which interpreter deploy will use, and why (the probe's choice)."""
-    from ..devices.runtimes import setup_command
+    from ..devices.runtime_packages import setup_command
 
     if info.python_source == "uri":
         return f"{info.env or 'no virtual environment'} (named by ?python=)"

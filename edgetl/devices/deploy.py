@@ -51,7 +51,7 @@ from .bundle import make_bundle, push_bundle
 from .memory import check_memory
 from .result import DeployResult, plot, trained, used
 from .runner_cli import Epoch, Eval, Images, Note, Resume, RunnerOptions, Step, last_json, parse_line, runner_command, use_args
-from .runtimes import check_runtime
+from .runtime_packages import check_runtime
 from .transports import connect
 
 #: a run's results on the device; ``Format.baked``: the model a format's runner bakes with the trained weights

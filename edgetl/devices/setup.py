@@ -31,7 +31,7 @@ from typing import Callable
 
 from .base import ENV_ROOT, PYSELECT_GIVEN, Device, DeviceError, Disconnected, DiskFull, shell_path
 from .bundle import BUNDLE_JSON, Bundle, push_bundle
-from .runtimes import AUTO_ORDER, RUNTIMES, by_option, platform_tags, requirements, unsupported
+from .runtime_packages import AUTO_ORDER, RUNTIMES, by_option, platform_tags, requirements, unsupported
 from .selftest import CHECK, check_args, check_files
 from .transports import connect
 

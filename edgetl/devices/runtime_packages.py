@@ -1,4 +1,5 @@
-"""The device runtimes: what setup installs, where it has wheels, and deploy's refusal when a device lacks one.
+"""The runtime packages a device installs (not the runners, which are `edgetl/runtime/`): what setup installs, where
+it has wheels, and deploy's refusal when a device lacks one.
 
     RUNTIMES["ai-edge-litert"].requirement        # 'ai-edge-litert==2.3.0'
     by_option("onnx")                              # the runtime named by --runtime onnx
