@@ -17,7 +17,8 @@ holds it. Beside it, per policy, the profiler's training memory and FLOPs of one
 
 The device leg: ``mobiletl:5`` and ``ft:5`` (``--device-policies``) are also trained by the TFLite runner on a
 ``local://`` device, through ``edgetl deploy --device-data`` (the target's training images, decoded on the
-device) with the same start, epochs, batch, schedule, augmentation and seed, and a held-out ``--eval-data`` (the
+device) with the same start, epochs, batch, schedule, augmentation and seed (so the same batches: the trainer
+draws its order and flips as the runner does), and a held-out ``--eval-data`` (the
 target's test images) judged there before and after; the device's weights are evaluated here with ``edgetl
 evaluate`` on the same test images: laptop and device accuracy side by side.
 
