@@ -118,13 +118,10 @@ class Fleet:
         self.config, self.network, self.supervision = config, network, supervision
         self.options = {**config.server_options(), "restarts": supervision.restarts}  # what the ServerApp is told
         self.eval_data = eval_data
-        self.resume, self.insecure, self.host, self.auth = resume, network.insecure, network.host, network.auth
-        self.port, self.address = network.port or free_port(), network.address
+        self.resume, self.port = resume, network.port or free_port()
         self.events = events or FleetEvents()
         self.nodes: list[SuperNode] = []  # the current SuperNode of each device
         self.retired: list[SuperNode] = []  # SuperNodes that died and were replaced (stopped at the end all the same)
-        self.restarts, self.restart_backoff, self.watch_s = supervision.restarts, supervision.restart_backoff, \
-            supervision.watch_s
         self.restart_log: list[dict] = []
         self.first_nodes: list[SuperNode] = []  # each device's first SuperNode (its log says why it did not join)
         self._specs, self._tries, self._next_watch, self._node_ids, self._joined = [], {}, 0.0, {}, set()
@@ -189,7 +186,7 @@ class Fleet:
             if certs is not None:
                 certs_dir = f"{device.workdir}/fleet-certs"
                 certs.push_ca(device, certs_dir)
-            key = self._node_key(device, i, certs_dir) if self.auth else None
+            key = self._node_key(device, i, certs_dir) if self.network.auth else None
             self.start_node(device, python, address, config, certs_dir, key)
             self.events.message(f"SuperNode {i} started on {uri}")
 
@@ -218,9 +215,9 @@ class Fleet:
         in the run, ``restart_backoff`` seconds apart and doubling; then give up on it, with the reason recorded.
         The restarted SuperNode joins under a new node id, and the server readmits it at the next round."""
         now = time.monotonic()
-        if not self.restarts or now < self._next_watch:
+        if not self.supervision.restarts or now < self._next_watch:
             return
-        self._next_watch = now + self.watch_s
+        self._next_watch = now + self.supervision.watch_s
         for i, node in enumerate(self.nodes):
             tried = self._tries.setdefault(i, {"count": 0, "next": 0.0, "gave_up": False})
             if tried["gave_up"] or now < tried["next"]:
@@ -232,14 +229,14 @@ class Fleet:
             except DeviceError as exc:
                 why = f"the device did not answer: {exc}"
             label = self._specs[i][3]["label"]
-            if tried["count"] >= self.restarts:
+            if tried["count"] >= self.supervision.restarts:
                 tried["gave_up"] = True
                 self._mark_returning(label, None)
                 self._restart_event({"device": label, "gave_up": True, "reason": f"{why}, and {tried['count']} restart(s) "
-                                     f"did not keep it up (--restarts {self.restarts})"})
+                                     f"did not keep it up (--restarts {self.supervision.restarts})"})
                 continue
             tried["count"] += 1
-            tried["next"] = now + self.restart_backoff * 2 ** (tried["count"] - 1)
+            tried["next"] = now + self.supervision.restart_backoff * 2 ** (tried["count"] - 1)
             # before the old id goes: the round it is lost in ends with it, and the next one waits for it
             self._mark_returning(label, tried["count"] if label in self._joined else None)
             self._unregister(label)
@@ -341,13 +338,13 @@ class Fleet:
 
         self._prepare_work()
         certs = None
-        if self.insecure:
+        if self.network.insecure:
             self.events.message("WARNING: --insecure: no TLS and no SuperNode authentication; anyone on the network "
                                 "can read the model and join. Use it on loopback for tests only.")
         else:
             from .certs import FleetCerts
 
-            certs = FleetCerts.ensure(self.work / "certs", self.host, self.address)
+            certs = FleetCerts.ensure(self.work / "certs", self.network.host, self.network.address)
         config = {"work": str(self.work), "out": str(self.out), "source_run": str(self.source_run),
                   "artifacts": str(self.artifacts.resolve()), "data": self.data, "device_data": self.device_data,
                   "eval_data": self._eval_data(), "eval_held_out": bool(self.eval_data), "devices": len(self.devices),
@@ -362,9 +359,9 @@ class Fleet:
         offset = (self.work / ROUNDS).stat().st_size if (self.work / ROUNDS).exists() else 0
         records, refused = [], []
         try:
-            self.link = SuperLink(self.work, self.port, self.host, certs, self.auth, env)
+            self.link = SuperLink(self.work, self.port, self.network.host, certs, self.network.auth, env)
             self.link.wait_ready()
-            address = self.address or f"127.0.0.1:{self.port}"
+            address = self.network.address or f"127.0.0.1:{self.port}"
             self._start_nodes(address, certs)
             app = self._write_app(config_path)
             flwr = str(Path(sys.executable).parent / "flwr")
